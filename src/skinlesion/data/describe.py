@@ -1,0 +1,59 @@
+"""The ``skinlesion info`` summary of a dataset."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ..classes import DIAGNOSES
+from .ham10000 import OPTIONAL_COLUMNS, Dataset
+
+
+def describe(ds: Dataset, problems: list[str] | None = None) -> str:
+    m = ds.meta
+    lines = [f"dataset: {ds.root}", f"layout: {ds.layout}", f"images: {len(m)}"]
+    lines.append("")
+    lines.append(f"{'class':<6} {'images':>7} {'share':>7}  name")
+    counts = m["dx"].value_counts()
+    for d in DIAGNOSES:
+        n = int(counts.get(d.code, 0))
+        lines.append(f"{d.code:<6} {n:>7} {100 * n / max(len(m), 1):6.1f}%  {d.name}")
+    if "split" in m.columns and m["split"].notna().any():
+        lines.append("")
+        lines.append("official split: " + ", ".join(
+            f"{s} {int(n)}" for s, n in m["split"].value_counts().reindex(["train", "val", "test"]).dropna().items()))
+    per_lesion = m.groupby("lesion_id").size()
+    lines.append("")
+    lines.append(f"lesions: {len(per_lesion)}")
+    lines.append(
+        f"images per lesion: mean {per_lesion.mean():.2f}, max {per_lesion.max()}, "
+        f"lesions with more than one image: {int((per_lesion > 1).sum())}"
+    )
+    lines.append("")
+    lines.append("metadata coverage:")
+    for col in OPTIONAL_COLUMNS:
+        if col not in m.columns:
+            lines.append(f"  {col:<13} absent")
+            continue
+        vals = m[col]
+        known = vals.notna() & ~vals.astype(str).str.strip().str.lower().isin(["unknown", "", "nan"])
+        extra = ""
+        if col == "age" and known.any():
+            ages = pd.to_numeric(vals[known], errors="coerce")
+            extra = f" (range {ages.min():.0f}-{ages.max():.0f}, median {ages.median():.0f})"
+        elif known.any():
+            top = vals[known].value_counts().head(3)
+            extra = " (" + ", ".join(f"{k} {v}" for k, v in top.items()) + ")"
+        lines.append(f"  {col:<13} {100 * known.mean():5.1f}% known{extra}")
+    if ds.arrays is not None:
+        lines.append("")
+        lines.append(f"image size: {ds.arrays.shape[2]}x{ds.arrays.shape[1]} (arrays)")
+    issues = list(ds.warnings) + list(problems or [])
+    lines.append("")
+    if issues:
+        lines.append(f"problems ({len(issues)}):")
+        lines.extend(f"  - {p}" for p in issues[:20])
+        if len(issues) > 20:
+            lines.append(f"  ... and {len(issues) - 20} more")
+    else:
+        lines.append("problems: none")
+    return "\n".join(lines)

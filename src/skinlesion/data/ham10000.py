@@ -1,0 +1,292 @@
+"""Read a HAM10000 dataset in the layouts users actually have.
+
+Accepted ``DATA``:
+
+- the Kaggle download: ``HAM10000_metadata.csv`` with ``HAM10000_images_part_1/``
+  and ``HAM10000_images_part_2/`` (the ``hmnist_*.csv`` files are ignored);
+- a folder with ``HAM10000_metadata.csv`` and the images in ``images/``, beside
+  the CSV, or in any sub-folder (found by ``image_id``; ``.jpg``, ``.jpeg``, ``.png``);
+- the metadata CSV itself;
+- a DermaMNIST / medmnist ``.npz`` file (``{train,val,test}_images/_labels``, any subset);
+- a prepared cache written by ``skinlesion prepare``.
+
+Whatever the layout, the result is a :class:`Dataset`: a metadata table with one
+row per image (``image_id, lesion_id, dx, label`` and whatever else is known)
+and a way to load each image as upright RGB.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from ..classes import CODES
+from ..errors import SkinLesionError
+from ..intake import IMAGE_SUFFIXES, load_rgb
+
+METADATA_NAME = "HAM10000_metadata.csv"
+REQUIRED_COLUMNS = ("lesion_id", "image_id", "dx")
+OPTIONAL_COLUMNS = ("dx_type", "age", "sex", "localization")
+OFFICIAL_SPLIT_NAME = "dermamnist_split.csv"
+NPZ_SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Dataset:
+    """A dataset's metadata (one row per image) and access to its pixels."""
+
+    root: Path
+    layout: str  # "kaggle", "folder", "npz" or "cache"
+    meta: pd.DataFrame  # image_id, lesion_id, dx, label, [split], [path | index], optional columns
+    arrays: np.ndarray | None = None  # (N, H, W, 3) uint8 for npz / cache layouts
+    warnings: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.meta)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.meta["label"].to_numpy()
+
+    def image(self, i: int) -> Image.Image:
+        """Image ``i`` (row position in :attr:`meta`) as upright RGB."""
+        row = self.meta.iloc[i]
+        if self.arrays is not None:
+            return Image.fromarray(self.arrays[int(row["index"])], "RGB")
+        return load_rgb(row["path"])
+
+    def subset(self, image_ids) -> "Dataset":
+        """The rows whose ``image_id`` is listed, in the order given; unknown ids are an error."""
+        ids = list(image_ids)
+        pos = pd.Index(self.meta["image_id"])
+        missing = [i for i in ids if i not in pos]
+        if missing:
+            raise SkinLesionError(
+                f"{len(missing)} image_id(s) are not in the dataset at {self.root} "
+                f"(first: {', '.join(map(str, missing[:5]))}); use the split or id list made for this dataset."
+            )
+        meta = self.meta.set_index("image_id").loc[ids].reset_index()
+        return Dataset(self.root, self.layout, meta, self.arrays, list(self.warnings))
+
+
+def load_dataset(data: str | Path, *, allow_missing: bool = False) -> Dataset:
+    """Read ``data`` in any accepted layout; see the module docstring."""
+    path = Path(data).expanduser()
+    if not path.exists():
+        raise SkinLesionError(
+            f"{path} does not exist; pass the folder that holds {METADATA_NAME} "
+            "(or a DermaMNIST .npz file)."
+        )
+    if path.is_file():
+        if path.suffix.lower() == ".npz":
+            return _read_npz(path)
+        if path.suffix.lower() == ".csv":
+            return _read_folder(path.parent, path, allow_missing)
+        raise SkinLesionError(
+            f"{path} is neither a folder, a metadata .csv nor a .npz file; pass the HAM10000 folder."
+        )
+    if (path / "cache.json").exists():
+        from ..prepare import read_cache
+
+        return read_cache(path)
+    if not any(path.iterdir()):
+        raise SkinLesionError(f"{path} is an empty folder; download HAM10000 into it first "
+                              "(skinlesion download ham10000 --to DIR).")
+    csv = _find_metadata(path)
+    if csv is None:
+        npzs = sorted(path.glob("*.npz"))
+        if len(npzs) == 1:
+            return _read_npz(npzs[0])
+        raise SkinLesionError(
+            f"No {METADATA_NAME} found in {path}; pass the folder of the HAM10000 download "
+            "(it holds the metadata CSV and the image folders) or a DermaMNIST .npz file."
+        )
+    return _read_folder(path, csv, allow_missing)
+
+
+def _find_metadata(root: Path) -> Path | None:
+    direct = root / METADATA_NAME
+    if direct.exists():
+        return direct
+    for depth_glob in ("*/" + METADATA_NAME, "*/*/" + METADATA_NAME, "*/*/*/" + METADATA_NAME):
+        found = sorted(root.glob(depth_glob))
+        if found:
+            return found[0]
+    # any other name that looks like HAM10000 metadata
+    found = sorted(p for p in root.glob("*metadata*.csv"))
+    return found[0] if found else None
+
+
+def index_images(root: Path) -> dict[str, Path]:
+    """Map image_id (file stem) to path for every image under ``root``, any depth.
+
+    The Kaggle download holds each image twice (``HAM10000_images_part_1`` and its
+    lower-case twin); the first in sorted order wins.
+    """
+    found: dict[str, Path] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for fn in sorted(filenames):
+            stem, ext = os.path.splitext(fn)
+            if ext.lower() in IMAGE_SUFFIXES and stem not in found:
+                found[stem] = Path(dirpath) / fn
+    return found
+
+
+def read_metadata(csv: Path) -> pd.DataFrame:
+    """Read and validate a HAM10000 metadata CSV (columns, dx codes, duplicate ids)."""
+    try:
+        meta = pd.read_csv(csv, dtype={"image_id": str, "lesion_id": str, "dx": str})
+    except pd.errors.EmptyDataError:
+        raise SkinLesionError(f"{csv} is empty; it should be the HAM10000 metadata CSV.") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise SkinLesionError(f"{csv} is not a readable CSV file ({exc}); re-download the metadata.") from None
+    meta.columns = [str(c).strip() for c in meta.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in meta.columns]
+    if missing:
+        raise SkinLesionError(
+            f"{csv.name} lacks the required column(s) {', '.join(missing)}; a HAM10000 metadata CSV "
+            f"needs {', '.join(REQUIRED_COLUMNS)} (found: {', '.join(meta.columns) or 'none'})."
+        )
+    if len(meta) == 0:
+        raise SkinLesionError(f"{csv.name} has no rows; it should list one image per row.")
+    for col in REQUIRED_COLUMNS:
+        blank = meta[col].isna() | (meta[col].astype(str).str.strip() == "")
+        if blank.any():
+            raise SkinLesionError(
+                f"{csv.name} has {int(blank.sum())} row(s) with an empty {col} "
+                f"(first at line {int(np.flatnonzero(blank.to_numpy())[0]) + 2}); fill them in or remove them."
+            )
+        meta[col] = meta[col].astype(str).str.strip()
+    meta["dx"] = meta["dx"].str.lower()
+    unknown = sorted(set(meta["dx"]) - set(CODES))
+    if unknown:
+        counts = meta["dx"].value_counts()
+        listed = ", ".join(f"{u!r} ({counts[u]} rows)" for u in unknown[:5])
+        raise SkinLesionError(
+            f"{csv.name} has unknown dx code(s) {listed}; the HAM10000 codes are {', '.join(CODES)}."
+        )
+    dup = meta["image_id"][meta["image_id"].duplicated()]
+    if len(dup):
+        raise SkinLesionError(
+            f"{csv.name} lists {len(dup)} duplicate image_id(s) (first: {', '.join(dup.unique()[:5])}); "
+            "each image must appear once."
+        )
+    meta["label"] = meta["dx"].map({c: i for i, c in enumerate(CODES)}).astype(int)
+    return meta
+
+
+def _read_folder(root: Path, csv: Path, allow_missing: bool) -> Dataset:
+    meta = read_metadata(csv)
+    images = index_images(root if root != csv.parent else csv.parent)
+    if csv.parent != root:
+        images = {**index_images(csv.parent), **images}
+    meta["path"] = meta["image_id"].map(lambda i: str(images[i]) if i in images else None)
+    missing = meta["path"].isna()
+    warnings: list[str] = []
+    if missing.all():
+        raise SkinLesionError(
+            f"None of the {len(meta)} images listed in {csv.name} were found under {root}; "
+            "put the image files (ISIC_XXXXXXX.jpg) beside the CSV or in a sub-folder."
+        )
+    if missing.any():
+        ids = meta.loc[missing, "image_id"].tolist()
+        msg = (f"{len(ids)} of {len(meta)} images listed in {csv.name} are missing under {root} "
+               f"(first: {', '.join(ids[:5])})")
+        if not allow_missing:
+            raise SkinLesionError(msg + "; add the files, or pass --allow-missing to drop those rows.")
+        warnings.append(msg + "; those rows were dropped (--allow-missing).")
+        meta = meta.loc[~missing].reset_index(drop=True)
+    split_csv = csv.parent / OFFICIAL_SPLIT_NAME
+    if "split" not in meta.columns and split_csv.exists():
+        official = pd.read_csv(split_csv, dtype={"image_id": str})
+        if {"image_id", "split"} <= set(official.columns):
+            meta = meta.merge(official[["image_id", "split"]], on="image_id", how="left")
+    layout = "kaggle" if any(p.name.lower().startswith("ham10000_images_part") for p in root.iterdir()) else "folder"
+    return Dataset(root=root, layout=layout, meta=meta, warnings=warnings)
+
+
+def _read_npz(path: Path) -> Dataset:
+    try:
+        npz = np.load(path, allow_pickle=False)
+        keys = set(npz.files)
+    except Exception as exc:
+        raise SkinLesionError(f"{path} is not a readable .npz file ({exc}); re-download it.") from None
+    splits = [s for s in NPZ_SPLITS if f"{s}_images" in keys and f"{s}_labels" in keys]
+    if not splits:
+        raise SkinLesionError(
+            f"{path.name} has none of the DermaMNIST arrays ({', '.join(f'{s}_images/{s}_labels' for s in NPZ_SPLITS)}); "
+            f"found: {', '.join(sorted(keys)) or 'nothing'}."
+        )
+    arrays, rows = [], []
+    offset = 0
+    for s in splits:
+        imgs = npz[f"{s}_images"]
+        labels = np.asarray(npz[f"{s}_labels"]).reshape(-1)
+        if imgs.ndim == 3:  # grayscale arrays: repeat to RGB
+            imgs = np.repeat(imgs[..., None], 3, axis=-1)
+        if imgs.ndim != 4 or imgs.shape[-1] != 3 or len(imgs) != len(labels):
+            raise SkinLesionError(
+                f"{path.name}: {s}_images has shape {imgs.shape} and {s}_labels {len(labels)} entries; "
+                "expected (N, H, W, 3) images with one label each."
+            )
+        bad = (labels < 0) | (labels >= len(CODES))
+        if bad.any():
+            raise SkinLesionError(
+                f"{path.name}: {s}_labels holds {int(bad.sum())} value(s) outside 0..{len(CODES) - 1} "
+                f"(the DermaMNIST order {', '.join(CODES)})."
+            )
+        if imgs.dtype != np.uint8:
+            imgs = np.clip(imgs, 0, 255).astype(np.uint8)
+        arrays.append(imgs)
+        for j, lab in enumerate(labels):
+            iid = f"{s}_{j:05d}"
+            rows.append({"image_id": iid, "lesion_id": iid, "dx": CODES[int(lab)], "label": int(lab),
+                         "split": s, "index": offset + j})
+        offset += len(labels)
+    meta = pd.DataFrame(rows)
+    warnings = []
+    ids = _npz_ids(path.parent, meta)
+    if ids is not None:  # DermaMNIST arrays beside the HAM10000 metadata: recover real ids
+        meta["image_id"], meta["lesion_id"] = ids
+    else:
+        warnings.append(
+            "A .npz file has no lesion_id: each image counts as its own lesion, so a "
+            "lesion-grouped split cannot be made from it; use --kind official or the HAM10000 metadata.")
+    return Dataset(root=path, layout="npz", meta=meta, arrays=np.concatenate(arrays), warnings=warnings)
+
+
+def _npz_ids(folder: Path, meta: pd.DataFrame):
+    """(image_id, lesion_id) for each npz row, when dermamnist_split.csv and the metadata lie beside it."""
+    split_csv, meta_csv = folder / OFFICIAL_SPLIT_NAME, folder / METADATA_NAME
+    if not (split_csv.exists() and meta_csv.exists()):
+        return None
+    try:
+        official = pd.read_csv(split_csv, dtype={"image_id": str})
+        lesions = pd.read_csv(meta_csv, dtype={"image_id": str, "lesion_id": str}).set_index("image_id")["lesion_id"]
+        key = official.set_index([official["split"].str.lower(), official["index"].astype(int)])["image_id"]
+        local = [int(i.split("_")[1]) for i in meta["image_id"]]
+        image_ids = [key[(s, j)] for s, j in zip(meta["split"], local)]
+        return image_ids, [lesions[i] for i in image_ids]
+    except (KeyError, ValueError, IndexError):
+        return None
+
+
+def check_images(ds: Dataset, limit: int | None = None) -> list[str]:
+    """Decode every image fully; return one sentence per unreadable file."""
+    if ds.arrays is not None:
+        return []
+    problems = []
+    for i, p in enumerate(ds.meta["path"]):
+        if limit is not None and i >= limit:
+            break
+        try:
+            load_rgb(p)
+        except SkinLesionError as exc:
+            problems.append(str(exc))
+    return problems
