@@ -42,3 +42,32 @@ def run_cli(capsys):
         return code, out, err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A small separable synthetic dataset (96x72 images), its lesion split, and a model trained on it."""
+    from skinlesion.data import load_dataset, make_split
+    from skinlesion.data.synthetic import write_synthetic
+    from skinlesion.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    data = write_synthetic(root / "data", n_lesions=110, layout="flat", size=(96, 72), seed=3, min_per_class=10)
+    report = make_split(load_dataset(data).meta, fractions=(0.6, 0.2, 0.2), seed=0)
+    report.manifest.to_csv(root / "split.csv", index=False)
+    cfg = TrainConfig(data=str(data), split=str(root / "split.csv"), out=str(root / "run"), backbone="resnet18",
+                      input_size=32, epochs=6, batch_size=16, lr=3e-3, patience=10, progress=False, num_workers=0,
+                      balance="sqrt")
+    train(cfg)
+    return data, root / "split.csv", root / "run"
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """The shipped model, or skip if this checkout has none yet."""
+    from skinlesion.models import default_model_path
+
+    p = default_model_path()
+    if not p.exists():
+        pytest.skip("the shipped default model is not in this checkout")
+    return p

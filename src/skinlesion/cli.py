@@ -108,6 +108,133 @@ def download(
     _say(f"downloaded {source.value} to {path}; check it with `skinlesion info {path}`")
 
 
+@app.command()
+def train(
+    data: Path = typer.Argument(..., help="Dataset (folder, CSV, .npz or prepared cache)."),
+    split: Path = typer.Option(..., "--split", help="Split manifest from `skinlesion split`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory (checkpoints, config, metrics)."),
+    backbone: str = typer.Option("resnet50", help="Any timm model name."),
+    pretrained: bool = typer.Option(False, "--pretrained", help="Start from ImageNet weights (timm download, or offline packages for tf_efficientnet_lite0..2)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="ImageNet/backbone weights as a .safetensors file."),
+    input_size: Optional[int] = typer.Option(None, help="Network input size (default: backbone's, or 4x tiny images)."),
+    epochs: int = typer.Option(30),
+    batch_size: int = typer.Option(64),
+    lr: float = typer.Option(1e-3),
+    weight_decay: float = typer.Option(0.05),
+    balance: str = typer.Option("sqrt", help="Class imbalance: sqrt (inverse-sqrt-frequency loss weights), weights (inverse frequency), sampler (balanced sampling), none."),
+    label_smoothing: float = typer.Option(0.05),
+    patience: int = typer.Option(8, help="Early stopping patience in epochs (val balanced accuracy)."),
+    seed: int = typer.Option(42),
+    num_workers: Optional[int] = typer.Option(None, help="DataLoader workers (default: sized to the machine)."),
+    accelerator: str = typer.Option("auto", help="auto, cpu or gpu."),
+    devices: str = typer.Option("auto", help="Devices per node, e.g. 2 (DDP)."),
+    num_nodes: int = typer.Option(1, help="Nodes for multi-node DDP."),
+    strategy: str = typer.Option("auto", help="Lightning strategy, e.g. ddp."),
+    precision: Optional[str] = typer.Option(None, help="Default bf16-mixed on GPU, 32-true on CPU."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last finished epoch."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Train a model on a split; writes best/last models, config, manifest and metrics into --out."""
+    from .train import TrainConfig
+    from .train import train as run
+
+    cfg = TrainConfig(data=str(data), split=str(split), out=str(out), backbone=backbone, pretrained=pretrained,
+                      weights=str(weights) if weights else None, input_size=input_size, epochs=epochs,
+                      batch_size=batch_size, lr=lr, weight_decay=weight_decay, balance=balance,
+                      label_smoothing=label_smoothing, patience=patience, seed=seed, num_workers=num_workers,
+                      accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
+                      precision=precision, progress=progress)
+    run(cfg, resume=resume)
+    _say(f"run written to {out}")
+
+
+@app.command()
+def evaluate(
+    model: str = typer.Option("default", "--model", "-m", help="Run directory, model .safetensors file, or 'default'."),
+    data: Path = typer.Option(..., "--data", "-d", help="Dataset to evaluate on."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for metrics.json, plots and report.md."),
+    split: Optional[Path] = typer.Option(None, "--split", help="Split manifest; with --subset picks the images."),
+    subset: Optional[str] = typer.Option(None, "--subset", help="train, val or test (default test with --split; with no --split, the dataset's official split)."),
+    ids: Optional[Path] = typer.Option(None, "--ids", help="CSV of image_ids to restrict to."),
+    tta: bool = typer.Option(False, "--tta", help="Average the 8 flips/rotations."),
+    allow_missing: bool = typer.Option(False, "--allow-missing"),
+) -> None:
+    """Evaluate a model: metrics.json, confusion matrix, ROC, reliability diagram and report.md."""
+    from .evaluate import evaluate_model
+
+    m = evaluate_model(model, data, out, split=split, subset=subset, ids=ids, tta=tta, allow_missing=allow_missing)
+    _say(f"images {m['n_images']}: accuracy {m['accuracy']:.4f}, balanced accuracy {m['balanced_accuracy']:.4f}, "
+         f"macro AUC {m['auc_macro']:.4f}, malignant AUC {m['malignant_auc']:.4f}, "
+         f"ECE {m['ece_uncalibrated']:.4f} -> {m['ece']:.4f} (T={m['temperature']:.3f})")
+    _say(f"report: {out / 'report.md'}")
+
+
+@app.command()
+def predict(
+    model: str = typer.Argument(..., help="Run directory, model file (.safetensors or .onnx), or 'default'."),
+    images: List[str] = typer.Argument(..., help="Image files, folders or globs."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the rows to this CSV."),
+    tta: bool = typer.Option(False, "--tta", help="Average the 8 flips/rotations."),
+    backend: str = typer.Option("auto", help="auto (ONNX Runtime when an exported .onnx lies beside), torch or onnx."),
+) -> None:
+    """Predict images: one row each (top class, probabilities, malignant probability, warnings, errors)."""
+    import pandas as pd
+
+    from .classes import CODES
+    from .predict import Predictor, expand_inputs, predict_files
+
+    paths = expand_inputs(images)
+    if not paths:
+        raise SkinLesionError("No files to predict; pass image files, folders or globs.")
+    rows = predict_files(Predictor(model, backend=backend, tta=tta), paths)
+    cols = ["image", "top_class", "probability", "malignant_probability", *CODES, "ood_score", "warnings", "error"]
+    table = pd.DataFrame(rows).reindex(columns=cols)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out, index=False)
+    with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 60):
+        _say(table.drop(columns=["warnings"]).astype(object).fillna("").to_string(index=False))
+    bad = int(table["error"].fillna("").astype(bool).sum())
+    if bad:
+        _warn(f"{bad} of {len(table)} file(s) could not be read; see the error column.")
+    if out:
+        _say(f"wrote {out}")
+
+
+@app.command()
+def export(
+    model: str = typer.Argument(..., help="Run directory, model .safetensors file, or 'default'."),
+    out: Path = typer.Option(..., "--out", "-o", help="The .onnx file to write."),
+    check: List[Path] = typer.Option([], "--check", help="Extra real images for the parity check."),
+) -> None:
+    """Export to ONNX; refuses to write a model whose probabilities differ from PyTorch by more than 1e-4."""
+    from .export import export_onnx
+
+    r = export_onnx(model, out, check_images=check)
+    _say(f"wrote {r['path']}: parity on {r['n_checked']} inputs, max probability difference "
+         f"{r['max_probability_difference']:.2e}")
+
+
+@app.command(name="app")
+def app_cmd(
+    model: str = typer.Option("default", "--model", "-m", help="Model to serve."),
+    port: int = typer.Option(8501, "--port", help="Port to listen on."),
+    address: str = typer.Option("localhost", "--address", help="Address to bind (0.0.0.0 to serve others)."),
+) -> None:
+    """Start the Streamlit web app."""
+    import subprocess
+    from importlib import resources
+
+    from .models import resolve_model_path
+
+    resolve_model_path(model)  # a wrong --model fails here, in one sentence
+    script = str(resources.files("skinlesion") / "app.py")
+    cmd = [sys.executable, "-m", "streamlit", "run", script, "--server.port", str(port), "--server.address", address,
+           "--server.headless", "true", "--browser.gatherUsageStats", "false", "--", "--model", model]
+    _say(f"skinlesion app on http://{address}:{port}")
+    raise typer.Exit(subprocess.call(cmd))
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point: user errors become one sentence and exit code 2, never a traceback."""
     try:

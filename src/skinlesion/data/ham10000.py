@@ -129,7 +129,7 @@ def index_images(root: Path) -> dict[str, Path]:
     lower-case twin); the first in sorted order wins.
     """
     found: dict[str, Path] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames.sort()
         for fn in sorted(filenames):
             stem, ext = os.path.splitext(fn)

@@ -1,0 +1,56 @@
+"""PyTorch datasets and loaders over a :class:`~skinlesion.data.Dataset`."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .ham10000 import Dataset
+
+SMALL_SIDE = 64  # datasets of images this small are held decoded in memory
+
+
+class ImageSet:
+    """``(tensor, label, position)`` for the rows ``positions`` of ``ds``, through ``transform``."""
+
+    def __init__(self, ds: Dataset, positions, transform, preload: bool | None = None):
+        self.ds = ds
+        self.positions = np.asarray(positions, int)
+        self.transform = transform
+        if preload is None:
+            preload = ds.arrays is not None or native_size(ds) <= SMALL_SIDE
+        self.cache = [ds.image(int(p)) for p in self.positions] if preload else None
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int):
+        img = self.cache[i] if self.cache is not None else self.ds.image(int(self.positions[i]))
+        return self.transform(img), int(self.ds.meta["label"].iat[self.positions[i]]), int(self.positions[i])
+
+
+def native_size(ds: Dataset) -> int:
+    """The shorter side of the dataset's first image."""
+    if ds.arrays is not None:
+        return int(min(ds.arrays.shape[1:3]))
+    return int(min(ds.image(0).size))
+
+
+def default_workers(n_items: int) -> int:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cpus - 1)) if n_items > 256 else 0
+
+
+def make_loader(dataset: ImageSet, batch_size: int, *, shuffle: bool = False, sampler=None,
+                num_workers: int | None = None, pin_memory: bool = False, seed: int = 0, drop_last: bool = False):
+    import torch
+
+    workers = default_workers(len(dataset)) if num_workers is None else num_workers
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
+        num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
+        drop_last=drop_last, generator=g,
+    )

@@ -1,0 +1,187 @@
+"""Honest evaluation: metrics.json, confusion matrix, ROC curves, reliability diagram, report.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .calibration import ece, reliability, softmax
+from .classes import CODES
+from .data.ham10000 import Dataset
+from .errors import SkinLesionError
+from .metrics import compute_metrics, malignant_probability
+
+
+def dataset_logits(net, prep, ds: Dataset, positions=None, *, tta: bool = False, batch_size: int = 128,
+                   device: str | None = None, num_workers: int | None = None) -> np.ndarray:
+    """Raw logits for rows ``positions`` of ``ds`` (all rows when None), optionally 8-view TTA."""
+    import torch
+
+    from .data.loader import ImageSet, make_loader
+    from .preprocess import tta_views
+
+    positions = np.arange(len(ds)) if positions is None else np.asarray(positions, int)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    net = net.to(device).eval()
+    loader = make_loader(ImageSet(ds, positions, prep.eval_transform()), batch_size, num_workers=num_workers)
+    out = []
+    with torch.inference_mode():
+        for x, _, _ in loader:
+            x = x.to(device)
+            if tta:
+                out.append(torch.stack([net(v) for v in tta_views(x)]).softmax(-1).mean(0).log().cpu())
+            else:
+                out.append(net(x).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, len(CODES)), np.float32)
+
+
+def select_rows(ds: Dataset, split: str | Path | None = None, subset: str | None = None,
+                ids: str | Path | None = None) -> np.ndarray:
+    """Row positions of ``ds`` chosen by a split manifest subset and/or an id list CSV."""
+    from .data.split import read_manifest
+
+    keep = np.ones(len(ds), bool)
+    image_ids = ds.meta["image_id"]
+    if split is not None:
+        m = read_manifest(split)
+        subset = subset or "test"
+        chosen = set(m.loc[m["split"] == subset, "image_id"])
+        if not chosen:
+            raise SkinLesionError(f"The split {Path(split).name} has no '{subset}' images; choose --subset train, val or test.")
+        unknown = chosen - set(image_ids)
+        if unknown:
+            raise SkinLesionError(
+                f"{len(unknown)} image(s) of the split's {subset} subset are not in this dataset "
+                f"(first: {sorted(unknown)[0]}); use the split made for this dataset."
+            )
+        keep &= image_ids.isin(chosen).to_numpy()
+    elif subset is not None:
+        if "split" not in ds.meta.columns:
+            raise SkinLesionError(f"--subset {subset} needs --split FILE, or a dataset with an official split column.")
+        keep &= (ds.meta["split"].astype(str) == subset).to_numpy()
+    if ids is not None:
+        p = Path(ids)
+        if not p.exists():
+            raise SkinLesionError(f"The id list {p} does not exist.")
+        lst = pd.read_csv(p, dtype=str)
+        col = "image_id" if "image_id" in lst.columns else lst.columns[0]
+        wanted = set(lst[col].str.strip())
+        unknown = wanted - set(image_ids)
+        if unknown:
+            raise SkinLesionError(f"{len(unknown)} id(s) in {p.name} are not in this dataset (first: {sorted(unknown)[0]}).")
+        keep &= image_ids.isin(wanted).to_numpy()
+    pos = np.flatnonzero(keep)
+    if len(pos) == 0:
+        raise SkinLesionError("No images are left to evaluate after applying --split/--subset/--ids.")
+    return pos
+
+
+def evaluate_model(model: str | Path, data: str | Path, out: str | Path, *, split=None, subset=None, ids=None,
+                   tta: bool = False, allow_missing: bool = False) -> dict:
+    """Evaluate ``model`` on ``data``; write metrics.json, plots and report.md into ``out``."""
+    from .data.ham10000 import load_dataset
+    from .models import load_model
+
+    net, cfg = load_model(model)
+    ds = load_dataset(data, allow_missing=allow_missing)
+    pos = select_rows(ds, split, subset, ids)
+    logits = dataset_logits(net, cfg.prep, ds, pos, tta=tta)
+    labels = ds.labels[pos]
+    probs = softmax(logits, cfg.temperature)
+    metrics = compute_metrics(probs, labels)
+    metrics["ece_uncalibrated"] = ece(softmax(logits, 1.0), labels)
+    metrics["temperature"] = cfg.temperature
+    metrics["tta"] = tta
+    metrics["model"] = str(model)
+    metrics["data"] = str(data)
+    metrics["subset"] = subset
+    write_report(metrics, probs, labels, Path(out), ids=ds.meta["image_id"].to_numpy()[pos])
+    return metrics
+
+
+def write_report(metrics: dict, probs: np.ndarray, labels: np.ndarray, out: Path, ids=None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    if ids is not None:
+        pred = pd.DataFrame(probs, columns=list(CODES))
+        pred.insert(0, "image_id", ids)
+        pred.insert(1, "label", [CODES[i] for i in labels])
+        pred.insert(2, "pred", [CODES[i] for i in probs.argmax(1)])
+        pred.to_csv(out / "predictions.csv", index=False)
+
+    cm = np.asarray(metrics["confusion_matrix"])
+    fig, ax = plt.subplots(figsize=(6, 5))
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(CODES)):
+        for j in range(len(CODES)):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+    ax.set_xticks(range(len(CODES)), CODES)
+    ax.set_yticks(range(len(CODES)), CODES)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Confusion matrix (colour: row-normalised)")
+    fig.tight_layout()
+    fig.savefig(out / "confusion_matrix.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for i, c in enumerate(CODES):
+        y = labels == i
+        if 0 < y.sum() < len(y):
+            fpr, tpr, _ = roc_curve(y, probs[:, i])
+            ax.plot(fpr, tpr, label=f"{c} (AUC {metrics['per_class'][c]['auc']:.3f})")
+    mal = np.isin(labels, [CODES.index(c) for c in ("akiec", "bcc", "mel")])
+    if 0 < mal.sum() < len(mal):
+        fpr, tpr, _ = roc_curve(mal, malignant_probability(probs))
+        ax.plot(fpr, tpr, "k--", label=f"malignant vs benign (AUC {metrics['malignant_auc']:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.5)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("ROC curves (one-vs-rest)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "roc_curves.png", dpi=110)
+    plt.close(fig)
+
+    edges, rows = reliability(probs, labels, 15)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    centers = (edges[:-1] + edges[1:]) / 2
+    ax.bar(centers, [r[1] if r[2] else 0 for r in rows], width=1 / 15, edgecolor="k", alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    ax.set_xlabel("confidence (top class)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability diagram (ECE {metrics['ece']:.3f})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "reliability.png", dpi=110)
+    plt.close(fig)
+
+    m = metrics
+    lines = [
+        "# Evaluation report", "",
+        f"Model: `{m.get('model', '')}`  ",
+        f"Data: `{m.get('data', '')}`, subset: {m.get('subset') or 'all'}, images: {m['n_images']}, "
+        f"TTA: {m.get('tta', False)}, temperature: {m.get('temperature', 1.0):.3f}", "",
+        "| metric | value |", "| --- | --- |",
+    ]
+    for k in ("accuracy", "balanced_accuracy", "f1_weighted", "f1_macro", "auc_macro", "malignant_auc", "ece", "ece_uncalibrated", "nll"):
+        if k in m:
+            lines.append(f"| {k} | {m[k]:.4f} |")
+    for s, v in m["malignant_sensitivity_at_specificity"].items():
+        lines.append(f"| malignant sensitivity at {s} % specificity | {v:.4f} |")
+    lines += ["", "| class | precision | recall | specificity | F1 | AUC | support |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for c, r in m["per_class"].items():
+        lines.append(f"| {c} | {r['precision']:.3f} | {r['recall']:.3f} | {r['specificity']:.3f} | {r['f1']:.3f} | {r['auc']:.3f} | {r['support']} |")
+    lines += ["", "![confusion matrix](confusion_matrix.png)", "", "![ROC curves](roc_curves.png)", "",
+              "![reliability diagram](reliability.png)", ""]
+    (out / "report.md").write_text("\n".join(lines))

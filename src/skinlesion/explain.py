@@ -1,0 +1,53 @@
+"""Grad-CAM heat maps (the ``grad-cam`` package) over the model's input."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+
+def target_layer(net, input_size: int, min_side: int = 4):
+    """Where Grad-CAM looks: the last convolution whose output is still at least ``min_side`` pixels wide.
+
+    The very last convolution of a backbone is 1x1 or 2x2 on small inputs (28-64 px), which makes a
+    useless, uniform map; an earlier, finer layer keeps the map informative.
+    """
+    import torch
+
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    if not convs:
+        raise ValueError("this backbone has no convolution for Grad-CAM")
+    sides = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o: sides.__setitem__(mod, min(o.shape[-2:]))) for m in convs]
+    try:
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, 3, input_size, input_size))
+    finally:
+        for h in hooks:
+            h.remove()
+    wide = [m for m in convs if sides.get(m, 0) >= min_side]
+    return wide[-1] if wide else convs[-1]
+
+
+def gradcam(net, prep, image: Image.Image, target: int | None = None) -> np.ndarray:
+    """Heat map in [0, 1], shape (input_size, input_size), for class ``target`` (default: the top class)."""
+    import torch
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    x = torch.from_numpy(prep.batch([image]))
+    net = net.eval()
+    with GradCAM(model=net, target_layers=[target_layer(net, prep.input_size)]) as cam:
+        targets = None if target is None else [ClassifierOutputTarget(int(target))]
+        heat = cam(input_tensor=x, targets=targets)[0]
+    heat = np.nan_to_num(heat)
+    return (heat - heat.min()) / (heat.max() - heat.min() + 1e-8)
+
+
+def overlay(image: Image.Image, heat: np.ndarray, alpha: float = 0.45) -> Image.Image:
+    """The heat map coloured (jet) and blended over ``image`` at the image's own size."""
+    from matplotlib import colormaps
+
+    h = Image.fromarray((heat * 255).astype(np.uint8)).resize(image.size, Image.BILINEAR)
+    coloured = (colormaps["jet"](np.asarray(h) / 255.0)[..., :3] * 255).astype(np.uint8)
+    return Image.blend(image.convert("RGB"), Image.fromarray(coloured), alpha)

@@ -1,0 +1,82 @@
+"""Classification metrics for the seven classes and the malignant-vs-benign question.
+
+Computed with scikit-learn from calibrated probabilities; :func:`compute_metrics`
+returns the dictionary written to ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .calibration import ece
+from .classes import CODES, MALIGNANT_MASK
+
+SPECIFICITIES = (0.80, 0.90, 0.95)
+
+
+def malignant_probability(probs: np.ndarray) -> np.ndarray:
+    return np.asarray(probs)[:, np.asarray(MALIGNANT_MASK)].sum(axis=1)
+
+
+def sensitivity_at_specificity(y_true: np.ndarray, score: np.ndarray, specificity: float) -> float:
+    """Highest sensitivity reachable with specificity >= ``specificity`` (ROC-curve operating points)."""
+    from sklearn.metrics import roc_curve
+
+    if len(np.unique(y_true)) < 2:
+        return float("nan")
+    fpr, tpr, _ = roc_curve(y_true, score)
+    ok = fpr <= 1.0 - specificity + 1e-12
+    return float(tpr[ok].max()) if ok.any() else 0.0
+
+
+def _renormalized(probs: np.ndarray) -> np.ndarray:
+    p = np.clip(probs, 1e-12, 1.0)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def compute_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
+    from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
+                                 log_loss, precision_recall_fscore_support, roc_auc_score)
+
+    probs = np.asarray(probs, np.float64)
+    labels = np.asarray(labels, int)
+    k = len(CODES)
+    pred = probs.argmax(axis=1)
+    present = sorted(set(labels.tolist()))
+    prec, rec, f1, support = precision_recall_fscore_support(labels, pred, labels=list(range(k)), zero_division=0)
+    cm = confusion_matrix(labels, pred, labels=list(range(k)))
+    per_class = {}
+    aucs = []
+    for i, code in enumerate(CODES):
+        tn = cm.sum() - cm[i, :].sum() - cm[:, i].sum() + cm[i, i]
+        fp = cm[:, i].sum() - cm[i, i]
+        y = (labels == i).astype(int)
+        auc = float(roc_auc_score(y, probs[:, i])) if 0 < y.sum() < len(y) else float("nan")
+        if not np.isnan(auc):
+            aucs.append(auc)
+        per_class[code] = {
+            "precision": float(prec[i]), "recall": float(rec[i]),
+            "specificity": float(tn / (tn + fp)) if tn + fp else float("nan"),
+            "f1": float(f1[i]), "auc": auc, "support": int(support[i]),
+        }
+    mal_true = np.asarray(MALIGNANT_MASK)[labels].astype(int)
+    mal_score = malignant_probability(probs)
+    mal_auc = float(roc_auc_score(mal_true, mal_score)) if 0 < mal_true.sum() < len(mal_true) else float("nan")
+    return {
+        "n_images": int(len(labels)),
+        "accuracy": float(accuracy_score(labels, pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(labels, pred)) if len(present) > 1 else float(rec[present[0]]),
+        "f1_weighted": float(f1_score(labels, pred, average="weighted", labels=present, zero_division=0)),
+        "f1_macro": float(f1_score(labels, pred, average="macro", labels=present, zero_division=0)),
+        # one-vs-rest, macro over the classes present in the labels
+        "auc_macro": float(np.mean(aucs)) if aucs else float("nan"),
+        "nll": float(log_loss(labels, _renormalized(probs), labels=list(range(k)))),
+        "ece": ece(probs, labels, 15),
+        "per_class": per_class,
+        "malignant_auc": mal_auc,
+        "malignant_sensitivity_at_specificity": {
+            f"{int(s * 100)}": sensitivity_at_specificity(mal_true, mal_score, s) for s in SPECIFICITIES
+        },
+        "confusion_matrix": cm.tolist(),
+        "classes": list(CODES),
+    }

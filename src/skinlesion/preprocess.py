@@ -1,0 +1,121 @@
+"""The ONE definition of image preprocessing, stored with every model.
+
+Training, evaluation, prediction, export checks and the app all turn an image into
+a tensor through :class:`Preprocess`, and a model's :class:`Preprocess` travels in
+its JSON config, so the pixels a model is served are the pixels it was trained on.
+
+The pipeline (PIL image of any size -> float tensor C x H x W):
+
+1. ``source_size``: when set, the image is first resized to ``source_size`` square,
+   the way the training images were made (DermaMNIST resized whole 600x450 photos
+   to 28x28). A full-resolution upload to a model trained on 28x28 images thus
+   goes through the same information bottleneck as its training data.
+2. resize to ``input_size`` square (the whole image; dermoscopy keeps the lesion
+   centred, and nothing is cropped away at inference);
+3. to float, then normalise with ``mean`` / ``std``.
+
+Training augmentation (flips, 90-degree rotations, colour jitter, random resized
+crop) is applied between steps 1 and 3, and lives here too, in :meth:`train_transform`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from PIL import Image
+
+_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "box": Image.BOX, "nearest": Image.NEAREST}
+
+
+@dataclass
+class Preprocess:
+    input_size: int = 224
+    source_size: int | None = None
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # augmentation strength (training only)
+    scale: tuple[float, float] = (0.75, 1.0)
+    jitter: float = 0.1
+    extra: dict = field(default_factory=dict)
+
+    # ---- serialisation ----
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mean"], d["std"], d["scale"] = list(self.mean), list(self.std), list(self.scale)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocess":
+        d = dict(d)
+        for k in ("mean", "std", "scale"):
+            if k in d:
+                d[k] = tuple(float(x) for x in d[k])
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    # ---- the pipeline ----
+    def to_source(self, img: Image.Image) -> Image.Image:
+        """Step 1: the resolution the training images had (identity when unset)."""
+        img = img.convert("RGB") if img.mode != "RGB" else img
+        if self.source_size and img.size != (self.source_size, self.source_size):
+            img = img.resize((self.source_size, self.source_size), Image.BOX if min(img.size) > self.source_size else _RESAMPLE[self.interpolation])
+        return img
+
+    def _resize(self, img: Image.Image) -> Image.Image:
+        if img.size != (self.input_size, self.input_size):
+            img = img.resize((self.input_size, self.input_size), _RESAMPLE[self.interpolation])
+        return img
+
+    def to_array(self, img: Image.Image) -> np.ndarray:
+        """Steps 1-3 for one image: float32 array (3, input_size, input_size)."""
+        return self.normalize(np.asarray(self._resize(self.to_source(img)), dtype=np.uint8))
+
+    def normalize(self, hwc_uint8: np.ndarray) -> np.ndarray:
+        x = hwc_uint8.astype(np.float32) / 255.0
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+    def batch(self, images) -> np.ndarray:
+        """A batch (N, 3, S, S) float32 from PIL images."""
+        return np.stack([self.to_array(im) for im in images])
+
+    def eval_transform(self):
+        """A callable PIL image -> torch tensor for evaluation and prediction."""
+        import torch
+
+        return lambda img: torch.from_numpy(self.to_array(img))
+
+    def train_transform(self):
+        """A callable PIL image -> augmented torch tensor. All augmentation lives here."""
+        import torch
+        from torchvision.transforms import v2 as T
+
+        aug = T.Compose([
+            T.RandomResizedCrop(self.input_size, scale=self.scale, ratio=(0.8, 1.25),
+                                interpolation=T.InterpolationMode(self.interpolation), antialias=True),
+            T.RandomHorizontalFlip(),
+            T.RandomVerticalFlip(),
+            T.ColorJitter(brightness=self.jitter, contrast=self.jitter, saturation=self.jitter, hue=self.jitter / 4),
+        ])
+
+        def transform(img: Image.Image):
+            img = aug(self.to_source(img))
+            k = int(torch.randint(4, ()).item())
+            if k:
+                img = img.rotate(90 * k)  # the 90-degree rotations: dermoscopy has no "up"
+            return torch.from_numpy(self.normalize(np.asarray(img, dtype=np.uint8)))
+
+        return transform
+
+
+def tta_views(x):
+    """The 8 flips/rotations (dihedral group) of a batch tensor (N, C, H, W)."""
+    import torch
+
+    views = []
+    for k in range(4):
+        r = torch.rot90(x, k, dims=(2, 3))
+        views += [r, torch.flip(r, dims=(3,))]
+    return views

