@@ -117,6 +117,7 @@ def train(
     pretrained: bool = typer.Option(False, "--pretrained", help="Start from ImageNet weights (timm download, or offline packages for tf_efficientnet_lite0..2)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="ImageNet/backbone weights as a .safetensors file."),
     input_size: Optional[int] = typer.Option(None, help="Network input size (default: backbone's, or 4x tiny images)."),
+    source_size: Optional[int] = typer.Option(None, help="Resize every image to this square size first (default: tiny images' or a cache's own size); matches `prepare --size`."),
     epochs: int = typer.Option(30),
     batch_size: int = typer.Option(64),
     lr: float = typer.Option(1e-3),
@@ -133,17 +134,18 @@ def train(
     precision: Optional[str] = typer.Option(None, help="Default bf16-mixed on GPU, 32-true on CPU."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last finished epoch."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    record_shards: bool = typer.Option(False, "--record-shards", help="Write the image positions each rank trains on in epoch 0 (checks DDP sharding)."),
 ) -> None:
     """Train a model on a split; writes best/last models, config, manifest and metrics into --out."""
     from .train import TrainConfig
     from .train import train as run
 
     cfg = TrainConfig(data=str(data), split=str(split), out=str(out), backbone=backbone, pretrained=pretrained,
-                      weights=str(weights) if weights else None, input_size=input_size, epochs=epochs,
+                      weights=str(weights) if weights else None, input_size=input_size, source_size=source_size, epochs=epochs,
                       batch_size=batch_size, lr=lr, weight_decay=weight_decay, balance=balance,
                       label_smoothing=label_smoothing, patience=patience, seed=seed, num_workers=num_workers,
                       accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
-                      precision=precision, progress=progress)
+                      precision=precision, progress=progress, extra={"record_shards": record_shards})
     run(cfg, resume=resume)
     _say(f"run written to {out}")
 
@@ -233,6 +235,21 @@ def app_cmd(
            "--server.headless", "true", "--browser.gatherUsageStats", "false", "--", "--model", model]
     _say(f"skinlesion app on http://{address}:{port}")
     raise typer.Exit(subprocess.call(cmd))
+
+
+@app.command()
+def prepare(
+    data: Path = typer.Argument(..., help="HAM10000 folder, metadata CSV or .npz."),
+    out: Path = typer.Option(..., "--out", "-o", help="Cache folder to write (resumable)."),
+    size: int = typer.Option(256, "--size", help="Square side of the cached images."),
+    allow_missing: bool = typer.Option(False, "--allow-missing"),
+) -> None:
+    """Decode and resize every image once into a memory-mapped cache that train/evaluate accept as DATA."""
+    from .prepare import prepare as run
+
+    state = run(data, out, size, allow_missing=allow_missing)
+    _say(f"cache {out}: {state['done']} images at {size}x{size}; use it as DATA for train and evaluate "
+         f"(train on the raw folder with --source-size {size} to get the same pixels)")
 
 
 def main(argv: Optional[List[str]] = None) -> None:

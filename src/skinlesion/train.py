@@ -37,7 +37,9 @@ class TrainConfig:
     pretrained: bool = False
     weights: str | None = None
     input_size: int | None = None  # default: backbone's size, or 4x the images' size when they are tiny
-    source_size: int | None = None  # default: the images' own size when they are tiny (<= 64 px)
+    # first resize every image to this square size (see skinlesion.preprocess); default: the images' own
+    # size when they are tiny (<= 64 px) or come from a prepared cache
+    source_size: int | None = None
     epochs: int = 30
     batch_size: int = 64
     lr: float = 1e-3
@@ -89,6 +91,7 @@ def _module_class():
             self.register_buffer("class_w", torch.tensor(weights, dtype=torch.float32))
             self._val = []
             self._train_losses = []
+            self._seen: list[int] = []
             self.val_metrics: dict = {}
             self.train_loss = float("nan")
 
@@ -103,7 +106,9 @@ def _module_class():
             return x.to(memory_format=torch.channels_last) if x.device.type == "cuda" else x
 
         def training_step(self, batch, _):
-            x, y, _ = batch
+            x, y, pos = batch
+            if self.cfg.get("extra", {}).get("record_shards") and self.current_epoch == 0:
+                self._seen.extend(pos.tolist())
             logits = self(self._x(x))
             loss = torch.nn.functional.cross_entropy(
                 logits.float(), y, weight=self.class_w, label_smoothing=self.cfg["label_smoothing"])
@@ -113,6 +118,13 @@ def _module_class():
 
         def on_train_epoch_start(self):
             self._train_losses.clear()
+
+        def on_train_epoch_end(self):
+            if self._seen:  # which images this rank trained on in epoch 0 (DDP shard check)
+                out = Path(self.cfg["out"]) / "shards"
+                out.mkdir(exist_ok=True)
+                (out / f"rank{self.global_rank}.txt").write_text("\n".join(map(str, sorted(self._seen))))
+                self._seen = []
 
         def validation_step(self, batch, _):
             x, y, pos = batch
@@ -228,13 +240,49 @@ def resolve(cfg: TrainConfig, ds) -> TrainConfig:
     from .data.loader import SMALL_SIDE, native_size
 
     native = native_size(ds)
-    if cfg.source_size is None and native <= SMALL_SIDE:
-        cfg.source_size = native
+    if cfg.source_size is None and (native <= SMALL_SIDE or ds.layout == "cache"):
+        cfg.source_size = native  # a cache's images are the source stage of preprocessing
     if cfg.input_size is None:
         cfg.input_size = 4 * native if native <= SMALL_SIDE else 224
     if cfg.balance not in ("sqrt", "weights", "sampler", "none"):
         raise SkinLesionError(f"Unknown --balance {cfg.balance!r}; use sqrt, weights, sampler or none.")
     return cfg
+
+
+def build_loaders(cfg: TrainConfig, ds, manifest):
+    """Resolve ``cfg`` against the data and build the train/val loaders exactly as training uses them.
+
+    Returns (cfg, preprocess, train positions, val positions, train loader, val loader).
+    """
+    import torch
+
+    from .data.loader import ImageSet, make_loader
+    from .models import default_preprocess
+
+    by_id = {iid: i for i, iid in enumerate(ds.meta["image_id"])}
+    unknown = [i for i in manifest["image_id"] if i not in by_id]
+    if unknown:
+        raise SkinLesionError(
+            f"{len(unknown)} image(s) in the split {Path(cfg.split).name} are not in {cfg.data} "
+            f"(first: {unknown[0]}); make the split from this dataset."
+        )
+    tr = np.array([by_id[i] for i in manifest.loc[manifest["split"] == "train", "image_id"]])
+    va = np.array([by_id[i] for i in manifest.loc[manifest["split"] == "val", "image_id"]])
+    if len(tr) == 0 or len(va) == 0:
+        raise SkinLesionError(f"The split {Path(cfg.split).name} needs train and val images (train {len(tr)}, val {len(va)}).")
+    cfg = resolve(cfg, ds)
+    prep = default_preprocess(cfg.backbone, cfg.input_size, cfg.source_size)
+    gpu = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
+    labels = ds.labels[tr]
+    sampler = None
+    if cfg.balance == "sampler":
+        w = 1.0 / np.bincount(labels, minlength=len(CODES))[labels]
+        sampler = torch.utils.data.WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), len(tr), replacement=True)
+    train_loader = make_loader(ImageSet(ds, tr, prep.train_transform()), cfg.batch_size, shuffle=True, sampler=sampler,
+                               num_workers=cfg.num_workers, pin_memory=gpu, seed=cfg.seed, drop_last=len(tr) > cfg.batch_size)
+    val_loader = make_loader(ImageSet(ds, va, prep.eval_transform()), cfg.batch_size * 2,
+                             num_workers=cfg.num_workers, pin_memory=gpu)
+    return cfg, prep, tr, va, train_loader, val_loader
 
 
 def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
@@ -243,9 +291,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
     import torch
 
     from .data.ham10000 import load_dataset
-    from .data.loader import ImageSet, make_loader
     from .data.split import read_manifest
-    from .models import ModelConfig, default_preprocess
+    from .models import ModelConfig
 
     out = Path(cfg.out)
     ckpt = out / "checkpoints" / "last.ckpt"
@@ -261,35 +308,13 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
     L.seed_everything(cfg.seed, workers=True)
     ds = load_dataset(cfg.data)
     manifest = read_manifest(cfg.split)
-    by_id = {iid: i for i, iid in enumerate(ds.meta["image_id"])}
-    unknown = [i for i in manifest["image_id"] if i not in by_id]
-    if unknown:
-        raise SkinLesionError(
-            f"{len(unknown)} image(s) in the split {Path(cfg.split).name} are not in {cfg.data} "
-            f"(first: {unknown[0]}); make the split from this dataset."
-        )
-    tr = np.array([by_id[i] for i in manifest.loc[manifest["split"] == "train", "image_id"]])
-    va = np.array([by_id[i] for i in manifest.loc[manifest["split"] == "val", "image_id"]])
-    if len(tr) == 0 or len(va) == 0:
-        raise SkinLesionError(f"The split {Path(cfg.split).name} needs train and val images (train {len(tr)}, val {len(va)}).")
-    cfg = resolve(cfg, ds)
-    prep = default_preprocess(cfg.backbone, cfg.input_size, cfg.source_size)
+    cfg, prep, tr, va, train_loader, val_loader = build_loaders(cfg, ds, manifest)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     manifest.to_csv(out / "split.csv", index=False)
-
     gpu = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
     precision = cfg.precision or ("bf16-mixed" if gpu else "32-true")
-    labels = ds.labels[tr]
-    weights = class_weights(labels, cfg.balance if cfg.balance != "sampler" else "none")
-    sampler = None
-    if cfg.balance == "sampler":
-        w = 1.0 / np.bincount(labels, minlength=len(CODES))[labels]
-        sampler = torch.utils.data.WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), len(tr), replacement=True)
-    train_loader = make_loader(ImageSet(ds, tr, prep.train_transform()), cfg.batch_size, shuffle=True, sampler=sampler,
-                               num_workers=cfg.num_workers, pin_memory=gpu, seed=cfg.seed, drop_last=len(tr) > cfg.batch_size)
-    val_loader = make_loader(ImageSet(ds, va, prep.eval_transform()), cfg.batch_size * 2,
-                             num_workers=cfg.num_workers, pin_memory=gpu)
+    weights = class_weights(ds.labels[tr], cfg.balance if cfg.balance != "sampler" else "none")
 
     Module = _module_class()
     module = Module(asdict(cfg), weights.tolist())

@@ -18,8 +18,8 @@ class ImageSet:
         self.ds = ds
         self.positions = np.asarray(positions, int)
         self.transform = transform
-        if preload is None:
-            preload = ds.arrays is not None or native_size(ds) <= SMALL_SIDE
+        if preload is None:  # tiny images are kept decoded; arrays (npz, memory-mapped cache) are read per item
+            preload = ds.arrays is None and native_size(ds) <= SMALL_SIDE
         self.cache = [ds.image(int(p)) for p in self.positions] if preload else None
 
     def __len__(self) -> int:

@@ -1,0 +1,110 @@
+"""A prepared cache: every image decoded once and resized, for full-speed training.
+
+``skinlesion prepare DATA --size 256 --out CACHE`` writes
+
+- ``CACHE/images.npy``  uint8 array (N, size, size, 3), memory-mapped
+- ``CACHE/HAM10000_metadata.csv``  the metadata (image_id, lesion_id, dx, ...) in array order
+- ``CACHE/cache.json``  size, count, source, and how many images are done
+
+Each image goes through :meth:`Preprocess.to_source` with ``source_size=size``, the
+very function training and serving use, so a model trained on the cache sees the same
+pixels as one trained on the raw folder with ``--source-size size``. ``train`` and
+``evaluate`` accept ``CACHE`` in place of ``DATA``. An interrupted ``prepare`` resumes
+where it stopped; a cache of another size is never mixed in.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import SkinLesionError
+
+CHUNK = 256
+
+
+def _write_state(out: Path, state: dict) -> None:
+    tmp = out / "cache.json.tmp"
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(out / "cache.json")
+
+
+def prepare(data: str | Path, out: str | Path, size: int = 256, *, allow_missing: bool = False,
+            progress: bool = True, interpolation: str = "bicubic") -> dict:
+    """Decode and resize every image of ``data`` into the cache ``out``; resumable."""
+    from .data.ham10000 import load_dataset
+    from .preprocess import Preprocess
+
+    if size < 8 or size > 2048:
+        raise SkinLesionError(f"--size {size} is out of range; use 8 to 2048 pixels (256 suits 224 px training).")
+    out = Path(out)
+    ds = load_dataset(data, allow_missing=allow_missing)
+    if ds.layout == "cache":
+        raise SkinLesionError(f"{data} is already a prepared cache; prepare the original dataset instead.")
+    n = len(ds)
+    prep = Preprocess(input_size=size, source_size=size, interpolation=interpolation)
+    state_path = out / "cache.json"
+    if state_path.exists():
+        state = json.loads(state_path.read_text())
+        if state["size"] != size:
+            raise SkinLesionError(
+                f"{out} holds a cache of {state['size']}x{state['size']} images; it will not mix in "
+                f"{size}x{size} ones. Use --size {state['size']} to resume it, or another --out."
+            )
+        if state["n"] != n or state["source"] != str(Path(data).resolve()):
+            raise SkinLesionError(f"{out} holds a cache of another dataset ({state['source']}, {state['n']} images); choose another --out.")
+        done = int(state["done"])
+        mode = "r+"
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        meta = ds.meta.drop(columns=[c for c in ("path", "index") if c in ds.meta.columns]).copy()
+        meta["index"] = np.arange(n)
+        meta.to_csv(out / "HAM10000_metadata.csv", index=False)
+        state = {"size": size, "n": n, "done": 0, "source": str(Path(data).resolve()), "layout": ds.layout,
+                 "interpolation": interpolation, "format": "uint8 (N, size, size, 3) in images.npy"}
+        _write_state(out, state)
+        done = 0
+        mode = "w+"
+    arr = np.lib.format.open_memmap(out / "images.npy", mode=mode, dtype=np.uint8, shape=(n, size, size, 3)) \
+        if mode == "w+" else np.load(out / "images.npy", mmap_mode="r+")
+    if done:
+        print(f"resuming {out}: {done} of {n} images already done", file=sys.stderr)
+    t0 = time.time()
+    start = done
+    try:
+        while done < n:
+            end = min(n, done + CHUNK)
+            for i in range(done, end):
+                arr[i] = np.asarray(prep.to_source(ds.image(i)), dtype=np.uint8)
+            arr.flush()
+            done = end
+            state["done"] = done
+            _write_state(out, state)
+            if progress:
+                rate = (done - start) / max(time.time() - t0, 1e-9)
+                print(f"\rprepared {done}/{n} images ({rate:.0f} img/s)", end="", file=sys.stderr, flush=True)
+    finally:
+        del arr
+        if progress:
+            print(file=sys.stderr)
+    return state
+
+
+def read_cache(path: Path):
+    """Open a prepared cache as a :class:`~skinlesion.data.Dataset` (memory-mapped)."""
+    from .data.ham10000 import Dataset
+
+    state = json.loads((path / "cache.json").read_text())
+    if state["done"] < state["n"]:
+        raise SkinLesionError(
+            f"The cache {path} is incomplete ({state['done']} of {state['n']} images); rerun "
+            f"`skinlesion prepare {state['source']} --size {state['size']} --out {path}` to finish it."
+        )
+    meta = pd.read_csv(path / "HAM10000_metadata.csv", dtype={"image_id": str, "lesion_id": str, "dx": str})
+    arrays = np.load(path / "images.npy", mmap_mode="r")
+    return Dataset(root=path, layout="cache", meta=meta, arrays=arrays)
