@@ -12,6 +12,7 @@ Prints the val metrics beside the published anchors (which are on the official *
 split, not available here) and the gap between the two splits.
 
     python benchmarks/dermamnist.py [--data ../shared/data/dermamnist28] [--out runs/bench] [--epochs 12] [--quick]
+        [--official-run RUN]   # reuse a finished run of the same recipe on the official split (the shipped model's)
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ ANCHORS = [
 ]
 
 
-def run(data: Path, out: Path, kind: str, epochs: int, quick: bool) -> dict:
+def run(data: Path, out: Path, kind: str, epochs: int, quick: bool, reuse: Path | None = None) -> dict:
     from skinlesion.data import load_dataset, make_split
     from skinlesion.evaluate import evaluate_model
     from skinlesion.train import TrainConfig, train
@@ -41,6 +42,10 @@ def run(data: Path, out: Path, kind: str, epochs: int, quick: bool) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     rep.manifest.to_csv(out / "split.csv", index=False)
     t0 = time.time()
+    if reuse is not None:
+        m = evaluate_model(reuse, data, out / "eval_val", split=reuse / "split.csv", subset="val")
+        return {"kind": kind, "subset": "val", "minutes": float("nan"), "leaked": rep.leaked_val_images,
+                **{k: m[k] for k in ("n_images", "accuracy", "balanced_accuracy", "auc_macro", "f1_weighted", "ece")}}
     train(TrainConfig(data=str(data), split=str(out / "split.csv"), out=str(out / "run"),
                       backbone="tf_efficientnet_lite0", pretrained=True, input_size=64, epochs=1 if quick else epochs,
                       patience=5, batch_size=64, lr=1e-3, weight_decay=0.02, progress=False))
@@ -57,9 +62,11 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench_dermamnist")
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--quick", action="store_true", help="smoke mode: tiny subset, one epoch")
+    ap.add_argument("--official-run", default=None, help="reuse this finished official-split run instead of training it")
     args = ap.parse_args()
     out = Path(args.out)
-    results = [run(Path(args.data), out / "official", "official", args.epochs, args.quick),
+    reuse = Path(args.official_run) if args.official_run else None
+    results = [run(Path(args.data), out / "official", "official", args.epochs, args.quick, reuse),
                run(Path(args.data), out / "lesion", "lesion", args.epochs, args.quick)]
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(f"\n{'setting':<44} {'ACC':>6} {'bal.ACC':>8} {'AUC':>6} {'n':>6} {'min':>6}")

@@ -86,7 +86,8 @@ def test_app_gradcam_toggle(app_test):
     at.toggle[0].set_value(True)
     at.run()
     assert not at.exception, at.exception
-    assert "Grad-CAM for" in " ".join(str(i.proto.imgs[0].caption) for i in at.get("imgs"))
+    captions = [c for img in at.get("image") for c in img.captions]
+    assert any(c.startswith("Grad-CAM for ") for c in captions), captions
 
 
 def _free_port() -> int:
@@ -133,6 +134,8 @@ def test_real_browser_end_to_end(default_model, tmp_path):
         wait = WebDriverWait(browser, 120)
         upload = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "input[type=file]"))[0]
         upload.send_keys(str(real))
+        # the page streams in: wait for its last element, the CSV download
+        wait.until(lambda b: "Download results (CSV)" in b.find_element(By.TAG_NAME, "body").text)
         wait.until(lambda b: "Calibrated probability" in b.find_element(By.TAG_NAME, "body").text)
         body = browser.find_element(By.TAG_NAME, "body").text
         assert "not a medical device" in body and "Malignant/benign summary" in body

@@ -42,7 +42,10 @@ def sidebar(predictor) -> None:
     m = cfg.metrics or {}
     if m:
         st.sidebar.markdown("**Validation metrics**")
-        st.sidebar.table({k: [round(float(m[k]), 4)] for k in ("accuracy", "balanced_accuracy", "auc_macro", "ece") if k in m})
+        import pandas as pd
+
+        keys = [k for k in ("accuracy", "balanced_accuracy", "auc_macro", "ece") if k in m]
+        st.sidebar.table(pd.DataFrame({"value": [f"{float(m[k]):.4f}" for k in keys]}, index=keys))
     data = (cfg.train or {}).get("data", "")
     st.sidebar.markdown(
         f"**Training data:** HAM10000 (DermaMNIST {cfg.prep.source_size or ''} px){' - ' + os.path.basename(str(data)) if data else ''}. "

@@ -206,12 +206,17 @@ def predict(
 @app.command()
 def export(
     model: str = typer.Argument(..., help="Run directory, model .safetensors file, or 'default'."),
-    out: Path = typer.Option(..., "--out", "-o", help="The .onnx file to write."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="The .onnx file to write (default for 'default': the user cache, where predict and the app find it)."),
     check: List[Path] = typer.Option([], "--check", help="Extra real images for the parity check."),
 ) -> None:
     """Export to ONNX; refuses to write a model whose probabilities differ from PyTorch by more than 1e-4."""
     from .export import export_onnx
+    from .models import default_onnx_path
 
+    if out is None:
+        if model != "default":
+            raise SkinLesionError("Pass --out FILE.onnx (only the default model has a standard place).")
+        out = default_onnx_path()
     r = export_onnx(model, out, check_images=check)
     _say(f"wrote {r['path']}: parity on {r['n_checked']} inputs, max probability difference "
          f"{r['max_probability_difference']:.2e}")
@@ -229,12 +234,29 @@ def app_cmd(
 
     from .models import resolve_model_path
 
-    resolve_model_path(model)  # a wrong --model fails here, in one sentence
+    weights = resolve_model_path(model)  # a wrong --model fails here, in one sentence
     script = str(resources.files("skinlesion") / "app.py")
     cmd = [sys.executable, "-m", "streamlit", "run", script, "--server.port", str(port), "--server.address", address,
            "--server.headless", "true", "--browser.gatherUsageStats", "false", "--", "--model", model]
     _say(f"skinlesion app on http://{address}:{port}")
-    raise typer.Exit(subprocess.call(cmd))
+    server = subprocess.Popen(cmd)
+    if model == "default":  # ONNX Runtime serves faster: export once (with its parity check) while the server boots
+        from .models import default_onnx_path
+
+        onnx = default_onnx_path()
+        if not onnx.exists() or onnx.stat().st_mtime < weights.stat().st_mtime:
+            try:
+                from .export import export_onnx
+
+                export_onnx("default", onnx)
+                _say(f"exported the default model to {onnx}; the app uses ONNX Runtime")
+            except (SkinLesionError, OSError) as exc:
+                _warn(f"serving with PyTorch: could not export to ONNX ({exc})")
+    try:
+        raise typer.Exit(server.wait())
+    except KeyboardInterrupt:
+        server.terminate()
+        raise typer.Exit(server.wait())
 
 
 @app.command()

@@ -11,19 +11,20 @@ from .errors import SkinLesionError
 TOLERANCE = 1e-4  # max absolute difference in calibrated probability
 
 
-def _wrapper(net):
+def _wrapper(net, stages: list[str]):
     import torch
 
-    from .ood import features
+    from .ood import forward_with_features
 
     class LogitsAndFeatures(torch.nn.Module):
+        """Outputs the logits and the pooled stage features the OOD score needs."""
+
         def __init__(self, net):
             super().__init__()
             self.net = net
 
         def forward(self, image):
-            f = features(self.net, image)
-            return self.net.get_classifier()(f), f
+            return forward_with_features(self.net, image, stages)
 
     return LogitsAndFeatures(net).eval()
 
@@ -53,7 +54,7 @@ def export_onnx(model: str | Path, out: str | Path, *, check_images=(), toleranc
     if out.suffix != ".onnx":
         raise SkinLesionError(f"--out {out} must end in .onnx.")
     net, cfg = load_model(model)
-    wrapped = _wrapper(net)
+    wrapped = _wrapper(net, (cfg.ood or {}).get("stages", []))
     prep = cfg.prep
     dummy = torch.zeros(1, 3, prep.input_size, prep.input_size)
     tmp = out.with_suffix(".onnx.tmp")

@@ -52,7 +52,8 @@ class ModelConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def default_preprocess(backbone: str, input_size: int | None = None, source_size: int | None = None) -> Preprocess:
+def default_preprocess(backbone: str, input_size: int | None = None, source_size: int | None = None,
+                       crop: str = "none", source_jpeg_quality: int | None = None) -> Preprocess:
     """The backbone's own normalisation (from timm's pretrained config) at ``input_size``."""
     import timm
 
@@ -65,6 +66,8 @@ def default_preprocess(backbone: str, input_size: int | None = None, source_size
     return Preprocess(
         input_size=int(size),
         source_size=source_size,
+        crop=crop,
+        source_jpeg_quality=source_jpeg_quality,
         interpolation=cfg.get("interpolation", "bicubic") if cfg.get("interpolation") in ("bilinear", "bicubic") else "bicubic",
         mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
         std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
@@ -217,6 +220,7 @@ def save_model(model, config: ModelConfig, path: str | Path, *, half: bool = Fal
         sd[k] = torch.as_tensor(v).contiguous()
     tmp = path.with_suffix(".safetensors.tmp")
     save_file(sd, str(tmp), metadata={"format": "pt", "backbone": config.backbone})
+    tmp.chmod(0o644)
     tmp.replace(path.with_suffix(".safetensors"))
     path.with_suffix(".json").write_text(json.dumps(config.to_dict(), indent=2, default=float))
     return path.with_suffix(".safetensors")
@@ -225,6 +229,18 @@ def save_model(model, config: ModelConfig, path: str | Path, *, half: bool = Fal
 def default_model_path() -> Path:
     """The model shipped inside the package."""
     return Path(str(resources.files("skinlesion") / "weights" / "default.safetensors"))
+
+
+def user_cache_dir() -> Path:
+    """Where derived files (the default model's ONNX export) are kept: $SKINLESION_CACHE or ~/.cache/skinlesion."""
+    import os
+
+    return Path(os.environ.get("SKINLESION_CACHE", Path.home() / ".cache" / "skinlesion"))
+
+
+def default_onnx_path() -> Path:
+    """Where ``skinlesion export default`` puts the default model's ONNX export when no --out is given."""
+    return user_cache_dir() / "default.onnx"
 
 
 def resolve_model_path(model: str | Path) -> Path:

@@ -1,11 +1,15 @@
 """Out-of-distribution score: is this upload a dermoscopic image like the training data?
 
-Mahalanobis distance (Lee et al., 2018) of the backbone's pooled features to the
-nearest class mean, with one shared covariance (Ledoit-Wolf shrinkage) fitted on the
-training images. The threshold is a high percentile of the val images' scores, so
-about ``1 - percentile`` of real val images are flagged and selfies, cats and phone
-photos of skin land far outside. The fitted tensors travel inside the model's
-safetensors file (keys ``ood.*``); the JSON config holds the method and threshold.
+Mahalanobis distance (Lee et al., 2018, "feature ensemble") of the backbone's
+globally pooled feature maps, stage by stage (timm's ``feature_info`` stages: early
+ones see colour and texture, late ones shapes), each to a Gaussian fitted on the
+training images (Ledoit-Wolf shrinkage). Each stage's distance is divided by its own
+val percentile; the score is the largest of those ratios, and its threshold is a high
+percentile of the val images' scores, so about ``100 - percentile`` % of real val
+images are flagged while selfies, cats and phone photos land far outside.
+
+The fitted means and precisions travel inside the model's safetensors file (keys
+``ood.*``); the JSON config holds the stages, their sizes and the thresholds.
 """
 
 from __future__ import annotations
@@ -14,14 +18,50 @@ import numpy as np
 
 PERCENTILE = 97.5
 PREFIX = "ood."
+MAX_CHANNELS = 1024  # wider stages are skipped (their precision matrix would bloat the model file)
 
 
-def features(net, x):
-    """Pooled pre-logit features of a timm model for a batch tensor."""
-    return net.forward_head(net.forward_features(x), pre_logits=True)
+def stages(net) -> list[str]:
+    """Module names of the backbone stages used for the score."""
+    info = getattr(net, "feature_info", None)
+    if info is None:
+        return []
+    return [f["module"] for f in info if f["num_chs"] <= MAX_CHANNELS]
 
 
-def dataset_features(net, prep, ds, positions, batch_size: int = 256) -> np.ndarray:
+class OODFeatures:
+    """Context manager collecting the globally pooled outputs of ``stages`` during a forward pass."""
+
+    def __init__(self, net, names: list[str]):
+        self.net, self.names, self.out, self.hooks = net, names, {}, []
+
+    def __enter__(self):
+        mods = dict(self.net.named_modules())
+        for n in self.names:
+            self.hooks.append(mods[n].register_forward_hook(lambda m, i, o, n=n: self.out.__setitem__(n, o.float().mean((2, 3)))))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.hooks:
+            h.remove()
+
+    def pooled(self):
+        import torch
+
+        return torch.cat([self.out[n] for n in self.names], dim=1)
+
+
+def forward_with_features(net, x, names: list[str]):
+    """(logits, concatenated pooled stage features) in one forward pass."""
+    if not names:
+        logits = net(x)
+        return logits, logits[:, :0]
+    with OODFeatures(net, names) as f:
+        logits = net(x)
+        return logits, f.pooled()
+
+
+def dataset_features(net, prep, ds, positions, names, batch_size: int = 256) -> np.ndarray:
     import torch
 
     from .data.loader import ImageSet, make_loader
@@ -31,41 +71,59 @@ def dataset_features(net, prep, ds, positions, batch_size: int = 256) -> np.ndar
     out = []
     with torch.inference_mode():
         for x, _, _ in loader:
-            out.append(features(net, x).float().numpy())
+            out.append(forward_with_features(net, x, names)[1].numpy())
     return np.concatenate(out)
 
 
-def mahalanobis(feats: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    """min over classes of (f - mu_c)^T P (f - mu_c)."""
-    feats = np.asarray(feats, np.float64)
-    d = []
-    for mu in np.asarray(means, np.float64):
-        z = feats - mu
-        d.append(np.einsum("ij,jk,ik->i", z, precision, z))
-    return np.min(np.stack(d, 1), axis=1)
+def _mahalanobis(x: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    z = np.asarray(x, np.float64) - mean
+    return np.einsum("ij,jk,ik->i", z, precision, z)
 
 
-def fit_ood(train_feats: np.ndarray, train_labels: np.ndarray, val_feats: np.ndarray, percentile: float = PERCENTILE):
-    """Fit class means and a shared precision; return (tensors for safetensors, JSON config)."""
+def score(feats: np.ndarray, tensors: dict, config: dict) -> np.ndarray:
+    """The OOD score of each row of concatenated stage features (higher: further outside)."""
+    ratios = []
+    start = 0
+    for k, (dim, th) in enumerate(zip(config["dims"], config["stage_thresholds"])):
+        part = feats[:, start:start + dim]
+        start += dim
+        d = _mahalanobis(part, tensors[f"{PREFIX}mean.{k}"].astype(np.float64), tensors[f"{PREFIX}precision.{k}"].astype(np.float64))
+        ratios.append(d / th)
+    return np.max(np.stack(ratios, 1), axis=1)
+
+
+def fit(train_feats: np.ndarray, val_feats: np.ndarray, names: list[str], dims: list[int],
+        percentile: float = PERCENTILE) -> tuple[dict, dict]:
+    """Fit one Gaussian per stage; return (tensors for safetensors, JSON config)."""
     from sklearn.covariance import LedoitWolf
 
-    classes = sorted(set(np.asarray(train_labels).tolist()))
-    means = np.stack([train_feats[train_labels == c].mean(0) for c in classes])
-    centred = train_feats - means[np.searchsorted(classes, train_labels)]
-    precision = LedoitWolf().fit(centred).precision_
-    val_scores = mahalanobis(val_feats, means, precision)
-    threshold = float(np.percentile(val_scores, percentile))
-    tensors = {PREFIX + "means": means.astype(np.float32), PREFIX + "precision": precision.astype(np.float32)}
-    config = {"method": "mahalanobis", "threshold": threshold, "percentile": percentile,
-              "val_flagged": float(np.mean(val_scores > threshold)), "dim": int(train_feats.shape[1])}
+    tensors, stage_th = {}, []
+    start = 0
+    for k, dim in enumerate(dims):
+        tr, va = train_feats[:, start:start + dim], val_feats[:, start:start + dim]
+        start += dim
+        mean = tr.mean(0)
+        precision = LedoitWolf().fit(tr - mean).precision_
+        tensors[f"{PREFIX}mean.{k}"] = mean.astype(np.float32)
+        tensors[f"{PREFIX}precision.{k}"] = precision.astype(np.float32)
+        stage_th.append(float(np.percentile(_mahalanobis(va, mean, precision), percentile)))
+    config = {"method": "mahalanobis-stages", "stages": names, "dims": dims, "stage_thresholds": stage_th,
+              "percentile": percentile}
+    val_scores = score(val_feats, tensors, config)
+    config["threshold"] = float(np.percentile(val_scores, percentile))
+    config["val_flagged"] = float(np.mean(val_scores > config["threshold"]))
     return tensors, config
 
 
 def fit_for_model(net, prep, ds, train_positions, val_positions, max_train: int = 8000, seed: int = 0):
+    names = stages(net)
+    if not names:
+        return {}, None
     rng = np.random.default_rng(seed)
     tr = np.asarray(train_positions)
     if len(tr) > max_train:
         tr = rng.choice(tr, max_train, replace=False)
-    tf = dataset_features(net, prep, ds, tr)
-    vf = dataset_features(net, prep, ds, np.asarray(val_positions))
-    return fit_ood(tf, ds.labels[tr], vf)
+    dims = [f["num_chs"] for f in net.feature_info if f["module"] in names]
+    tf = dataset_features(net, prep, ds, tr, names)
+    vf = dataset_features(net, prep, ds, np.asarray(val_positions), names)
+    return fit(tf, vf, names, dims)

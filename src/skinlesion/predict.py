@@ -21,7 +21,7 @@ from .intake import open_image
 
 OOD_WARNING = (
     "This image does not look like the dermoscopic images the model was trained on "
-    "(out-of-distribution score {score:.0f} > threshold {threshold:.0f}); the result below is unreliable."
+    "(out-of-distribution score {score:.1f} > threshold {threshold:.1f}); the result below is unreliable."
 )
 
 
@@ -57,6 +57,12 @@ class Predictor:
         path = resolve_model_path(model)
         onnx_path = path if path.suffix == ".onnx" else path.with_suffix(".onnx")
         weights = path.with_suffix(".safetensors")
+        if str(model) == "default":  # the package folder may be read-only: its export lives in the user cache
+            from .models import default_onnx_path
+
+            cached = default_onnx_path()
+            if cached.exists() and cached.stat().st_mtime >= weights.stat().st_mtime:
+                onnx_path = cached
         self.config = load_config(weights if weights.exists() else onnx_path)
         self.prep = self.config.prep
         self.tta = tta
@@ -75,7 +81,7 @@ class Predictor:
                 opts.intra_op_num_threads = threads
             self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
             self.net = None
-            extra = _read_extra(weights) if weights.exists() else {}
+            extra = _read_extra(weights if weights.exists() else onnx_path.with_suffix(".safetensors"))
         elif backend == "torch":
             import torch
 
@@ -87,9 +93,9 @@ class Predictor:
             self.session = None
         else:
             raise SkinLesionError(f"Unknown backend {backend!r}; use auto, torch or onnx.")
-        if self.config.ood and "ood.means" in extra:
-            self.ood = (extra["ood.means"].astype(np.float64), extra["ood.precision"].astype(np.float64),
-                        float(self.config.ood["threshold"]))
+        if self.config.ood and f"ood.mean.0" in extra:
+            self.ood = (extra, self.config.ood)
+        self.ood_stages = self.config.ood["stages"] if self.ood else []
 
     # ---- the numbers ----
     def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -99,11 +105,11 @@ class Predictor:
             return logits, feats
         import torch
 
-        from .ood import features
+        from .ood import forward_with_features
 
         with torch.inference_mode():
-            f = features(self.net, torch.from_numpy(batch))
-            return self.net.get_classifier()(f).float().numpy(), f.float().numpy()
+            logits, f = forward_with_features(self.net, torch.from_numpy(batch), self.ood_stages)
+            return logits.float().numpy(), f.float().numpy()
 
     def probabilities(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated probabilities (N, 7) and features; with TTA, averaged over the 8 flips/rotations."""
@@ -118,9 +124,9 @@ class Predictor:
     def ood_scores(self, feats: np.ndarray) -> np.ndarray | None:
         if self.ood is None:
             return None
-        from .ood import mahalanobis
+        from .ood import score
 
-        return mahalanobis(feats, self.ood[0], self.ood[1])
+        return score(feats, *self.ood)
 
     # ---- images ----
     def predict(self, source, name: str | None = None) -> Prediction:
@@ -141,9 +147,10 @@ class Predictor:
             score = None
             if scores is not None:
                 score = float(scores[i])
-                is_ood = score > self.ood[2]
+                threshold = self.ood[1]["threshold"]
+                is_ood = score > threshold
                 if is_ood:
-                    notes.insert(0, OOD_WARNING.format(score=score, threshold=self.ood[2]))
+                    notes.insert(0, OOD_WARNING.format(score=score, threshold=threshold))
             out.append(Prediction(
                 name=name, probabilities={c: float(v) for c, v in zip(CODES, p)}, top=CODES[top],
                 top_probability=float(p[top]), malignant_probability=float(p[np.asarray(MALIGNANT_MASK)].sum()),

@@ -40,6 +40,7 @@ class TrainConfig:
     # first resize every image to this square size (see skinlesion.preprocess); default: the images' own
     # size when they are tiny (<= 64 px) or come from a prepared cache
     source_size: int | None = None
+    crop: str | None = None  # "center" or "none"; default: center for tiny (DermaMNIST-made) images, else none
     epochs: int = 30
     batch_size: int = 64
     lr: float = 1e-3
@@ -237,13 +238,19 @@ def _trim_metrics(out: Path, from_epoch: int) -> None:
 
 def resolve(cfg: TrainConfig, ds) -> TrainConfig:
     """Fill in the defaults that depend on the data (input size for tiny images)."""
-    from .data.loader import SMALL_SIDE, native_size
+    from .data.loader import SMALL_SIDE, jpeg_quality, native_size
 
     native = native_size(ds)
     if cfg.source_size is None and (native <= SMALL_SIDE or ds.layout == "cache"):
         cfg.source_size = native  # a cache's images are the source stage of preprocessing
     if cfg.input_size is None:
         cfg.input_size = 4 * native if native <= SMALL_SIDE else 224
+    if cfg.crop is None:  # DermaMNIST made its tiny images from the central square of each photo
+        cfg.crop = "center" if native <= SMALL_SIDE else "none"
+    if native <= SMALL_SIDE and "source_jpeg_quality" not in cfg.extra:
+        cfg.extra = {**cfg.extra, "source_jpeg_quality": jpeg_quality(ds)}  # tiny JPEGs: match their artefacts
+    if cfg.crop not in ("center", "none"):
+        raise SkinLesionError(f"Unknown crop {cfg.crop!r}; use center or none.")
     if cfg.balance not in ("sqrt", "weights", "sampler", "none"):
         raise SkinLesionError(f"Unknown --balance {cfg.balance!r}; use sqrt, weights, sampler or none.")
     return cfg
@@ -271,7 +278,8 @@ def build_loaders(cfg: TrainConfig, ds, manifest):
     if len(tr) == 0 or len(va) == 0:
         raise SkinLesionError(f"The split {Path(cfg.split).name} needs train and val images (train {len(tr)}, val {len(va)}).")
     cfg = resolve(cfg, ds)
-    prep = default_preprocess(cfg.backbone, cfg.input_size, cfg.source_size)
+    prep = default_preprocess(cfg.backbone, cfg.input_size, cfg.source_size, cfg.crop,
+                              cfg.extra.get("source_jpeg_quality"))
     gpu = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
     labels = ds.labels[tr]
     sampler = None
@@ -370,7 +378,7 @@ def finish(out: Path, ds, train_positions, val_positions) -> dict:
     mcfg = ModelConfig(**{**mcfg.to_dict(), "temperature": t,
                           "metrics": {**mcfg.metrics, **{k: metrics[k] for k in ("accuracy", "balanced_accuracy", "auc_macro", "ece")},
                                       "ece_uncalibrated": before}})
-    save_model(net, mcfg, out / "best", extra=ood_tensors)
+    save_model(net, mcfg, out / "best", extra=ood_tensors or None)
     (out / "val_metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
     print(f"temperature {t:.3f}: val ECE {before:.4f} -> {metrics['ece']:.4f}; "
           f"val accuracy {metrics['accuracy']:.4f}, balanced accuracy {metrics['balanced_accuracy']:.4f}, "

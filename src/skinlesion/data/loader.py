@@ -37,6 +37,31 @@ def native_size(ds: Dataset) -> int:
     return int(min(ds.image(0).size))
 
 
+def jpeg_quality(ds: Dataset) -> int | None:
+    """The JPEG quality the dataset's image files were saved with (from the quantisation table), or None."""
+    import io
+
+    from PIL import Image
+
+    if ds.arrays is not None or "path" not in ds.meta.columns:
+        return None
+    path = str(ds.meta["path"].iat[0])
+    if not path.lower().endswith((".jpg", ".jpeg")):
+        return None
+    with Image.open(path) as im:
+        table = list(im.quantization.get(0, []))
+        rgb = im.convert("RGB")
+    best, err = None, float("inf")
+    for q in range(50, 101):
+        buf = io.BytesIO()
+        rgb.save(buf, "JPEG", quality=q)
+        ref = list(Image.open(buf).quantization[0])
+        e = sum(abs(a - b) for a, b in zip(table, ref))
+        if e < err:
+            best, err = q, e
+    return best if err == 0 else None
+
+
 def default_workers(n_items: int) -> int:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(0, min(8, cpus - 1)) if n_items > 256 else 0
