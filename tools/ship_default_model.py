@@ -77,6 +77,7 @@ out-of-distribution score's tensors, {path.stat().st_size / 1e6:.1f} MB) and `de
   (`low_res: {cfg['low_res']}`), normalised with mean {cfg['preprocess']['mean']} / std {cfg['preprocess']['std']}.
 - Output: calibrated probabilities for akiec, bcc, bkl, df, mel, nv, vasc (temperature
   {cfg['temperature']:.4f}, fitted on val), and a malignant/pre-malignant probability (akiec + bcc + mel).
+- Test-time augmentation: {"on: predictions average the 8 flips/rotations (log of the mean probability), because that raised val balanced accuracy; `--no-tta` turns it off" if cfg.get('tta') else "off (it did not raise val balanced accuracy)"}.
 - Out-of-distribution warning: Mahalanobis distance of the pooled features to the nearest
   class mean (shared Ledoit-Wolf covariance, fitted on train), threshold at the
   {cfg['ood']['percentile']} th percentile of val ({cfg['ood']['threshold']:.1f}).

@@ -158,7 +158,7 @@ def evaluate(
     split: Optional[Path] = typer.Option(None, "--split", help="Split manifest; with --subset picks the images."),
     subset: Optional[str] = typer.Option(None, "--subset", help="train, val or test (default test with --split; with no --split, the dataset's official split)."),
     ids: Optional[Path] = typer.Option(None, "--ids", help="CSV of image_ids to restrict to."),
-    tta: bool = typer.Option(False, "--tta", help="Average the 8 flips/rotations."),
+    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Average the 8 flips/rotations (default: the model's own setting, chosen on val)."),
     allow_missing: bool = typer.Option(False, "--allow-missing"),
 ) -> None:
     """Evaluate a model: metrics.json, confusion matrix, ROC, reliability diagram and report.md."""
@@ -176,7 +176,7 @@ def predict(
     model: str = typer.Argument(..., help="Run directory, model file (.safetensors or .onnx), or 'default'."),
     images: List[str] = typer.Argument(..., help="Image files, folders or globs."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the rows to this CSV."),
-    tta: bool = typer.Option(False, "--tta", help="Average the 8 flips/rotations."),
+    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Average the 8 flips/rotations (default: the model's own setting, chosen on val)."),
     backend: str = typer.Option("auto", help="auto (ONNX Runtime when an exported .onnx lies beside), torch or onnx."),
 ) -> None:
     """Predict images: one row each (top class, probabilities, malignant probability, warnings, errors)."""

@@ -21,7 +21,7 @@ def dataset_logits(net, prep, ds: Dataset, positions=None, *, tta: bool = False,
     import torch
 
     from .data.loader import ImageSet, make_loader
-    from .preprocess import tta_views
+    from .preprocess import tta_logits, tta_views
 
     positions = np.arange(len(ds)) if positions is None else np.asarray(positions, int)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -32,7 +32,7 @@ def dataset_logits(net, prep, ds: Dataset, positions=None, *, tta: bool = False,
         for x, _, _ in loader:
             x = x.to(device)
             if tta:
-                out.append(torch.stack([net(v) for v in tta_views(x)]).softmax(-1).mean(0).log().cpu())
+                out.append(torch.from_numpy(tta_logits(torch.stack([net(v) for v in tta_views(x)]).float().cpu().numpy())))
             else:
                 out.append(net(x).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, len(CODES)), np.float32)
@@ -80,7 +80,7 @@ def select_rows(ds: Dataset, split: str | Path | None = None, subset: str | None
 
 
 def evaluate_model(model: str | Path, data: str | Path, out: str | Path, *, split=None, subset=None, ids=None,
-                   tta: bool = False, allow_missing: bool = False) -> dict:
+                   tta: bool | None = None, allow_missing: bool = False) -> dict:
     """Evaluate ``model`` on ``data``; write metrics.json, plots and report.md into ``out``."""
     from .data.ham10000 import load_dataset
     from .models import load_model
@@ -88,6 +88,7 @@ def evaluate_model(model: str | Path, data: str | Path, out: str | Path, *, spli
     net, cfg = load_model(model)
     ds = load_dataset(data, allow_missing=allow_missing)
     pos = select_rows(ds, split, subset, ids)
+    tta = cfg.tta if tta is None else tta  # None: the model's own choice, made on val
     logits = dataset_logits(net, cfg.prep, ds, pos, tta=tta)
     labels = ds.labels[pos]
     probs = softmax(logits, cfg.temperature)

@@ -87,4 +87,4 @@ def export_onnx(model: str | Path, out: str | Path, *, check_images=(), toleranc
 
         shutil.copy(src, out.with_suffix(".safetensors"))  # OOD tensors and Grad-CAM need the weights
     return {"path": str(out), "max_probability_difference": diff, "n_checked": int(len(batch)),
-            "feature_max_abs_difference": float(np.abs(o_feats - t_feats).max())}
+            "feature_max_abs_difference": float(np.abs(o_feats - t_feats).max()) if o_feats.size else 0.0}

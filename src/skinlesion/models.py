@@ -32,6 +32,7 @@ class ModelConfig:
     classes: list[str] = field(default_factory=lambda: list(CODES))
     preprocess: dict = field(default_factory=dict)
     temperature: float = 1.0
+    tta: bool = False  # average the 8 flips/rotations by default (chosen on val at the end of training)
     low_res: str = "upsample"  # how small inputs are handled: "upsample" to input_size
     pretrained: str = "none"  # where the initial weights came from
     ood: dict | None = None  # out-of-distribution score (skinlesion.ood)

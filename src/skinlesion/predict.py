@@ -51,7 +51,8 @@ class Prediction:
 class Predictor:
     """Load once, predict many. ``backend``: auto (ONNX when an .onnx lies beside), torch or onnx."""
 
-    def __init__(self, model: str | Path = "default", *, backend: str = "auto", tta: bool = False, threads: int | None = None):
+    def __init__(self, model: str | Path = "default", *, backend: str = "auto", tta: bool | None = None,
+                 threads: int | None = None):
         from .models import load_config, resolve_model_path
 
         path = resolve_model_path(model)
@@ -65,7 +66,7 @@ class Predictor:
                 onnx_path = cached
         self.config = load_config(weights if weights.exists() else onnx_path)
         self.prep = self.config.prep
-        self.tta = tta
+        self.tta = self.config.tta if tta is None else tta  # None: the model's own choice, made on val
         if backend == "auto":
             backend = "onnx" if onnx_path.exists() else "torch"
         self.backend = backend
@@ -112,14 +113,19 @@ class Predictor:
             return logits.float().numpy(), f.float().numpy()
 
     def probabilities(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Calibrated probabilities (N, 7) and features; with TTA, averaged over the 8 flips/rotations."""
+        """Calibrated probabilities (N, 7) and features; with TTA, over the 8 flips/rotations.
+
+        TTA combines the views exactly as ``skinlesion evaluate --tta`` does
+        (:func:`skinlesion.preprocess.tta_logits`), then applies the temperature.
+        """
+        from .preprocess import tta_logits
+
         logits, feats = self.forward(batch)
-        probs = softmax(logits, self.config.temperature)
         if self.tta:
             views = [np.rot90(batch, k, axes=(2, 3)) for k in range(4)]
-            views += [v[..., ::-1] for v in views]
-            probs = np.mean([softmax(self.forward(np.ascontiguousarray(v))[0], self.config.temperature) for v in views], axis=0)
-        return probs, feats
+            views = [v for r in views for v in (r, r[..., ::-1])]
+            logits = tta_logits([logits] + [self.forward(np.ascontiguousarray(v))[0] for v in views[1:]])
+        return softmax(logits, self.config.temperature), feats
 
     def ood_scores(self, feats: np.ndarray) -> np.ndarray | None:
         if self.ood is None:

@@ -133,6 +133,19 @@ class Preprocess:
         return transform
 
 
+def tta_logits(views_logits):
+    """Combine per-view logits (V, N, C) into one set of logits: the log of the mean probability.
+
+    Temperature scaling then applies to these, in evaluation and prediction alike.
+    """
+    import numpy as np
+
+    z = np.asarray(views_logits, np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)
+    return np.log(np.clip(p.mean(axis=0), 1e-12, None))
+
+
 def tta_views(x):
     """The 8 flips/rotations (dihedral group) of a batch tensor (N, C, H, W)."""
     import torch

@@ -365,13 +365,19 @@ def finish(out: Path, ds, train_positions, val_positions) -> dict:
     from .models import ModelConfig, load_model, save_model
 
     net, mcfg = load_model(out / "best.safetensors")
-    logits = dataset_logits(net, mcfg.prep, ds, val_positions)
     labels = ds.labels[val_positions]
-    t = fit_temperature(logits, labels)
+    candidates = {}
+    for tta in (False, True):  # keep TTA only if it helps the selection metric on val
+        lg = dataset_logits(net, mcfg.prep, ds, val_positions, tta=tta)
+        t_ = fit_temperature(lg, labels)
+        candidates[tta] = (compute_metrics(softmax(lg, t_), labels)["balanced_accuracy"], lg, t_)
+    tta = candidates[True][0] > candidates[False][0]
+    _, logits, t = candidates[tta]
     before = ece(softmax(logits, 1.0), labels)
     probs = softmax(logits, t)
     metrics = compute_metrics(probs, labels)
-    metrics.update({"temperature": t, "ece_uncalibrated": before, "subset": "val"})
+    metrics.update({"temperature": t, "ece_uncalibrated": before, "subset": "val", "tta": tta})
+    mcfg.tta = tta
     from .ood import fit_for_model
 
     ood_tensors, mcfg.ood = fit_for_model(net, mcfg.prep, ds, train_positions, val_positions)
@@ -382,7 +388,7 @@ def finish(out: Path, ds, train_positions, val_positions) -> dict:
     (out / "val_metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
     print(f"temperature {t:.3f}: val ECE {before:.4f} -> {metrics['ece']:.4f}; "
           f"val accuracy {metrics['accuracy']:.4f}, balanced accuracy {metrics['balanced_accuracy']:.4f}, "
-          f"macro AUC {metrics['auc_macro']:.4f}")
+          f"macro AUC {metrics['auc_macro']:.4f} (TTA {'on' if tta else 'off'}, chosen on val)")
     return metrics
 
 
