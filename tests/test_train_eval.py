@@ -35,6 +35,7 @@ def test_run_dir_holds_everything_needed_to_reproduce(tiny_run):
     assert model_cfg["classes"] == list(CODES)
     val = json.loads((run / "val_metrics.json").read_text())
     assert "ece_uncalibrated" in val and val["ece"] <= val["ece_uncalibrated"] + 1e-9  # temperature fitted on val
+    assert isinstance(val["tta"], bool) and model_cfg["tta"] == val["tta"]  # TTA kept only if it helped on val
 
 
 def test_evaluation_is_far_above_chance_and_chance_on_shuffled_labels(tiny_run, run_cli, tmp_path):
