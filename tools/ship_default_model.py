@@ -19,8 +19,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "dermamnist28"
-RECIPE = ["--backbone", "tf_efficientnet_lite0", "--pretrained", "--input-size", "64", "--epochs", "12",
+RECIPE = ["--backbone", "tf_efficientnet_lite0", "--pretrained", "--epochs", "12",
           "--patience", "5", "--batch-size", "64", "--lr", "1e-3", "--weight-decay", "0.02", "--num-workers", "1"]
+
+
+def recipe(t: dict) -> str:
+    """The `skinlesion train` options that reproduce a run, from its resolved config."""
+    return (f"--backbone {t['backbone']}{' --pretrained' if t['pretrained'] else ''} --input-size {t['input_size']} "
+            f"--epochs {t['epochs']} --patience {t['patience']} --batch-size {t['batch_size']} --lr {t['lr']} "
+            f"--weight-decay {t['weight_decay']} --balance {t['balance']} --seed {t['seed']}")
 
 
 def sh(*args: str) -> None:
@@ -33,13 +40,15 @@ def main() -> None:
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--run", default=None, help="a finished run directory to ship instead of training")
     ap.add_argument("--out", default="runs/default")
+    ap.add_argument("--input-size", default="64", help="network input size for the 28 px images")
     args = ap.parse_args()
     cli = [sys.executable, "-m", "skinlesion.cli"]
     run = Path(args.run or args.out)
     if args.run is None:
         run.mkdir(parents=True, exist_ok=True)
         sh(*cli, "split", args.data, "--kind", "official", "--out", str(run.parent / "official_split.csv"))
-        sh(*cli, "train", args.data, "--split", str(run.parent / "official_split.csv"), "--out", str(run), "--no-progress", *RECIPE)
+        sh(*cli, "train", args.data, "--split", str(run.parent / "official_split.csv"), "--out", str(run), "--no-progress",
+           "--input-size", args.input_size, *RECIPE)
     from skinlesion.train import copy_model
 
     dest = REPO / "src" / "skinlesion" / "weights" / "default"
@@ -94,7 +103,7 @@ these weights: non-commercial use, share alike.
 ## Training
 
 `python tools/ship_default_model.py` (the project's own CLI: `skinlesion split --kind official`,
-`skinlesion train` with `{' '.join(RECIPE)}`), on CPU. Resolved config:
+`skinlesion train DATA --split official_split.csv --out RUN {recipe(t)}`), on CPU. Resolved config:
 {t['epochs']} epochs max, batch {t['batch_size']}, AdamW lr {t['lr']} (warm-up then cosine), weight decay
 {t['weight_decay']}, label smoothing {t['label_smoothing']}, class balance `{t['balance']}`
 (inverse-square-root-frequency loss weights), augmentation: random resized crop, flips,
