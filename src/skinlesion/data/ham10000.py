@@ -60,19 +60,6 @@ class Dataset:
             return Image.fromarray(self.arrays[int(row["index"])], "RGB")
         return load_rgb(row["path"])
 
-    def subset(self, image_ids) -> "Dataset":
-        """The rows whose ``image_id`` is listed, in the order given; unknown ids are an error."""
-        ids = list(image_ids)
-        pos = pd.Index(self.meta["image_id"])
-        missing = [i for i in ids if i not in pos]
-        if missing:
-            raise SkinLesionError(
-                f"{len(missing)} image_id(s) are not in the dataset at {self.root} "
-                f"(first: {', '.join(map(str, missing[:5]))}); use the split or id list made for this dataset."
-            )
-        meta = self.meta.set_index("image_id").loc[ids].reset_index()
-        return Dataset(self.root, self.layout, meta, self.arrays, list(self.warnings))
-
 
 def load_dataset(data: str | Path, *, allow_missing: bool = False) -> Dataset:
     """Read ``data`` in any accepted layout; see the module docstring."""
@@ -183,9 +170,7 @@ def read_metadata(csv: Path) -> pd.DataFrame:
 
 def _read_folder(root: Path, csv: Path, allow_missing: bool) -> Dataset:
     meta = read_metadata(csv)
-    images = index_images(root if root != csv.parent else csv.parent)
-    if csv.parent != root:
-        images = {**index_images(csv.parent), **images}
+    images = index_images(root)  # csv lies in root or below it, so this walk covers its folder too
     meta["path"] = meta["image_id"].map(lambda i: str(images[i]) if i in images else None)
     missing = meta["path"].isna()
     warnings: list[str] = []
