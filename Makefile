@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test app bench bench-throughput bench-inference clean
+.PHONY: install test test-fast lint app bench bench-throughput bench-inference bench-robustness card clean
 
 install: $(STAMP)
 
@@ -23,9 +23,17 @@ $(STAMP): pyproject.toml
 	fi
 	@touch $(STAMP)
 
-test: install
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: install lint
 	@bash tools/ensure-chromium.sh
 	$(BIN)/python -m pytest -q
+
+# while iterating: no training, no shipped-model evaluation, no browser (under a minute)
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow and not browser"
 
 app: install
 	$(BIN)/skinlesion app
@@ -38,6 +46,12 @@ bench-throughput: install
 
 bench-inference: install
 	$(BIN)/python benchmarks/inference.py
+
+bench-robustness: install
+	$(BIN)/python benchmarks/robustness.py --model default
+
+card: install
+	$(BIN)/skinlesion card default --out MODEL_CARD.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

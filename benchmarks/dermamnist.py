@@ -44,16 +44,39 @@ def run(data: Path, out: Path, kind: str, epochs: int, quick: bool, reuse: Path 
     t0 = time.time()
     if reuse is not None:
         m = evaluate_model(reuse, data, out / "eval_val", split=reuse / "split.csv", subset="val")
-        return {"kind": kind, "subset": "val", "minutes": float("nan"), "leaked": rep.leaked_val_images,
-                **{k: m[k] for k in ("n_images", "accuracy", "balanced_accuracy", "auc_macro", "f1_weighted", "ece")}}
-    train(TrainConfig(data=str(data), split=str(out / "split.csv"), out=str(out / "run"),
-                      backbone="tf_efficientnet_lite0", pretrained=True, input_size=64, epochs=1 if quick else epochs,
-                      patience=5, batch_size=64, lr=1e-3, weight_decay=0.02, progress=False))
+        return {
+            "kind": kind,
+            "subset": "val",
+            "minutes": float("nan"),
+            "leaked": rep.leaked_val_images,
+            **{k: m[k] for k in ("n_images", "accuracy", "balanced_accuracy", "auc_macro", "f1_weighted", "ece")},
+        }
+    train(
+        TrainConfig(
+            data=str(data),
+            split=str(out / "split.csv"),
+            out=str(out / "run"),
+            backbone="tf_efficientnet_lite0",
+            pretrained=True,
+            input_size=64,
+            epochs=1 if quick else epochs,
+            patience=5,
+            batch_size=64,
+            lr=1e-3,
+            weight_decay=0.02,
+            progress=False,
+        )
+    )
     minutes = (time.time() - t0) / 60
     subset = "val" if kind == "official" else "test"
     m = evaluate_model(out / "run", data, out / f"eval_{subset}", split=out / "split.csv", subset=subset)
-    return {"kind": kind, "subset": subset, "minutes": minutes, "leaked": rep.leaked_val_images if kind == "official" else rep.leaked_test_images,
-            **{k: m[k] for k in ("n_images", "accuracy", "balanced_accuracy", "auc_macro", "f1_weighted", "ece")}}
+    return {
+        "kind": kind,
+        "subset": subset,
+        "minutes": minutes,
+        "leaked": rep.leaked_val_images if kind == "official" else rep.leaked_test_images,
+        **{k: m[k] for k in ("n_images", "accuracy", "balanced_accuracy", "auc_macro", "f1_weighted", "ece")},
+    }
 
 
 def main() -> None:
@@ -66,8 +89,10 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     reuse = Path(args.official_run) if args.official_run else None
-    results = [run(Path(args.data), out / "official", "official", args.epochs, args.quick, reuse),
-               run(Path(args.data), out / "lesion", "lesion", args.epochs, args.quick)]
+    results = [
+        run(Path(args.data), out / "official", "official", args.epochs, args.quick, reuse),
+        run(Path(args.data), out / "lesion", "lesion", args.epochs, args.quick),
+    ]
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(f"\n{'setting':<44} {'ACC':>6} {'bal.ACC':>8} {'AUC':>6} {'n':>6} {'min':>6}")
     for r in results:

@@ -39,11 +39,12 @@ def resnet50_model(workdir: Path) -> Path:
     import timm
 
     from skinlesion.export import export_onnx
-    from skinlesion.models import ModelConfig, default_preprocess, save_model
+    from skinlesion.bundle import Member, ModelConfig, save_bundle
+    from skinlesion.models import resolve_preprocess
 
     net = timm.create_model("resnet50", num_classes=7).eval()
-    cfg = ModelConfig(backbone="resnet50", preprocess=default_preprocess("resnet50", 224).to_dict())
-    path = save_model(net, cfg, workdir / "resnet50")
+    cfg = ModelConfig(preprocess=resolve_preprocess("resnet50", input_size=224).to_dict(), members=[Member("resnet50")])
+    path = save_bundle(net, cfg, workdir / "resnet50")
     export_onnx(path, workdir / "resnet50.onnx")
     return path
 
@@ -57,10 +58,14 @@ def bench(name: str, weights: Path, onnx: Path, image: Path, threads: int, repea
 
     x = pt.prep.batch([open_image(image).image])
     data = image.read_bytes()
-    r = {"model": name, "input": pt.prep.input_size,
-         "eager": _lat(lambda: pt.forward(x), repeats), "onnx": _lat(lambda: ox.forward(x), repeats),
-         "upload_to_result_eager": _lat(lambda: pt.predict(data, "upload.jpg"), repeats),
-         "upload_to_result_onnx": _lat(lambda: ox.predict(data, "upload.jpg"), repeats)}
+    r = {
+        "model": name,
+        "input": pt.prep.input_size,
+        "eager": _lat(lambda: pt.forward(x), repeats),
+        "onnx": _lat(lambda: ox.forward(x), repeats),
+        "upload_to_result_eager": _lat(lambda: pt.predict(data, "upload.jpg"), repeats),
+        "upload_to_result_onnx": _lat(lambda: ox.predict(data, "upload.jpg"), repeats),
+    }
     r["onnx_speedup_p50"] = r["eager"]["p50_ms"] / r["onnx"]["p50_ms"]
     return r
 
@@ -76,19 +81,25 @@ def main(argv=None) -> list:
 
     torch.set_num_threads(args.threads)
     from skinlesion.export import export_onnx
-    from skinlesion.models import default_model_path
+    from skinlesion.bundle import default_model_path
 
     work = Path(tempfile.mkdtemp(prefix="skinlesion-inference-"))
     default_onnx = work / "default.onnx"
     export_onnx("default", default_onnx)
-    rows = [bench("default (shipped)", default_model_path(), default_onnx, Path(args.image), args.threads, args.repeats),
-            bench("resnet50 224px", resnet50_model(work), work / "resnet50.onnx", Path(args.image), args.threads, args.repeats)]
+    rows = [
+        bench("default (shipped)", default_model_path(), default_onnx, Path(args.image), args.threads, args.repeats),
+        bench("resnet50 224px", resnet50_model(work), work / "resnet50.onnx", Path(args.image), args.threads, args.repeats),
+    ]
     print(f"CPU, {args.threads} threads, {args.repeats} repeats, batch 1")
-    print(f"{'model':<20} {'eager p50/p95':>16} {'onnx p50/p95':>16} {'speedup':>8} {'upload->result eager':>22} {'upload->result onnx':>21}")
+    print(
+        f"{'model':<20} {'eager p50/p95':>16} {'onnx p50/p95':>16} {'speedup':>8} {'upload->result eager':>22} {'upload->result onnx':>21}"
+    )
     for r in rows:
         f = lambda d: f"{d['p50_ms']:.1f}/{d['p95_ms']:.1f} ms"  # noqa: E731
-        print(f"{r['model']:<20} {f(r['eager']):>16} {f(r['onnx']):>16} {r['onnx_speedup_p50']:7.2f}x "
-              f"{f(r['upload_to_result_eager']):>22} {f(r['upload_to_result_onnx']):>21}")
+        print(
+            f"{r['model']:<20} {f(r['eager']):>16} {f(r['onnx']):>16} {r['onnx_speedup_p50']:7.2f}x "
+            f"{f(r['upload_to_result_eager']):>22} {f(r['upload_to_result_onnx']):>21}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return rows

@@ -77,8 +77,8 @@ def run(args) -> dict:
     from skinlesion.data import load_dataset
     from skinlesion.data.loader import ImageSet, default_workers, make_loader
     from skinlesion.data.synthetic import write_synthetic
-    from skinlesion.models import default_preprocess
-    from skinlesion.prepare import prepare
+    from skinlesion.models import resolve_preprocess
+    from skinlesion.data.prepare import prepare
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     gpu = device.type == "cuda"
@@ -99,14 +99,19 @@ def run(args) -> dict:
         m = timm.create_model(args.model, num_classes=7).to(device).train()
         return m.to(memory_format=torch.channels_last) if gpu else m
 
-    results = {"device": torch.cuda.get_device_name(0) if gpu else f"cpu ({torch.get_num_threads()} threads)",
-               "model": args.model, "size": args.size, "steps": args.steps, "batch": args.batch,
-               "images": len(ds), "workers": args.workers if args.workers is not None else default_workers(len(ds) * 10),
-               "prepare_seconds": prepare_s}
+    results = {
+        "device": torch.cuda.get_device_name(0) if gpu else f"cpu ({torch.get_num_threads()} threads)",
+        "model": args.model,
+        "size": args.size,
+        "steps": args.steps,
+        "batch": args.batch,
+        "images": len(ds),
+        "workers": args.workers if args.workers is not None else default_workers(len(ds) * 10),
+        "prepare_seconds": prepare_s,
+    }
 
     # (a) reference recipe
-    ref_tf = T.Compose([T.Resize((args.size, args.size)), T.ToTensor(),
-                        T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    ref_tf = T.Compose([T.Resize((args.size, args.size)), T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
 
     class Ref(torch.utils.data.Dataset):
         def __len__(self):
@@ -119,15 +124,20 @@ def run(args) -> dict:
                 return ref_tf(im.convert("RGB")), int(ds.meta["label"].iat[i])
 
     loader = torch.utils.data.DataLoader(Ref(), batch_size=4, shuffle=True, num_workers=0)
-    results["a_reference"] = _timed(loader, _step_fn(fresh_model(), device, False, False),
-                                    args.ref_steps, args.warmup, device)
+    results["a_reference"] = _timed(loader, _step_fn(fresh_model(), device, False, False), args.ref_steps, args.warmup, device)
 
     # (b) / (c) this project's pipeline
     workers = results["workers"]
-    prep = default_preprocess(args.model, args.size, args.cache_size)
+    prep = resolve_preprocess(args.model, input_size=args.size, source_size=args.cache_size)
     for key, dset in (("b_raw_jpeg", ds), ("c_cache", cached)):
-        loader = make_loader(ImageSet(dset, idx, prep.train_transform(), preload=False), args.batch, shuffle=True,
-                             num_workers=workers, pin_memory=gpu, drop_last=True)
+        loader = make_loader(
+            ImageSet(dset, idx, prep.train_transform(), preload=False),
+            args.batch,
+            shuffle=True,
+            num_workers=workers,
+            pin_memory=gpu,
+            drop_last=True,
+        )
         results[key] = _timed(loader, _step_fn(fresh_model(), device, gpu, gpu), args.steps, args.warmup, device)
         del loader
 
@@ -170,8 +180,10 @@ def main(argv=None) -> dict:
         if getattr(args, k) is None:
             setattr(args, k, v)
     r = run(args)
-    print(f"device: {r['device']}, model {r['model']} at {r['size']} px, batch {r['batch']}, {r['images']} images, "
-          f"{r['workers']} workers; prepare took {r['prepare_seconds']:.1f} s")
+    print(
+        f"device: {r['device']}, model {r['model']} at {r['size']} px, batch {r['batch']}, {r['images']} images, "
+        f"{r['workers']} workers; prepare took {r['prepare_seconds']:.1f} s"
+    )
     for k in ("a_reference", "b_raw_jpeg", "c_cache", "d_compute_only"):
         print(f"  {k:<16} {r[k]:9.1f} images/s")
     print(f"  (c)/(d) = {r['c_over_d']:.2f}   (c)/(a) = {r['c_over_a']:.1f}x")

@@ -55,9 +55,20 @@ def tiny_run(tmp_path_factory):
     data = write_synthetic(root / "data", n_lesions=110, layout="flat", size=(96, 72), seed=3, min_per_class=10)
     report = make_split(load_dataset(data).meta, fractions=(0.6, 0.2, 0.2), seed=0)
     report.manifest.to_csv(root / "split.csv", index=False)
-    cfg = TrainConfig(data=str(data), split=str(root / "split.csv"), out=str(root / "run"), backbone="resnet18",
-                      input_size=32, epochs=6, batch_size=16, lr=3e-3, patience=10, progress=False, num_workers=0,
-                      balance="sqrt")
+    cfg = TrainConfig(
+        data=str(data),
+        split=str(root / "split.csv"),
+        out=str(root / "run"),
+        backbone="resnet18",
+        input_size=32,
+        epochs=6,
+        batch_size=16,
+        lr=3e-3,
+        patience=10,
+        progress=False,
+        num_workers=0,
+        balance="sqrt",
+    )
     train(cfg)
     return data, root / "split.csv", root / "run"
 
@@ -65,9 +76,45 @@ def tiny_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def default_model():
     """The shipped model, or skip if this checkout has none yet."""
-    from skinlesion.models import default_model_path
+    from skinlesion.bundle import default_model_path
 
     p = default_model_path()
     if not p.exists():
         pytest.skip("the shipped default model is not in this checkout")
     return p
+
+
+@pytest.fixture(scope="session")
+def tiny_cv(tmp_path_factory):
+    """A 3-fold cross-validated ensemble (with patient data forced on) on a small separable synthetic set."""
+    from skinlesion.cv import train_cv
+    from skinlesion.data.synthetic import write_synthetic
+    from skinlesion.train import TrainConfig
+
+    root = tmp_path_factory.mktemp("tiny_cv")
+    data = write_synthetic(root / "data", n_lesions=90, layout="flat", size=(96, 72), seed=5, min_per_class=8)
+    cfg = TrainConfig(
+        data=str(data),
+        split="",
+        out=str(root / "run"),
+        backbone="resnet18",
+        input_size=32,
+        epochs=3,
+        batch_size=16,
+        lr=3e-3,
+        patience=10,
+        progress=False,
+        num_workers=0,
+    )
+    train_cv(cfg, 3, metadata="yes")
+    return data, root / "run"
+
+
+# tests that train or evaluate a real model: `make test-fast` leaves them out (they still run in `make test`)
+SLOW_FIXTURES = {"tiny_run", "tiny_cv", "default_model", "shipped", "cache", "app_test"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

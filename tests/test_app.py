@@ -25,7 +25,7 @@ APP = str(resources.files("skinlesion") / "app.py")
 
 def _texts(at) -> str:
     parts = []
-    for kind in ("markdown", "caption", "warning", "error", "info", "title", "subheader"):
+    for kind in ("markdown", "caption", "warning", "error", "info", "success", "title", "subheader"):
         parts += [str(getattr(e, "value", "")) for e in getattr(at, kind)]
     for t in at.table:
         parts.append(t.value.to_string())
@@ -52,7 +52,10 @@ def test_app_shows_diagnosis_seven_probabilities_and_notice(app_test):
     text = _texts(at)
     assert "Calibrated probability:" in text and "Malignant/benign summary" in text
     table = at.table[0].value
-    assert list(table.index) == list(CODES) and table["probability"].str.endswith("%").all()
+    assert sorted(table.index) == sorted(CODES) and table["probability"].str.endswith("%").all()
+    values = table["probability"].str.rstrip("%").astype(float).tolist()
+    assert values == sorted(values, reverse=True)  # ranked, most likely first
+    assert "Triage:" in text and "Prediction set (90 %): one of" in text
     assert "not a medical device" in text
     assert any("Model card" in str(h.value) for h in at.sidebar.header)
     assert len(at.get("download_button")) == 1
@@ -64,8 +67,9 @@ def test_app_warns_on_a_cat_and_survives_a_corrupt_file(app_test):
     at = app_test
     buf = io.BytesIO()
     Image.fromarray(skdata.chelsea()).save(buf, "JPEG")
-    at.file_uploader[0].set_value([("cat.jpg", buf.getvalue(), "image/jpeg"),
-                                   ("broken.jpg", b"\xff\xd8\xff\xe0 not really a jpeg", "image/jpeg")])
+    at.file_uploader[0].set_value(
+        [("cat.jpg", buf.getvalue(), "image/jpeg"), ("broken.jpg", b"\xff\xd8\xff\xe0 not really a jpeg", "image/jpeg")]
+    )
     at.run()
     assert not at.exception, at.exception
     warnings = " ".join(str(w.value) for w in at.warning)
@@ -109,8 +113,12 @@ def test_real_browser_end_to_end(default_model, tmp_path):
     real = shared("fullres", "ISIC_0024310.jpg")
     port = _free_port()
     log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "skinlesion.cli", "app", "--port", str(port), "--address", "127.0.0.1"],
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "skinlesion.cli", "app", "--port", str(port), "--address", "127.0.0.1"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     browser = None
     try:
         t0 = time.time()
@@ -125,9 +133,19 @@ def test_real_browser_end_to_end(default_model, tmp_path):
             time.sleep(0.2)
         opts = webdriver.ChromeOptions()
         opts.binary_location = chromium
-        for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                     "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,2000"):
+        for flag in (
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1400,2000",
+        ):
             opts.add_argument(flag)
         browser = webdriver.Chrome(service=Service(driver), options=opts)
         browser.get(f"http://127.0.0.1:{port}/")

@@ -24,6 +24,7 @@ def test_classes_are_the_dermamnist_order_with_malignancy():
 
 # ---- real data -----------------------------------------------------------------------
 
+
 def test_default_split_of_real_metadata_is_leak_free_and_stratified(run_cli, tmp_path):
     csv = shared("HAM10000_metadata.csv")
     out = tmp_path / "split.csv"
@@ -88,6 +89,7 @@ def test_official_split_reads_dermamnist_split(run_cli, tmp_path):
 
 # ---- synthetic, full resolution --------------------------------------------------------
 
+
 def test_synthetic_kaggle_layout_round_trips_through_info_and_split(synth_kaggle, run_cli, tmp_path):
     meta = pd.read_csv(synth_kaggle / "HAM10000_metadata.csv")
     assert (synth_kaggle / "HAM10000_images_part_1").is_dir() and (synth_kaggle / "hmnist_28_28_RGB.csv").exists()
@@ -123,8 +125,7 @@ def test_synthetic_classes_differ_visibly(tmp_path):
 
     root = write_synthetic(tmp_path, n_lesions=14, layout="flat", size=(120, 90), min_per_class=2)
     ds = load_dataset(root)
-    means = {c: np.mean([np.asarray(ds.image(i), float).mean((0, 1))
-                         for i in np.flatnonzero(ds.meta["dx"] == c)], axis=0) for c in CODES}
+    means = {c: np.mean([np.asarray(ds.image(i), float).mean((0, 1)) for i in np.flatnonzero(ds.meta["dx"] == c)], axis=0) for c in CODES}
     # every pair of classes differs in mean colour by a visible margin
     for a in CODES:
         for b in CODES:

@@ -68,11 +68,14 @@ def test_decompression_bomb_is_refused():
         open_image(bomb, "bomb.png")
 
 
-@pytest.mark.parametrize("data,phrase", [
-    (b"", "empty file"),
-    (b"hello, I am a text file", "not an image"),
-    (None, "corrupt or truncated"),
-])
+@pytest.mark.parametrize(
+    "data,phrase",
+    [
+        (b"", "empty file"),
+        (b"hello, I am a text file", "not an image"),
+        (None, "corrupt or truncated"),
+    ],
+)
 def test_bad_files_are_refused(data, phrase):
     if data is None:
         full = _bytes(_lesion(600, 450), "JPEG")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pandas as pd
@@ -90,6 +89,7 @@ def test_tta_probabilities_are_a_distribution(tiny_run):
 
 # ---- the shipped model ---------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def shipped(default_model):
     from skinlesion.predict import Predictor
@@ -103,34 +103,70 @@ def test_ood_flags_everyday_photos(shipped, photo):
 
     img = Image.fromarray(getattr(skdata, photo)()).convert("RGB")
     pred = shipped.predict_images([img], [photo])[0]
-    assert pred.out_of_distribution, (photo, pred.ood_score, shipped.ood[2])
-    assert "does not look like the dermoscopic images" in pred.warnings[0]
+    assert pred.out_of_distribution, (photo, pred.ood_score, shipped.ood[1]["threshold"])
+    assert pred.warnings[0].startswith("out of distribution: score") and pred.refer
+    assert pred.tier in (None, "unsure: refer")
 
 
-def test_ood_passes_real_val_images_and_the_full_resolution_image(shipped):
+def test_ood_passes_most_real_images_and_the_full_resolution_image(shipped):
     from skinlesion.data import load_dataset
 
     ds = load_dataset(shared("dermamnist28"))
-    val = np.flatnonzero(ds.meta["split"] == "val")
-    preds = shipped.predict_images([ds.image(int(i)) for i in val], list(ds.meta["image_id"].iloc[val]))
+    some = np.random.default_rng(0).choice(len(ds), 600, replace=False)
+    preds = shipped.predict_images([ds.image(int(i)) for i in some], list(ds.meta["image_id"].iloc[some]))
     flagged = np.mean([p.out_of_distribution for p in preds])
     assert flagged <= 0.05, flagged
     full = shipped.predict(shared("fullres", "ISIC_0024310.jpg"))
     assert not full.out_of_distribution, full.ood_score
 
 
-def test_shipped_model_reproduces_its_model_card(default_model, run_cli, tmp_path):
-    """Evaluating the installed default model on the official val subset gives MODEL_CARD.md's numbers."""
+def test_committed_model_card_is_the_one_generated_from_the_shipped_bundle(default_model):
+    from skinlesion.card import render
+
     from .conftest import REPO
 
-    folder = shared("dermamnist28")
-    code, out, err = run_cli("evaluate", "--model", "default", "--data", folder, "--subset", "val", "--out", tmp_path)
-    assert code == 0, err
-    m = json.loads((tmp_path / "metrics.json").read_text())
-    assert m["n_images"] == 1003
-    card = (REPO / "MODEL_CARD.md").read_text()
-    for key in ("accuracy", "balanced_accuracy", "auc_macro", "f1_weighted", "malignant_auc", "ece"):
-        line = next(l for l in card.splitlines() if l.startswith(f"| {key} |"))
-        assert f"{float(line.split('|')[2]):.3f}" == f"{m[key]:.3f}", (key, line, m[key])
+    assert (REPO / "MODEL_CARD.md").read_text() == render("default"), "regenerate it: skinlesion card default --out MODEL_CARD.md"
     size = default_model.stat().st_size + default_model.with_suffix(".json").stat().st_size
-    assert size <= 25 * 1024 * 1024
+    assert size <= 40 * 1024 * 1024
+
+
+def test_shipped_card_numbers_are_recomputed_from_its_stored_oof_predictions(default_model):
+    from skinlesion.bundle import load_config, read_tensors
+    from skinlesion.card import oof_metrics
+    from skinlesion.metrics import compute_metrics
+    from skinlesion.posthoc import calibrate
+
+    cfg = load_config(default_model)
+    aux = read_tensors(default_model)
+    if "oof.logits" not in aux:
+        pytest.skip("the shipped model is not a cross-validated ensemble")
+    m = oof_metrics(cfg, aux)
+    for k in ("accuracy", "balanced_accuracy", "auc_macro", "f1_weighted", "nll"):
+        assert m[k] == pytest.approx(cfg.metrics[k], abs=1e-9), k
+    # and by hand, without the card's code: the image-only calibration on the stored logits
+    if not cfg.metadata:
+        probs = calibrate(aux["oof.logits"], cfg.temperature, cfg.class_bias)
+        assert compute_metrics(probs, aux["oof.labels"].astype(int))["accuracy"] == pytest.approx(cfg.metrics["accuracy"], abs=1e-12)
+
+
+def test_installed_package_reproduces_a_members_stored_oof_predictions(default_model):
+    """Member i, as installed (fp16), on a sample of the fold it never saw, gives the OOF logits stored at assembly."""
+    from skinlesion.bundle import load_config, load_model, read_tensors
+    from skinlesion.data import load_dataset
+    from skinlesion.evaluate import dataset_logits
+    from skinlesion.posthoc import calibrate
+
+    cfg = load_config(default_model)
+    aux = read_tensors(default_model)
+    if "oof.logits" not in aux:
+        pytest.skip("the shipped model is not a cross-validated ensemble")
+    ds = load_dataset(shared("dermamnist28"))
+    assert np.array_equal(aux["oof.labels"].astype(int), ds.labels)  # stored in the dataset's order
+    net, _ = load_model("default")
+    folds = aux["oof.folds"].astype(int)
+    for i, member in enumerate(cfg.members):
+        pos = np.random.default_rng(i).choice(np.flatnonzero(folds == member.fold), 12, replace=False)
+        logits = dataset_logits(net.members[i], cfg.prep, ds, pos, tta=cfg.tta, num_workers=0)
+        got = calibrate(logits, cfg.temperature, cfg.class_bias)
+        want = calibrate(aux["oof.logits"][pos], cfg.temperature, cfg.class_bias)
+        assert np.abs(got - want).max() < 1e-3, (i, np.abs(got - want).max())

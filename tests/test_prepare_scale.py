@@ -20,7 +20,7 @@ TINY = ["--backbone", "resnet18", "--input-size", "32", "--batch-size", "8", "--
 
 @pytest.fixture(scope="module")
 def cache(synth_kaggle, tmp_path_factory):
-    from skinlesion.prepare import prepare
+    from skinlesion.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("cache") / "c64"
     prepare(synth_kaggle, out, 64, progress=False)
@@ -54,8 +54,17 @@ def test_cache_and_raw_give_the_same_first_batch(synth_kaggle, cache, tmp_path, 
     manifest = read_manifest(tmp_path / "split.csv")
     batches = []
     for data, source in ((cache, None), (synth_kaggle, 64)):
-        cfg = TrainConfig(data=str(data), split=str(tmp_path / "split.csv"), out=str(tmp_path / "x"), backbone="resnet18",
-                          input_size=48, source_size=source, batch_size=8, num_workers=0, seed=7)
+        cfg = TrainConfig(
+            data=str(data),
+            split=str(tmp_path / "split.csv"),
+            out=str(tmp_path / "x"),
+            backbone="resnet18",
+            input_size=48,
+            source_size=source,
+            batch_size=8,
+            num_workers=0,
+            seed=7,
+        )
         L.seed_everything(7)
         cfg, prep, *_, loader, _ = build_loaders(cfg, load_dataset(data), manifest)
         assert prep.source_size == 64
@@ -66,7 +75,7 @@ def test_cache_and_raw_give_the_same_first_batch(synth_kaggle, cache, tmp_path, 
 
 
 def test_interrupted_prepare_resumes_without_redoing(synth_kaggle, tmp_path, monkeypatch):
-    import skinlesion.prepare as prep_mod
+    import skinlesion.data.prepare as prep_mod
     from skinlesion.data.ham10000 import Dataset
 
     monkeypatch.setattr(prep_mod, "CHUNK", 10)
@@ -104,13 +113,28 @@ def test_prepare_refuses_to_mix_sizes(synth_kaggle, cache, run_cli):
 
 def test_ddp_shards_are_disjoint_and_match_a_single_process_run(synth_kaggle, cache, tmp_path, run_cli):
     run_cli("split", synth_kaggle, "--out", tmp_path / "split.csv")
-    base = [sys.executable, "-m", "skinlesion.cli", "train", str(cache), "--split", str(tmp_path / "split.csv"),
-            "--epochs", "1", "--record-shards", "--accelerator", "cpu", *TINY]
-    ddp = subprocess.run(base + ["--out", str(tmp_path / "ddp"), "--devices", "2", "--strategy", "ddp"],
-                         capture_output=True, text=True, timeout=600)
+    base = [
+        sys.executable,
+        "-m",
+        "skinlesion.cli",
+        "train",
+        str(cache),
+        "--split",
+        str(tmp_path / "split.csv"),
+        "--epochs",
+        "1",
+        "--record-shards",
+        "--accelerator",
+        "cpu",
+        *TINY,
+    ]
+    ddp = subprocess.run(
+        base + ["--out", str(tmp_path / "ddp"), "--devices", "2", "--strategy", "ddp"], capture_output=True, text=True, timeout=600
+    )
     assert ddp.returncode == 0, ddp.stdout + ddp.stderr
-    single = subprocess.run(base + ["--out", str(tmp_path / "one"), "--devices", "1", "--batch-size", "16"],
-                            capture_output=True, text=True, timeout=600)
+    single = subprocess.run(
+        base + ["--out", str(tmp_path / "one"), "--devices", "1", "--batch-size", "16"], capture_output=True, text=True, timeout=600
+    )
     assert single.returncode == 0, single.stdout + single.stderr
     r0 = set(map(int, (tmp_path / "ddp" / "shards" / "rank0.txt").read_text().split()))
     r1 = set(map(int, (tmp_path / "ddp" / "shards" / "rank1.txt").read_text().split()))

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,8 +21,17 @@ TINY = ["--backbone", "resnet18", "--input-size", "32", "--batch-size", "16", "-
 
 def test_run_dir_holds_everything_needed_to_reproduce(tiny_run):
     data, split, run = tiny_run
-    for name in ("best.safetensors", "best.json", "last.safetensors", "last.json", "config.json", "split.csv",
-                 "metrics.csv", "val_metrics.json", "checkpoints/last.ckpt"):
+    for name in (
+        "best.safetensors",
+        "best.json",
+        "last.safetensors",
+        "last.json",
+        "config.json",
+        "split.csv",
+        "metrics.csv",
+        "val_metrics.json",
+        "checkpoints/last.ckpt",
+    ):
         assert (run / name).exists(), name
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["backbone"] == "resnet18" and cfg["input_size"] == 32 and cfg["data"] == str(data)
@@ -40,8 +48,7 @@ def test_run_dir_holds_everything_needed_to_reproduce(tiny_run):
 
 def test_evaluation_is_far_above_chance_and_chance_on_shuffled_labels(tiny_run, run_cli, tmp_path):
     data, split, run = tiny_run
-    code, out, err = run_cli("evaluate", "--model", run, "--data", data, "--split", split, "--subset", "test",
-                             "--out", tmp_path / "eval")
+    code, out, err = run_cli("evaluate", "--model", run, "--data", data, "--split", split, "--subset", "test", "--out", tmp_path / "eval")
     assert code == 0, err
     m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert m["accuracy"] > 0.85 and m["balanced_accuracy"] > 0.7, m
@@ -61,8 +68,9 @@ def test_evaluation_is_far_above_chance_and_chance_on_shuffled_labels(tiny_run, 
     # --ids restricts to the listed images; --tta runs the 8 views
     ids = pd.read_csv(split).query("split == 'test'")["image_id"].head(7)
     ids.to_frame().to_csv(tmp_path / "ids.csv", index=False)
-    code, out, err = run_cli("evaluate", "--model", run / "best.safetensors", "--data", data, "--ids", tmp_path / "ids.csv",
-                             "--tta", "--out", tmp_path / "eval3")
+    code, out, err = run_cli(
+        "evaluate", "--model", run / "best.safetensors", "--data", data, "--ids", tmp_path / "ids.csv", "--tta", "--out", tmp_path / "eval3"
+    )
     assert code == 0, err
     assert json.loads((tmp_path / "eval3" / "metrics.json").read_text())["n_images"] == 7
 
@@ -124,8 +132,20 @@ def test_kill_after_epoch_one_then_resume_does_not_redo_it(tmp_path, synth_kaggl
     split = tmp_path / "split.csv"
     run_cli("split", synth_kaggle, "--out", split)
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "skinlesion.cli", "train", str(synth_kaggle), "--split", str(split), "--out", str(run),
-           "--epochs", "2", *TINY]
+    cmd = [
+        sys.executable,
+        "-m",
+        "skinlesion.cli",
+        "train",
+        str(synth_kaggle),
+        "--split",
+        str(split),
+        "--out",
+        str(run),
+        "--epochs",
+        "2",
+        *TINY,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ckpt, metrics = run / "checkpoints" / "last.ckpt", run / "metrics.csv"
     deadline = time.time() + 300
@@ -158,8 +178,26 @@ def test_ddp_on_two_cpu_processes(tmp_path, synth_kaggle, run_cli):
     split = tmp_path / "split.csv"
     run_cli("split", synth_kaggle, "--out", split)
     run = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "skinlesion.cli", "train", str(synth_kaggle), "--split", str(split), "--out", str(run),
-           "--epochs", "1", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", *TINY]
+    cmd = [
+        sys.executable,
+        "-m",
+        "skinlesion.cli",
+        "train",
+        str(synth_kaggle),
+        "--split",
+        str(split),
+        "--out",
+        str(run),
+        "--epochs",
+        "1",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        *TINY,
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     log = res.stdout + res.stderr
     assert res.returncode == 0, log
@@ -171,13 +209,14 @@ def test_ddp_on_two_cpu_processes(tmp_path, synth_kaggle, run_cli):
 
 # ---- model files ------------------------------------------------------------------------
 
+
 def test_wrong_shape_pickle_and_missing_config_get_clear_errors(tiny_run, tmp_path, run_cli):
     import shutil
 
     import torch
     from safetensors.torch import load_file, save_file
 
-    from skinlesion.models import load_model
+    from skinlesion.bundle import load_model
 
     _, _, run = tiny_run
     bad = tmp_path / "bad"
@@ -211,3 +250,58 @@ def test_pretrained_offline_weights_and_clear_error(monkeypatch):
         models.create_model("resnet50", pretrained=True)
     with pytest.raises(SkinLesionError, match="Unknown backbone"):
         models.create_model("resnet5000")
+
+
+def test_train_config_reruns_a_run_and_reproduces_its_first_epoch(tiny_run, run_cli, tmp_path):
+    data, split, run = tiny_run
+    code, out, err = run_cli("train", "--config", run / "config.json", "--out", tmp_path / "again", "--epochs", "1")
+    assert code == 0, err
+    first = pd.read_csv(run / "metrics.csv").iloc[0]
+    again = pd.read_csv(tmp_path / "again" / "metrics.csv")
+    assert len(again) == 1
+    for k in ("train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_auc_macro"):
+        assert again.iloc[0][k] == pytest.approx(first[k], abs=1e-5), k
+    cfg = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert cfg["epochs"] == 1 and cfg["backbone"] == "resnet18" and cfg["data"] == str(data)  # flags override the file
+
+
+def test_preprocess_centre_crop_jpeg_round_trip_and_dict():
+    from PIL import Image
+
+    from skinlesion.preprocess import Preprocess, round_field
+
+    img = Image.new("RGB", (600, 450), (200, 0, 0))
+    img.paste((0, 0, 200), (0, 0, 75, 450))  # a blue band only outside the central 450x450 square
+    p = Preprocess(input_size=32, source_size=28, crop="center", source_jpeg_quality=75, mean=(0, 0, 0), std=(1, 1, 1))
+    src = p.to_source(img)
+    assert src.size == (28, 28)
+    a = np.asarray(src, float)
+    assert a[..., 2].max() < 40 and a[..., 0].mean() > 170  # the band was cut away by the centre crop
+    no_crop = Preprocess(input_size=32, source_size=28, crop="none").to_source(img)
+    assert np.asarray(no_crop, float)[:, :3, 2].mean() > 100  # without the crop the band survives
+    # the JPEG re-encode adds artefacts: a sharp edge is no longer exact
+    edge = Image.new("RGB", (28, 28), "white")
+    edge.paste((0, 0, 0), (0, 0, 14, 28))
+    big = edge.resize((56, 56), Image.NEAREST)
+    q = Preprocess(input_size=28, source_size=28, source_jpeg_quality=30).to_source(big)
+    assert not np.array_equal(np.asarray(q), np.asarray(Preprocess(input_size=28, source_size=28).to_source(big)))
+    assert Preprocess.from_dict(p.to_dict()) == p
+    x = p.to_array(img)
+    assert x.shape == (3, 32, 32) and x.dtype == np.float32
+    field = round_field(np.full((20, 20, 3), 255, np.uint8), 0.71)
+    assert field[0, 0].sum() == 0 and field[10, 10].sum() == 765 and field[10, 0].sum() == 765
+
+
+def test_predict_and_evaluate_give_the_same_tta_probabilities(tiny_run, run_cli, tmp_path):
+    from skinlesion.predict import Predictor
+
+    data, split, run = tiny_run
+    ids = pd.read_csv(split).query("split == 'test'")["image_id"].head(5)
+    ids.to_frame().to_csv(tmp_path / "ids.csv", index=False)
+    code, out, err = run_cli("evaluate", "--model", run, "--data", data, "--ids", tmp_path / "ids.csv", "--tta", "--out", tmp_path / "ev")
+    assert code == 0, err
+    ev = pd.read_csv(tmp_path / "ev" / "predictions.csv").set_index("image_id")
+    p = Predictor(run, backend="torch", tta=True)
+    for iid in ids:
+        r = p.predict(data / "images" / f"{iid}.jpg")
+        assert np.allclose([r.probabilities[c] for c in CODES], ev.loc[iid, list(CODES)].to_numpy(float), atol=1e-5)

@@ -2,22 +2,62 @@
 
 Read top-down:
 
-- :mod:`skinlesion.classes`    the seven diagnoses (codes, names, descriptions, malignancy)
-- :mod:`skinlesion.data`       reading HAM10000 / DermaMNIST, splitting, synthetic data, downloads
-- :mod:`skinlesion.intake`     opening one image file safely (EXIF, modes, bombs, corrupt files)
-- :mod:`skinlesion.preprocess` the ONE definition of image preprocessing and augmentation
-- :mod:`skinlesion.models`     timm backbones, weights, saving/loading models (safetensors + JSON)
-- :mod:`skinlesion.train`      Lightning training loop
+- :mod:`skinlesion.classes`     the seven diagnoses (codes, names, descriptions, malignancy)
+- :mod:`skinlesion.data`        reading HAM10000 / DermaMNIST and prepared caches, splits and CV folds, synthetic data, downloads
+- :mod:`skinlesion.intake`      opening one image file safely (EXIF, modes, bombs, corrupt files)
+- :mod:`skinlesion.preprocess`  the ONE definition of image preprocessing and augmentation
+- :mod:`skinlesion.models`      timm backbones and their ImageNet weights
+- :mod:`skinlesion.bundle`      the model on disk (safetensors + validated JSON; members, rules); its only writer
+- :mod:`skinlesion.train`       Lightning training (``LesionModule``, ``ExportModels``) of one network
+- :mod:`skinlesion.cv`          cross-validated ensembles: members, out-of-fold predictions, assembly
+- :mod:`skinlesion.posthoc`     fitted after training: calibration with prior correction, metadata fusion,
+                                refer threshold, conformal sets (crepes), triage tier
 - :mod:`skinlesion.calibration` temperature scaling and expected calibration error
-- :mod:`skinlesion.evaluate`   metrics, plots and the evaluation report
-- :mod:`skinlesion.predict`    the predictor used by the CLI and the app (PyTorch or ONNX Runtime)
-- :mod:`skinlesion.ood`        out-of-distribution score fitted on the training features
-- :mod:`skinlesion.explain`    Grad-CAM heat maps
-- :mod:`skinlesion.export`     ONNX export with a parity check
-- :mod:`skinlesion.app`        the Streamlit web app
-- :mod:`skinlesion.cli`        the ``skinlesion`` command
+- :mod:`skinlesion.metrics`     classification, calibration, risk-coverage and conformal metrics
+- :mod:`skinlesion.evaluate`    the inference loop over a dataset, the evaluation report
+- :mod:`skinlesion.predict`     the predictor used by the CLI, the API and the app (PyTorch or ONNX Runtime)
+- :mod:`skinlesion.ood`         out-of-distribution score fitted on the training features
+- :mod:`skinlesion.explain`     Grad-CAM heat maps
+- :mod:`skinlesion.export`      ONNX export with a parity check
+- :mod:`skinlesion.card`        the model card, generated from a bundle
+- :mod:`skinlesion.app`         the Streamlit web app
+- :mod:`skinlesion.cli`         the ``skinlesion`` command
 
-Heavy libraries (torch, timm) are imported lazily, inside the functions that need them.
+Heavy libraries (torch, timm) are imported lazily: ``import skinlesion`` is cheap, and the
+names below load their module on first use::
+
+    from skinlesion import Predictor
+    p = Predictor("default")
+    p.predict("lesion.jpg", meta={"age": 55, "sex": "male", "localization": "back"})
 """
 
-__version__ = "0.1.0"
+from importlib import import_module
+
+__version__ = "0.2.0"
+
+_API = {
+    "Predictor": "skinlesion.predict",
+    "load_model": "skinlesion.bundle",
+    "load_config": "skinlesion.bundle",
+    "save_bundle": "skinlesion.bundle",
+    "train": "skinlesion.train",
+    "TrainConfig": "skinlesion.train",
+    "train_cv": "skinlesion.cv",
+    "evaluate": ("skinlesion.evaluate", "evaluate_model"),
+    "evaluate_model": "skinlesion.evaluate",
+    "load_dataset": "skinlesion.data",
+    "make_split": "skinlesion.data",
+    "cv_folds": "skinlesion.data.split",
+    "SkinLesionError": "skinlesion.errors",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'skinlesion' has no attribute {name!r}")
+    where = _API[name]
+    module, attr = where if isinstance(where, tuple) else (where, name)
+    value = getattr(import_module(module), attr)
+    globals()[name] = value
+    return value

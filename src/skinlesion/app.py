@@ -2,7 +2,13 @@
 
 Started by ``skinlesion app [--model MODEL] [--port N]`` (or ``make app``), which runs
 ``streamlit run`` on this file. The model loads once per process (``st.cache_resource``)
-and is shared by all sessions.
+and is shared by all sessions; :class:`skinlesion.predict.Predictor` is safe for that.
+
+Per image: a result card (top diagnosis and probability, the ranked top three, the conformal
+prediction set and the triage tier as a banner), one ranked chart of all seven probabilities,
+and on request the Grad-CAM map beside the original. An upload that does not look like
+dermoscopy gets no diagnosis unless the user opens "Analyse anyway". Several uploads: the
+summary table comes first, then each image in its own expander.
 """
 
 from __future__ import annotations
@@ -13,8 +19,11 @@ import sys
 
 import streamlit as st
 
-NOTICE = ("For research and education only. This is not a medical device and its output is not a diagnosis: "
-          "see a dermatologist about any skin lesion that worries you.")
+NOTICE = (
+    "For research and education only. This is not a medical device and its output is not a diagnosis: "
+    "see a dermatologist about any skin lesion that worries you."
+)
+TIER_STYLE = {"see a dermatologist soon": st.error, "unsure: refer": st.warning, "routine": st.success}
 
 
 def _model_arg() -> str:
@@ -35,92 +44,141 @@ def sidebar(predictor) -> None:
     cfg = predictor.config
     st.sidebar.header("Model card")
     st.sidebar.markdown(
-        f"**Backbone:** {cfg.backbone}  \n**Back end:** {predictor.backend}  \n"
-        f"**Input:** {cfg.prep.source_size or 'full'} px source, {cfg.prep.input_size} px network input  \n"
-        f"**Temperature:** {cfg.temperature:.3f}"
+        f"**Model:** {cfg.name} ({len(cfg.members)} × {cfg.backbone})  \n**Back end:** {predictor.backend}  \n"
+        f"**Input:** {cfg.prep.source_size or 'full'} px source, {cfg.prep.input_size} px network input"
     )
     m = cfg.metrics or {}
-    if m:
-        st.sidebar.markdown("**Validation metrics**")
+    keys = [k for k in ("accuracy", "balanced_accuracy", "auc_macro", "ece") if isinstance(m.get(k), (int, float))]
+    if keys:
         import pandas as pd
 
-        keys = [k for k in ("accuracy", "balanced_accuracy", "auc_macro", "ece") if k in m]
+        st.sidebar.markdown(f"**Metrics ({m.get('evaluated_on', 'validation')})**")
         st.sidebar.table(pd.DataFrame({"value": [f"{float(m[k]):.4f}" for k in keys]}, index=keys))
-    data = (cfg.train or {}).get("data", "")
     st.sidebar.markdown(
-        f"**Training data:** HAM10000 (DermaMNIST {cfg.prep.source_size or ''} px){' - ' + os.path.basename(str(data)) if data else ''}. "
-        "Mostly fair-skinned patients from Austria and Australia; dermoscopic images only. "
+        "**Training data:** HAM10000. Mostly fair-skinned patients from Austria and Australia; dermoscopic images only. "
         "Weights licensed CC BY-NC-SA 4.0."
     )
     st.sidebar.caption(NOTICE)
 
 
-def show_result(predictor, name: str, data: bytes, explain: bool, rows: list) -> None:
-    from skinlesion.classes import DIAGNOSES
+def result_card(pred) -> None:
+    """Top diagnosis, ranked top three, prediction set, tier banner, and one ranked chart."""
+    import pandas as pd
+
+    from skinlesion.classes import get
+
+    d = pred.diagnosis
+    if pred.tier:
+        TIER_STYLE.get(pred.tier, st.info)(f"Triage: **{pred.tier}**" + (f" ({pred.refer_reason})" if pred.refer_reason else ""))
+    st.markdown(f"### {d.name} ({d.code})")
+    st.markdown(f"Calibrated probability: **{pred.top_probability:.1%}**")
+    st.caption(d.description)
+    ranked = pred.ranked()
+    st.markdown("Most likely: " + ", ".join(f"{get(c).name} **{p:.1%}**" for c, p in ranked[:3]))
+    if pred.prediction_set:
+        st.markdown("Prediction set (90 %): one of " + ", ".join(get(c).name for c in pred.prediction_set))
+    label = "malignant or pre-malignant" if pred.malignant_probability >= 0.5 else "benign"
+    st.markdown(f"Malignant/benign summary: **{label}** (probability malignant or pre-malignant: {pred.malignant_probability:.1%})")
+    chart = pd.DataFrame({"diagnosis": [f"{get(c).name} ({c})" for c, _ in ranked], "probability": [p for _, p in ranked]})
+    st.bar_chart(chart, x="diagnosis", y="probability", horizontal=True, sort="-probability")
+    st.table(pd.DataFrame({"probability": [f"{p:.1%}" for _, p in ranked]}, index=[c for c, _ in ranked]))
+
+
+def explanation(predictor, image, pred) -> None:
+    from skinlesion.classes import CODES
+    from skinlesion.explain import overlay
+
+    top3 = [c for c, _ in pred.ranked()[:3]]
+    target = st.selectbox("Explain the class", top3, key=f"explain-{pred.name}")
+    with st.spinner("Computing the heat map ..."):
+        heat = predictor.explain(image, target=CODES.index(target))
+    left, right = st.columns(2)
+    left.image(image, caption="original", width="stretch")
+    right.image(overlay(image, heat), caption=f"Grad-CAM for {target} (red: most evidence, blue: least)", width="stretch")
+
+
+def show_result(predictor, name: str, data: bytes, explain: bool, rows: list, meta: dict | None) -> None:
     from skinlesion.errors import SkinLesionError
     from skinlesion.intake import open_image
+    from skinlesion.predict import OOD_EXPLAINED, ROW_COLUMNS
 
-    st.subheader(name)
     try:
         intake = open_image(data, name)
+        pred = predictor.predict_images([intake.image], [name], [intake.warnings], [meta or {}])[0]
     except SkinLesionError as exc:
         st.error(f"Could not analyse {name}: {exc}")
-        rows.append({"image": name, "error": str(exc)})
+        rows.append({**{c: None for c in ROW_COLUMNS}, "image": name, "error": str(exc)})
         return
-    pred = predictor.predict_images([intake.image], [name], [intake.warnings])[0]
+    rows.append(pred.row())
     for w in pred.warnings:
-        st.warning(w)
+        if not w.startswith("out of distribution"):
+            st.warning(w)
+    if pred.out_of_distribution:
+        st.warning(
+            OOD_EXPLAINED.format(score=pred.ood_score, threshold=predictor.ood[1]["threshold"])
+            + " No diagnosis is shown: upload a dermoscopic image of a skin lesion."
+        )
+        st.image(intake.image, caption=name, width=320)
+        with st.expander("Analyse anyway (unreliable)", expanded=False):
+            result_card(pred)
+        return
     left, right = st.columns([1, 1])
     with left:
-        if explain:
-            from skinlesion.explain import overlay
-
-            heat = predictor.explain(intake.image, target=[d.code for d in DIAGNOSES].index(pred.top))
-            st.image(overlay(intake.image, heat), caption=f"Grad-CAM for {pred.top}", width="stretch")
-        else:
-            st.image(intake.image, caption=f"{intake.original_size[0]}x{intake.original_size[1]}", width="stretch")
+        st.image(intake.image, caption=f"{intake.original_size[0]}x{intake.original_size[1]}", width="stretch")
     with right:
-        d = pred.diagnosis
-        st.markdown(f"### {d.name} ({d.code})")
-        st.markdown(f"Calibrated probability: **{pred.top_probability:.1%}**")
-        st.caption(d.description)
-        label = "malignant or pre-malignant" if pred.malignant_probability >= 0.5 else "benign"
-        st.markdown(f"Malignant/benign summary: **{label}** (probability malignant or pre-malignant: "
-                    f"{pred.malignant_probability:.1%})")
-        import pandas as pd
+        result_card(pred)
+    if explain:
+        explanation(predictor, intake.image, pred)
 
-        chart = pd.DataFrame({"probability": list(pred.probabilities.values())}, index=list(pred.probabilities))
-        st.bar_chart(chart, horizontal=True)
-        st.table(pd.DataFrame({"diagnosis": [x.name for x in DIAGNOSES],
-                               "probability": [f"{pred.probabilities[x.code]:.1%}" for x in DIAGNOSES]},
-                              index=[x.code for x in DIAGNOSES]))
-    rows.append(pred.row())
+
+def patient_data(predictor) -> dict | None:
+    if not predictor.uses_metadata:
+        return None
+    from skinlesion.posthoc import LOCALIZATIONS
+
+    with st.expander("Patient data (optional: improves the analysis)"):
+        c1, c2, c3 = st.columns(3)
+        age = c1.number_input("Age", min_value=0, max_value=120, value=None, step=5)
+        sex = c2.selectbox("Sex", ["", "male", "female"])
+        site = c3.selectbox("Body site", ["", *LOCALIZATIONS])
+    return {"age": age, "sex": sex or None, "localization": site or None}
 
 
 def main() -> None:
-    st.set_page_config(page_title="skinlesion", layout="wide")
+    st.set_page_config(page_title="skinlesion: lesion analysis", page_icon="🔬", layout="wide")
     st.title("Skin lesion analysis")
-    st.warning(NOTICE)
+    st.caption(NOTICE)
     predictor = get_predictor(_model_arg())
     sidebar(predictor)
-    files = st.file_uploader("Upload dermoscopic images (JPEG or PNG)", type=["jpg", "jpeg", "png"],
-                             accept_multiple_files=True)
+    meta = patient_data(predictor)
+    files = st.file_uploader("Upload dermoscopic images (JPEG or PNG)", type=["jpg", "jpeg", "png"], accept_multiple_files=True)
     explain = st.toggle("Show Grad-CAM heat map", value=False)
     if not files:
         st.info("Upload one or several images to analyse them.")
         return
-    rows: list = []
-    for f in files:
-        show_result(predictor, f.name, f.getvalue(), explain, rows)
-        st.divider()
     import pandas as pd
 
-    table = pd.DataFrame(rows)
-    st.subheader("Results")
-    st.dataframe(table, width="stretch")
-    buf = io.StringIO()
-    table.to_csv(buf, index=False)
-    st.download_button("Download results (CSV)", buf.getvalue(), file_name="skinlesion_results.csv", mime="text/csv")
+    from skinlesion.predict import ROW_COLUMNS
+
+    rows: list = []
+    summary = st.container()
+    if len(files) == 1:
+        st.subheader(files[0].name)
+        show_result(predictor, files[0].name, files[0].getvalue(), explain, rows, meta)
+    else:
+        for f in files:
+            with st.expander(f.name, expanded=False):
+                show_result(predictor, f.name, f.getvalue(), explain, rows, meta)
+    table = pd.DataFrame(rows).reindex(columns=ROW_COLUMNS)
+    table.insert(1, "model", predictor.config.name)
+    with summary:
+        st.subheader("Results")
+        st.dataframe(
+            table[["image", "top_class", "probability", "tier", "prediction_set", "warnings", "error"]], width="stretch", hide_index=True
+        )
+        buf = io.StringIO()
+        table.to_csv(buf, index=False)
+        st.download_button("Download results (CSV)", buf.getvalue(), file_name="skinlesion_results.csv", mime="text/csv")
 
 
 main()

@@ -49,6 +49,5 @@ def reliability(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15):
     rows = []
     for lo, hi in zip(edges[:-1], edges[1:]):
         m = (conf > lo) & (conf <= hi)
-        rows.append((float(conf[m].mean()) if m.any() else (lo + hi) / 2,
-                     float(correct[m].mean()) if m.any() else np.nan, int(m.sum())))
+        rows.append((float(conf[m].mean()) if m.any() else (lo + hi) / 2, float(correct[m].mean()) if m.any() else np.nan, int(m.sum())))
     return edges, rows

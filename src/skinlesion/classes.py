@@ -28,15 +28,13 @@ DIAGNOSES: tuple[Diagnosis, ...] = (
     Diagnosis(
         "bcc",
         "Basal cell carcinoma",
-        "The most common skin cancer. It grows slowly and rarely spreads, but it "
-        "damages the surrounding skin if left untreated.",
+        "The most common skin cancer. It grows slowly and rarely spreads, but it damages the surrounding skin if left untreated.",
         True,
     ),
     Diagnosis(
         "bkl",
         "Benign keratosis-like lesion",
-        "Harmless growths such as seborrhoeic keratoses, solar lentigines and "
-        "lichen-planus-like keratoses. They can look like melanoma.",
+        "Harmless growths such as seborrhoeic keratoses, solar lentigines and lichen-planus-like keratoses. They can look like melanoma.",
         False,
     ),
     Diagnosis(
@@ -61,8 +59,7 @@ DIAGNOSES: tuple[Diagnosis, ...] = (
     Diagnosis(
         "vasc",
         "Vascular lesion",
-        "Harmless blood-vessel growths such as cherry angiomas, angiokeratomas and "
-        "pyogenic granulomas.",
+        "Harmless blood-vessel growths such as cherry angiomas, angiokeratomas and pyogenic granulomas.",
         False,
     ),
 )
@@ -81,9 +78,7 @@ def get(code: str) -> Diagnosis:
     if key not in _BY_CODE:
         from .errors import SkinLesionError
 
-        raise SkinLesionError(
-            f"Unknown diagnosis code {code!r}; the HAM10000 codes are {', '.join(CODES)}."
-        )
+        raise SkinLesionError(f"Unknown diagnosis code {code!r}; the HAM10000 codes are {', '.join(CODES)}.")
     return _BY_CODE[key]
 
 

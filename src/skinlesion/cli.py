@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+import typer.exceptions
 
 from .errors import SkinLesionError
 
@@ -56,8 +57,7 @@ def info(
         _warn(w)
     if problems:
         raise SkinLesionError(
-            f"{len(problems)} image file(s) cannot be read (first: {problems[0]}); "
-            "re-download them or remove their rows from the metadata."
+            f"{len(problems)} image file(s) cannot be read (first: {problems[0]}); re-download them or remove their rows from the metadata."
         )
 
 
@@ -65,7 +65,9 @@ def info(
 def split(
     data: Path = typer.Argument(..., help="HAM10000 folder, metadata CSV or DermaMNIST .npz."),
     out: Path = typer.Option(Path("split.csv"), "--out", "-o", help="Where to write the manifest CSV."),
-    kind: SplitKind = typer.Option(SplitKind.lesion, "--kind", help="lesion (default, leak-free), image (leaky reference), official (DermaMNIST)."),
+    kind: SplitKind = typer.Option(
+        SplitKind.lesion, "--kind", help="lesion (default, leak-free), image (leaky reference), official (DermaMNIST)."
+    ),
     train: float = typer.Option(0.70, help="Train fraction."),
     val: float = typer.Option(0.10, help="Validation fraction."),
     test: float = typer.Option(0.20, help="Test fraction."),
@@ -110,42 +112,101 @@ def download(
 
 @app.command()
 def train(
-    data: Path = typer.Argument(..., help="Dataset (folder, CSV, .npz or prepared cache)."),
-    split: Path = typer.Option(..., "--split", help="Split manifest from `skinlesion split`."),
+    data: Optional[Path] = typer.Argument(None, help="Dataset (folder, CSV, .npz or prepared cache); default: the --config run's."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (checkpoints, config, metrics)."),
-    backbone: str = typer.Option("resnet50", help="Any timm model name."),
-    pretrained: bool = typer.Option(False, "--pretrained", help="Start from ImageNet weights (timm download, or offline packages for tf_efficientnet_lite0..2)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="A run's config.json: rerun it; flags given here override it."),
+    split: Optional[Path] = typer.Option(None, "--split", help="Split manifest from `skinlesion split` (not with --folds)."),
+    folds: Optional[int] = typer.Option(
+        None,
+        "--folds",
+        help="Train a cross-validated ensemble of this many members on lesion-grouped folds of all images (out-of-fold validation).",
+    ),
+    metadata: str = typer.Option(
+        "auto", "--metadata", help="With --folds: use age, sex and body site: auto (only where it helps out of fold), yes or no."
+    ),
+    backbone: Optional[str] = typer.Option(None, help="Any timm model name [default: resnet50]."),
+    pretrained: Optional[bool] = typer.Option(
+        None,
+        "--pretrained/--no-pretrained",
+        help="Start from ImageNet weights (timm download, or offline packages for tf_efficientnet_lite0..2).",
+    ),
     weights: Optional[Path] = typer.Option(None, "--weights", help="ImageNet/backbone weights as a .safetensors file."),
-    input_size: Optional[int] = typer.Option(None, help="Network input size (default: backbone's, or 4x tiny images)."),
-    source_size: Optional[int] = typer.Option(None, help="Resize every image to this square size first (default: tiny images' or a cache's own size); matches `prepare --size`."),
-    epochs: int = typer.Option(30),
-    batch_size: int = typer.Option(64),
-    lr: float = typer.Option(1e-3),
-    weight_decay: float = typer.Option(0.05),
-    balance: str = typer.Option("sqrt", help="Class imbalance: sqrt (inverse-sqrt-frequency loss weights), weights (inverse frequency), sampler (balanced sampling), none."),
-    label_smoothing: float = typer.Option(0.05),
-    patience: int = typer.Option(8, help="Early stopping patience in epochs (val balanced accuracy)."),
-    seed: int = typer.Option(42),
-    num_workers: Optional[int] = typer.Option(None, help="DataLoader workers (default: sized to the machine)."),
-    accelerator: str = typer.Option("auto", help="auto, cpu or gpu."),
-    devices: str = typer.Option("auto", help="Devices per node, e.g. 2 (DDP)."),
-    num_nodes: int = typer.Option(1, help="Nodes for multi-node DDP."),
-    strategy: str = typer.Option("auto", help="Lightning strategy, e.g. ddp."),
-    precision: Optional[str] = typer.Option(None, help="Default bf16-mixed on GPU, 32-true on CPU."),
+    input_size: Optional[int] = typer.Option(None, help="Network input size [default: backbone's, or 4x tiny images]."),
+    source_size: Optional[int] = typer.Option(
+        None, help="Resize every image to this square size first [default: tiny images' or a cache's own size]; matches `prepare --size`."
+    ),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs [default: 30]."),
+    batch_size: Optional[int] = typer.Option(None, help="[default: 64]"),
+    lr: Optional[float] = typer.Option(None, help="Peak AdamW learning rate [default: 1e-3]."),
+    weight_decay: Optional[float] = typer.Option(None, help="[default: 0.05]"),
+    balance: Optional[str] = typer.Option(
+        None, help="Class imbalance: sqrt (inverse-sqrt-frequency loss weights, default), weights, sampler, none."
+    ),
+    label_smoothing: Optional[float] = typer.Option(None, help="[default: 0.05]"),
+    patience: Optional[int] = typer.Option(None, help="Early stopping patience in epochs, on val balanced accuracy [default: 8]."),
+    seed: Optional[int] = typer.Option(None, help="[default: 42]"),
+    num_workers: Optional[int] = typer.Option(None, help="DataLoader workers [default: sized to the machine]."),
+    accelerator: Optional[str] = typer.Option(None, help="auto (default), cpu or gpu."),
+    devices: Optional[str] = typer.Option(None, help="Devices per node, e.g. 2 (DDP) [default: auto]."),
+    num_nodes: Optional[int] = typer.Option(None, help="Nodes for multi-node DDP [default: 1]."),
+    strategy: Optional[str] = typer.Option(None, help="Lightning strategy, e.g. ddp [default: auto]."),
+    precision: Optional[str] = typer.Option(None, help="[default: bf16-mixed on GPU, 32-true on CPU]"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last finished epoch."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
-    record_shards: bool = typer.Option(False, "--record-shards", help="Write the image positions each rank trains on in epoch 0 (checks DDP sharding)."),
+    record_shards: bool = typer.Option(
+        False, "--record-shards", help="Write the image positions each rank trains on in epoch 0 (checks DDP sharding)."
+    ),
 ) -> None:
-    """Train a model on a split; writes best/last models, config, manifest and metrics into --out."""
-    from .train import TrainConfig
+    """Train a model on a split, or a cross-validated ensemble with --folds; writes models, config, manifest and metrics into --out.
+
+    Defaults live in one place, skinlesion.train.TrainConfig; --config reruns a run from its resolved config.json.
+    """
+    from .train import check_config, config_from
     from .train import train as run
 
-    cfg = TrainConfig(data=str(data), split=str(split), out=str(out), backbone=backbone, pretrained=pretrained,
-                      weights=str(weights) if weights else None, input_size=input_size, source_size=source_size, epochs=epochs,
-                      batch_size=batch_size, lr=lr, weight_decay=weight_decay, balance=balance,
-                      label_smoothing=label_smoothing, patience=patience, seed=seed, num_workers=num_workers,
-                      accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
-                      precision=precision, progress=progress, extra={"record_shards": record_shards})
+    if metadata not in ("auto", "yes", "no"):
+        raise SkinLesionError(f"Unknown --metadata {metadata!r}; use auto, yes or no.")
+    given = {
+        k: v
+        for k, v in dict(
+            data=str(data) if data else None,
+            split=str(split) if split else None,
+            backbone=backbone,
+            pretrained=pretrained,
+            weights=str(weights) if weights else None,
+            input_size=input_size,
+            source_size=source_size,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            balance=balance,
+            label_smoothing=label_smoothing,
+            patience=patience,
+            seed=seed,
+            num_workers=num_workers,
+            accelerator=accelerator,
+            devices=devices,
+            num_nodes=num_nodes,
+            strategy=strategy,
+            precision=precision,
+        ).items()
+        if v is not None
+    }
+    cfg = config_from(config, out=str(out), progress=progress, extra={"record_shards": record_shards}, **given)
+    if not cfg.data:
+        raise SkinLesionError("Pass the dataset (DATA), or --config RUN/config.json of an earlier run.")
+    if folds is None and not cfg.split and not resume:
+        raise SkinLesionError("Pass --split FILE (from `skinlesion split`), or --folds K for a cross-validated ensemble.")
+    if folds is not None and split is not None:
+        raise SkinLesionError("--folds makes its own lesion-grouped folds of all images; leave out --split.")
+    check_config(cfg)
+    if folds is not None:
+        from .cv import train_cv
+
+        path = train_cv(cfg, folds, metadata=metadata)
+        _say(f"ensemble written to {path} (out-of-fold report: {out / 'oof_report' / 'report.md'})")
+        return
     run(cfg, resume=resume)
     _say(f"run written to {out}")
 
@@ -156,19 +217,65 @@ def evaluate(
     data: Path = typer.Option(..., "--data", "-d", help="Dataset to evaluate on."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for metrics.json, plots and report.md."),
     split: Optional[Path] = typer.Option(None, "--split", help="Split manifest; with --subset picks the images."),
-    subset: Optional[str] = typer.Option(None, "--subset", help="train, val or test (default test with --split; with no --split, the dataset's official split)."),
+    subset: Optional[str] = typer.Option(
+        None, "--subset", help="train, val or test (default test with --split; with no --split, the dataset's official split)."
+    ),
     ids: Optional[Path] = typer.Option(None, "--ids", help="CSV of image_ids to restrict to."),
-    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Average the 8 flips/rotations (default: the model's own setting, chosen on val)."),
+    tta: Optional[bool] = typer.Option(
+        None, "--tta/--no-tta", help="Average the 8 flips/rotations (default: the model's own setting, chosen on val)."
+    ),
     allow_missing: bool = typer.Option(False, "--allow-missing"),
 ) -> None:
     """Evaluate a model: metrics.json, confusion matrix, ROC, reliability diagram and report.md."""
     from .evaluate import evaluate_model
 
     m = evaluate_model(model, data, out, split=split, subset=subset, ids=ids, tta=tta, allow_missing=allow_missing)
-    _say(f"images {m['n_images']}: accuracy {m['accuracy']:.4f}, balanced accuracy {m['balanced_accuracy']:.4f}, "
-         f"macro AUC {m['auc_macro']:.4f}, malignant AUC {m['malignant_auc']:.4f}, "
-         f"ECE {m['ece_uncalibrated']:.4f} -> {m['ece']:.4f} (T={m['temperature']:.3f})")
+    _say(
+        f"images {m['n_images']}: accuracy {m['accuracy']:.4f}, balanced accuracy {m['balanced_accuracy']:.4f}, "
+        f"macro AUC {m['auc_macro']:.4f}, malignant AUC {m['malignant_auc']:.4f}, "
+        f"ECE {m['ece_uncalibrated']:.4f} -> {m['ece']:.4f} (T={m['temperature']:.3f})"
+    )
     _say(f"report: {out / 'report.md'}")
+
+
+ISIC2018_COLUMNS = ["image", "MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+
+
+def write_csv(table, out: Path) -> None:
+    """Write a table atomically: a temporary file in the same folder, renamed; nothing left on failure."""
+    if out.is_dir():
+        raise SkinLesionError(f"--out {out} is a folder; pass a file name such as {out / 'predictions.csv'}.")
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(tmp, index=False)
+        tmp.replace(out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise SkinLesionError(f"Could not write {out} ({exc.strerror or exc}); choose another --out.") from None
+
+
+def read_meta_csv(path: Path) -> dict:
+    """image id -> {age, sex, localization} from a CSV with an image (or image_id) column."""
+    import pandas as pd
+
+    if not path.is_file():
+        raise SkinLesionError(f"The patient data file {path} does not exist; pass a CSV with columns image,age,sex,localization.")
+    try:
+        table = pd.read_csv(path, dtype=str)
+    except Exception as exc:
+        raise SkinLesionError(f"The patient data file {path.name} is not a readable CSV ({exc}).") from None
+    key = next((c for c in ("image", "image_id") if c in table.columns), None)
+    if key is None:
+        raise SkinLesionError(f"The patient data file {path.name} needs an image or image_id column (and any of age, sex, localization).")
+    from .posthoc import META_FIELDS, encode_metadata
+
+    for i, row in table.iterrows():
+        try:
+            encode_metadata([row.to_dict()])
+        except ValueError as exc:
+            raise SkinLesionError(f"{path.name}, row {i + 2}: {exc}; leave a field empty when it is unknown.") from None
+    return {Path(str(r[key])).stem: {f: r.get(f) for f in META_FIELDS if f in table.columns} for _, r in table.iterrows()}
 
 
 @app.command()
@@ -176,50 +283,86 @@ def predict(
     model: str = typer.Argument(..., help="Run directory, model file (.safetensors or .onnx), or 'default'."),
     images: List[str] = typer.Argument(..., help="Image files, folders or globs."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the rows to this CSV."),
-    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Average the 8 flips/rotations (default: the model's own setting, chosen on val)."),
-    backend: str = typer.Option("auto", help="auto (ONNX Runtime when an exported .onnx lies beside), torch or onnx."),
+    meta: Optional[Path] = typer.Option(
+        None, "--meta", help="CSV of patient data: image (or image_id), age, sex, localization; any may be empty."
+    ),
+    fmt: str = typer.Option("skinlesion", "--format", help="skinlesion (every field) or isic2018 (image,MEL,NV,BCC,AKIEC,BKL,DF,VASC)."),
+    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Average the 8 flips/rotations (default: the model's own setting)."),
+    backend: str = typer.Option("auto", help="auto (ONNX Runtime when a current export of the model exists), torch or onnx."),
 ) -> None:
-    """Predict images: one row each (top class, probabilities, malignant probability, warnings, errors)."""
+    """Predict images: one row each (top class, probabilities, prediction set, tier, refer, warnings, errors).
+
+    Exits 1 when no file could be analysed (and, with --format isic2018, when any could not).
+    """
     import pandas as pd
 
-    from .classes import CODES
-    from .predict import Predictor, expand_inputs, predict_files
+    from .predict import ROW_COLUMNS, Predictor, expand_inputs, predict_files
 
+    if fmt not in ("skinlesion", "isic2018"):
+        raise SkinLesionError(f"Unknown --format {fmt!r}; use skinlesion or isic2018.")
     paths = expand_inputs(images)
     if not paths:
         raise SkinLesionError("No files to predict; pass image files, folders or globs.")
-    rows = predict_files(Predictor(model, backend=backend, tta=tta), paths)
-    cols = ["image", "top_class", "probability", "malignant_probability", *CODES, "ood_score", "warnings", "error"]
-    table = pd.DataFrame(rows).reindex(columns=cols)
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(out, index=False)
-    with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 60):
-        _say(table.drop(columns=["warnings"]).astype(object).fillna("").to_string(index=False))
-    bad = int(table["error"].fillna("").astype(bool).sum())
-    if bad:
-        _warn(f"{bad} of {len(table)} file(s) could not be read; see the error column.")
+    meta_rows = read_meta_csv(meta) if meta else None
+    predictor = Predictor(model, backend=backend, tta=tta)
+    if meta_rows is not None and not predictor.uses_metadata:
+        _warn("this model does not use patient data; --meta is ignored.")
+    show = len(paths) > 20 and sys.stderr.isatty()
+    done = lambda n: typer.echo(f"\rpredicted {n}/{len(paths)}", err=True, nl=False) if show else None  # noqa: E731
+    rows = predict_files(predictor, paths, meta=meta_rows, progress=done)
+    if show:
+        typer.echo("", err=True)
+    table = pd.DataFrame(rows).reindex(columns=ROW_COLUMNS)
+    failed = table["error"].fillna("").astype(bool)
+    if fmt == "isic2018":
+        good = table[~failed]
+        sub = pd.DataFrame(
+            {"image": [Path(str(n)).stem for n in good["image"]], **{c: good[c.lower()].to_numpy() for c in ISIC2018_COLUMNS[1:]}}
+        )
+        if out:
+            write_csv(sub, out)
+    elif out:
+        write_csv(table, out)
+    shown = table[["image", "top_class", "probability", "tier", "prediction_set", "warnings", "error"]].copy()
+    shown["image"] = [Path(str(n)).name for n in shown["image"]]
+    with pd.option_context("display.max_columns", None, "display.width", 220, "display.max_colwidth", 70):
+        _say(shown.astype(object).fillna("").to_string(index=False))
     if out:
         _say(f"wrote {out}")
+    if failed.all():
+        _warn(f"none of the {len(table)} file(s) could be analysed; see the error column.")
+        raise typer.Exit(1)
+    if failed.any():
+        _warn(f"{int(failed.sum())} of {len(table)} file(s) could not be read; see the error column.")
+        if fmt == "isic2018":
+            _warn("the ISIC 2018 file holds only the images that could be analysed; the scorer needs every test image.")
+            raise typer.Exit(1)
 
 
 @app.command()
 def export(
     model: str = typer.Argument(..., help="Run directory, model .safetensors file, or 'default'."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="The .onnx file to write (default for 'default': the user cache, where predict and the app find it)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="The .onnx file to write (default: beside the model; for a read-only 'default', the user cache)."
+    ),
     check: List[Path] = typer.Option([], "--check", help="Extra real images for the parity check."),
 ) -> None:
     """Export to ONNX; refuses to write a model whose probabilities differ from PyTorch by more than 1e-4."""
     from .export import export_onnx
-    from .models import default_onnx_path
 
-    if out is None:
-        if model != "default":
-            raise SkinLesionError("Pass --out FILE.onnx (only the default model has a standard place).")
-        out = default_onnx_path()
     r = export_onnx(model, out, check_images=check)
-    _say(f"wrote {r['path']}: parity on {r['n_checked']} inputs, max probability difference "
-         f"{r['max_probability_difference']:.2e}")
+    _say(f"wrote {r['path']}: parity on {r['n_checked']} inputs, max probability difference {r['max_probability_difference']:.2e}")
+
+
+@app.command()
+def card(
+    model: str = typer.Argument("default", help="Run directory, model .safetensors file, or 'default'."),
+    out: Path = typer.Option(Path("MODEL_CARD.md"), "--out", "-o", help="Markdown file to write."),
+) -> None:
+    """Write the model card, generated from the model bundle (numbers recomputed from its stored OOF predictions)."""
+    from .card import write_card
+
+    _say(f"wrote {write_card(model, out)}")
 
 
 @app.command(name="app")
@@ -228,30 +371,42 @@ def app_cmd(
     port: int = typer.Option(8501, "--port", help="Port to listen on."),
     address: str = typer.Option("localhost", "--address", help="Address to bind (0.0.0.0 to serve others)."),
 ) -> None:
-    """Start the Streamlit web app."""
+    """Start the Streamlit web app (exporting the model to ONNX Runtime first, once, when it can)."""
     import subprocess
     from importlib import resources
 
-    from .models import resolve_model_path
+    from .bundle import onnx_for, resolve_model_path
 
-    weights = resolve_model_path(model)  # a wrong --model fails here, in one sentence
+    resolve_model_path(model)  # a wrong --model fails here, in one sentence
+    if onnx_for(model) is None:  # ONNX Runtime serves faster and lighter: export once, before the server starts
+        try:
+            from .export import export_onnx
+
+            r = export_onnx(model)
+            _say(f"exported the model to {r['path']}; the app uses ONNX Runtime")
+        except (SkinLesionError, OSError) as exc:
+            _warn(f"serving with PyTorch: could not export to ONNX ({exc})")
     script = str(resources.files("skinlesion") / "app.py")
-    cmd = [sys.executable, "-m", "streamlit", "run", script, "--server.port", str(port), "--server.address", address,
-           "--server.headless", "true", "--browser.gatherUsageStats", "false", "--", "--model", model]
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        script,
+        "--server.port",
+        str(port),
+        "--server.address",
+        address,
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--",
+        "--model",
+        model,
+    ]
     _say(f"skinlesion app on http://{address}:{port}")
     server = subprocess.Popen(cmd)
-    if model == "default":  # ONNX Runtime serves faster: export once (with its parity check) while the server boots
-        from .models import default_onnx_path
-
-        onnx = default_onnx_path()
-        if not onnx.exists() or onnx.stat().st_mtime < weights.stat().st_mtime:
-            try:
-                from .export import export_onnx
-
-                export_onnx("default", onnx)
-                _say(f"exported the default model to {onnx}; the app uses ONNX Runtime")
-            except (SkinLesionError, OSError) as exc:
-                _warn(f"serving with PyTorch: could not export to ONNX ({exc})")
     try:
         raise typer.Exit(server.wait())
     except KeyboardInterrupt:
@@ -267,38 +422,53 @@ def prepare(
     allow_missing: bool = typer.Option(False, "--allow-missing"),
 ) -> None:
     """Decode and resize every image once into a memory-mapped cache that train/evaluate accept as DATA."""
-    from .prepare import prepare as run
+    from .data.prepare import prepare as run
 
     state = run(data, out, size, allow_missing=allow_missing)
-    _say(f"cache {out}: {state['done']} images at {size}x{size}; use it as DATA for train and evaluate "
-         f"(train on the raw folder with --source-size {size} to get the same pixels)")
+    _say(
+        f"cache {out}: {state['done']} images at {size}x{size}; use it as DATA for train and evaluate "
+        f"(train on the raw folder with --source-size {size} to get the same pixels)"
+    )
+
+
+def _click_exceptions():
+    """(ClickException, Abort) classes of click and of the click that typer may vendor (typer._click, typer >= 0.28)."""
+    import click
+
+    usage, abort = [click.exceptions.ClickException], [click.exceptions.Abort]
+    try:
+        from typer._click import exceptions as vendored
+
+        usage.append(vendored.ClickException)
+    except ImportError:
+        pass
+    abort += [c for c in (getattr(typer, "Abort", None), getattr(typer.exceptions, "Abort", None)) if isinstance(c, type)]
+    return tuple(usage), tuple(abort)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point: user errors become one sentence and exit code 2, never a traceback."""
+    usage, abort = _click_exceptions()
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)  # a verb's typer.Exit(n) comes back as n here
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except SkinLesionError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, *abort):
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    except typer.Exit as exc:  # typer's own exits (--help)
+    except typer.Exit as exc:  # typer's own exits (--help, a verb's exit code)
         sys.exit(exc.exit_code)
-    except Exception as exc:  # click usage errors and anything unexpected
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
+    except usage as exc:  # usage errors: unknown verb or option, bad choice or number
+        exc.show()
+        sys.exit(2 if getattr(exc, "exit_code", 2) not in (0, 1) else exc.exit_code)
+    except Exception as exc:
         if os.environ.get("SKINLESION_DEBUG"):
             raise
         typer.echo(
-            f"error: unexpected {type(exc).__name__}: {exc} "
-            "(rerun with SKINLESION_DEBUG=1 for the traceback and report it as a bug)",
+            f"error: unexpected {type(exc).__name__}: {exc} (rerun with SKINLESION_DEBUG=1 for the traceback and report it as a bug)",
             err=True,
         )
         sys.exit(1)

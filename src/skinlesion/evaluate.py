@@ -1,4 +1,11 @@
-"""Honest evaluation: metrics.json, confusion matrix, ROC curves, reliability diagram, report.md."""
+"""Honest evaluation: metrics.json, confusion matrix, ROC curves, reliability and risk-coverage, report.md.
+
+Beyond accuracy and AUC, the report checks what the analysis layer (:mod:`skinlesion.posthoc`)
+promises: per-class calibration (mean predicted probability vs actual share, one-vs-rest ECE)
+and the malignant probability's; accuracy and malignant sensitivity of the most confident
+50/70/80/90/100 % (risk-coverage); conformal coverage and mean set size, overall and per class;
+the refer rate and the tier's malignant sensitivity.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +22,17 @@ from .errors import SkinLesionError
 from .metrics import compute_metrics, malignant_probability
 
 
-def dataset_logits(net, prep, ds: Dataset, positions=None, *, tta: bool = False, batch_size: int = 128,
-                   device: str | None = None, num_workers: int | None = None) -> np.ndarray:
+def dataset_logits(
+    net,
+    prep,
+    ds: Dataset,
+    positions=None,
+    *,
+    tta: bool = False,
+    batch_size: int = 128,
+    device: str | None = None,
+    num_workers: int | None = None,
+) -> np.ndarray:
     """Raw logits for rows ``positions`` of ``ds`` (all rows when None), optionally 8-view TTA."""
     import torch
 
@@ -38,8 +54,7 @@ def dataset_logits(net, prep, ds: Dataset, positions=None, *, tta: bool = False,
     return torch.cat(out).numpy() if out else np.zeros((0, len(CODES)), np.float32)
 
 
-def select_rows(ds: Dataset, split: str | Path | None = None, subset: str | None = None,
-                ids: str | Path | None = None) -> np.ndarray:
+def select_rows(ds: Dataset, split: str | Path | None = None, subset: str | None = None, ids: str | Path | None = None) -> np.ndarray:
     """Row positions of ``ds`` chosen by a split manifest subset and/or an id list CSV."""
     from .data.split import read_manifest
 
@@ -79,26 +94,88 @@ def select_rows(ds: Dataset, split: str | Path | None = None, subset: str | None
     return pos
 
 
-def evaluate_model(model: str | Path, data: str | Path, out: str | Path, *, split=None, subset=None, ids=None,
-                   tta: bool | None = None, allow_missing: bool = False) -> dict:
-    """Evaluate ``model`` on ``data``; write metrics.json, plots and report.md into ``out``."""
-    from .data.ham10000 import load_dataset
-    from .models import load_model
+def model_probabilities(logits: np.ndarray, cfg, aux: dict, meta=None) -> np.ndarray:
+    """Calibrated probabilities from combined logits, through the bundle's calibration and
+    (when the model uses it) metadata fusion: the same rules as :class:`skinlesion.predict.Predictor`."""
+    from .posthoc import apply_metadata, calibrate, encode_metadata
 
-    net, cfg = load_model(model)
+    probs = calibrate(logits, cfg.temperature, cfg.class_bias)
+    if cfg.metadata and "meta.coef" in aux:
+        meta_x = encode_metadata(meta if meta is not None else [{}] * len(probs))
+        probs = apply_metadata(np.log(np.clip(probs, 1e-12, None)), meta_x, aux)
+    return probs
+
+
+def analysis_metrics(probs: np.ndarray, labels: np.ndarray, cfg=None, aux: dict | None = None) -> dict:
+    """Per-class calibration, risk-coverage and (when the model has them) conformal sets, refer and tier."""
+    from .metrics import class_calibration, conformal_metrics, risk_coverage
+
+    out = {"class_calibration": class_calibration(probs, labels), "risk_coverage": risk_coverage(probs, labels)}
+    if cfg is None:
+        return out
+    from .classes import MALIGNANT_MASK
+    from .posthoc import TIER_ROUTINE, analyse
+
+    rules = analyse(probs, cfg, aux or {})
+    if cfg.conformal and "conformal.alphas" in (aux or {}):
+        sets = np.array([[c in r["prediction_set"] for c in CODES] for r in rules])
+        out["conformal"] = {"confidence": cfg.conformal["confidence"], **conformal_metrics(sets, labels)}
+    if cfg.refer:
+        refer = np.array([r["refer"] for r in rules])
+        kept = ~refer
+        out["refer"] = {
+            "rate": float(refer.mean()),
+            "threshold": cfg.refer["confidence_threshold"],
+            "accuracy_kept": float((probs[kept].argmax(1) == labels[kept]).mean()) if kept.any() else float("nan"),
+        }
+    if cfg.tier:
+        mal = np.asarray(MALIGNANT_MASK)[labels]
+        routine = np.array([r["tier"] == TIER_ROUTINE for r in rules])
+        out["tier"] = {
+            "malignant_threshold": cfg.tier["malignant_threshold"],
+            "malignant_sensitivity": float((~routine[mal]).mean()) if mal.any() else float("nan"),
+            "benign_routine_rate": float(routine[~mal].mean()) if (~mal).any() else float("nan"),
+        }
+    return out
+
+
+def evaluate_model(
+    model: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    split=None,
+    subset=None,
+    ids=None,
+    tta: bool | None = None,
+    allow_missing: bool = False,
+    use_metadata: bool = True,
+) -> dict:
+    """Evaluate ``model`` on ``data``; write metrics.json, plots and report.md into ``out``.
+
+    A model that uses patient data reads it from the dataset's metadata (age, sex, localization);
+    ``use_metadata=False`` evaluates it as if every field were missing.
+    """
+    from .bundle import load_model
+    from .data.ham10000 import load_dataset
+
+    net, cfg, aux = load_model(model, with_extra=True)
     ds = load_dataset(data, allow_missing=allow_missing)
     pos = select_rows(ds, split, subset, ids)
-    tta = cfg.tta if tta is None else tta  # None: the model's own choice, made on val
+    tta = cfg.tta if tta is None else tta  # None: the model's own choice, made on held-out data
     logits = dataset_logits(net, cfg.prep, ds, pos, tta=tta)
     labels = ds.labels[pos]
-    probs = softmax(logits, cfg.temperature)
+    meta = ds.meta.iloc[pos] if use_metadata else None
+    probs = model_probabilities(logits, cfg, aux, meta)
     metrics = compute_metrics(probs, labels)
     metrics["ece_uncalibrated"] = ece(softmax(logits, 1.0), labels)
     metrics["temperature"] = cfg.temperature
     metrics["tta"] = tta
+    metrics["metadata"] = bool(cfg.metadata) and use_metadata
     metrics["model"] = str(model)
     metrics["data"] = str(data)
     metrics["subset"] = subset
+    metrics.update(analysis_metrics(probs, labels, cfg, aux))
     write_report(metrics, probs, labels, Path(out), ids=ds.meta["image_id"].to_numpy()[pos])
     return metrics
 
@@ -154,6 +231,18 @@ def write_report(metrics: dict, probs: np.ndarray, labels: np.ndarray, out: Path
     fig.savefig(out / "roc_curves.png", dpi=110)
     plt.close(fig)
 
+    rc = metrics.get("risk_coverage")
+    if rc:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        ax.plot([r["coverage"] for r in rc], [r["accuracy"] for r in rc], "o-", label="accuracy")
+        ax.plot([r["coverage"] for r in rc], [r["malignant_sensitivity"] for r in rc], "s--", label="malignant sensitivity")
+        ax.set_xlabel("coverage (most confident share of images answered)")
+        ax.set_ylabel("on the answered images")
+        ax.set_title("Risk-coverage")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "risk_coverage.png", dpi=110)
+        plt.close(fig)
     edges, rows = reliability(probs, labels, 15)
     fig, ax = plt.subplots(figsize=(5, 5))
     centers = (edges[:-1] + edges[1:]) / 2
@@ -169,11 +258,14 @@ def write_report(metrics: dict, probs: np.ndarray, labels: np.ndarray, out: Path
 
     m = metrics
     lines = [
-        "# Evaluation report", "",
+        "# Evaluation report",
+        "",
         f"Model: `{m.get('model', '')}`  ",
         f"Data: `{m.get('data', '')}`, subset: {m.get('subset') or 'all'}, images: {m['n_images']}, "
-        f"TTA: {m.get('tta', False)}, temperature: {m.get('temperature', 1.0):.3f}", "",
-        "| metric | value |", "| --- | --- |",
+        f"TTA: {m.get('tta', False)}, temperature: {m.get('temperature', 1.0):.3f}",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
     ]
     for k in ("accuracy", "balanced_accuracy", "f1_weighted", "f1_macro", "auc_macro", "malignant_auc", "ece", "ece_uncalibrated", "nll"):
         if k in m:
@@ -182,7 +274,72 @@ def write_report(metrics: dict, probs: np.ndarray, labels: np.ndarray, out: Path
         lines.append(f"| malignant sensitivity at {s} % specificity | {v:.4f} |")
     lines += ["", "| class | precision | recall | specificity | F1 | AUC | support |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for c, r in m["per_class"].items():
-        lines.append(f"| {c} | {r['precision']:.3f} | {r['recall']:.3f} | {r['specificity']:.3f} | {r['f1']:.3f} | {r['auc']:.3f} | {r['support']} |")
-    lines += ["", "![confusion matrix](confusion_matrix.png)", "", "![ROC curves](roc_curves.png)", "",
-              "![reliability diagram](reliability.png)", ""]
+        lines.append(
+            f"| {c} | {r['precision']:.3f} | {r['recall']:.3f} | {r['specificity']:.3f} | {r['f1']:.3f} | {r['auc']:.3f} | {r['support']} |"
+        )
+    lines += analysis_lines(m)
+    lines += [
+        "",
+        "![confusion matrix](confusion_matrix.png)",
+        "",
+        "![ROC curves](roc_curves.png)",
+        "",
+        "![reliability diagram](reliability.png)",
+        "",
+        "![risk-coverage](risk_coverage.png)",
+        "",
+    ]
     (out / "report.md").write_text("\n".join(lines))
+
+
+def analysis_lines(m: dict) -> list[str]:
+    """Markdown tables for per-class calibration, risk-coverage, conformal sets, refer and tier."""
+    lines = []
+    if "class_calibration" in m:
+        lines += [
+            "",
+            "Per-class calibration (mean predicted probability vs actual share; one-vs-rest ECE):",
+            "",
+            "| class | mean predicted | actual share | ECE |",
+            "| --- | --- | --- | --- |",
+        ]
+        for c, r in m["class_calibration"].items():
+            lines.append(f"| {c} | {r['mean_predicted']:.4f} | {r['actual_share']:.4f} | {r['ece']:.4f} |")
+    if "risk_coverage" in m:
+        lines += [
+            "",
+            "Risk-coverage (answering only the most confident images):",
+            "",
+            "| coverage | images | min confidence | accuracy | malignant sensitivity |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for r in m["risk_coverage"]:
+            lines.append(
+                f"| {r['coverage']:.0%} | {r['n']} | {r['min_confidence']:.3f} | {r['accuracy']:.4f} | {r['malignant_sensitivity']:.4f} |"
+            )
+    if "conformal" in m:
+        c = m["conformal"]
+        lines += [
+            "",
+            f"Conformal prediction sets ({c['confidence']:.0%}): coverage {c['coverage']:.4f}, mean size {c['mean_size']:.2f}",
+            "",
+            "| true class | coverage | mean set size | images |",
+            "| --- | --- | --- | --- |",
+        ]
+        for k, r in c["per_class"].items():
+            lines.append(f"| {k} | {r['coverage']:.4f} | {r['mean_size']:.2f} | {r['n']} |")
+    if "refer" in m:
+        r = m["refer"]
+        lines += [
+            "",
+            f"Refer when unsure (confidence < {r['threshold']:.3f}): {r['rate']:.1%} referred; "
+            f"accuracy on the rest {r['accuracy_kept']:.4f}.",
+        ]
+    if "tier" in m:
+        t = m["tier"]
+        lines += [
+            "",
+            f"Triage tier (malignant probability >= {t['malignant_threshold']:.3f}, or unsure): malignant "
+            f"sensitivity {t['malignant_sensitivity']:.4f} (not 'routine'); benign lesions called routine {t['benign_routine_rate']:.1%}.",
+        ]
+    return lines

@@ -43,48 +43,86 @@ def parity_inputs(prep, images=(), n_random: int = 4, seed: int = 0) -> np.ndarr
     return prep.batch(pics)
 
 
-def export_onnx(model: str | Path, out: str | Path, *, check_images=(), tolerance: float = TOLERANCE) -> dict:
-    """Export ``model`` to ``out`` (.onnx, outputs ``logits`` and ``features``) after checking parity."""
+def default_out(model: str | Path) -> Path:
+    """Where an export goes without --out: beside the bundle, or (the shipped model in a read-only
+    install) in the user cache."""
+    import os
+
+    from .bundle import default_onnx_path, resolve_model_path
+
+    weights = resolve_model_path(model)
+    if str(model) == "default" and not os.access(weights.parent, os.W_OK):
+        return default_onnx_path()
+    return weights.with_suffix(".onnx")
+
+
+def export_onnx(model: str | Path, out: str | Path | None = None, *, check_images=(), tolerance: float = TOLERANCE) -> dict:
+    """Export ``model`` to ``out`` (.onnx, outputs ``logits`` and ``features``) after checking parity.
+
+    The file records the hash of the bundle it was made from (:func:`skinlesion.bundle.onnx_is_current`);
+    exported elsewhere than beside the bundle, the bundle's two files are copied beside it.
+    """
+    import shutil
+
+    import onnx
     import torch
 
-    from .calibration import softmax
-    from .models import load_model, resolve_model_path
+    from .bundle import ONNX_HASH_KEY, bundle_hash, load_model, resolve_model_path
+    from .posthoc import calibrate
 
-    out = Path(out)
+    out = Path(out) if out is not None else default_out(model)
     if out.suffix != ".onnx":
         raise SkinLesionError(f"--out {out} must end in .onnx.")
-    net, cfg = load_model(model)
+    if out.is_dir():
+        raise SkinLesionError(f"--out {out} is a folder; pass a file name ending in .onnx.")
+    src = resolve_model_path(model)
+    net, cfg = load_model(src)
     wrapped = _wrapper(net, (cfg.ood or {}).get("stages", []))
     prep = cfg.prep
     dummy = torch.zeros(1, 3, prep.input_size, prep.input_size)
-    tmp = out.with_suffix(".onnx.tmp")
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(wrapped, (dummy,), str(tmp), input_names=["image"], output_names=["logits", "features"],
-                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}, "features": {0: "batch"}},
-                      opset_version=17, dynamo=False)
-    import onnxruntime as ort
-
-    batch = parity_inputs(prep, check_images)
-    sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-    o_logits, o_feats = sess.run(None, {"image": batch})
-    with torch.inference_mode():
-        t_logits, t_feats = (v.numpy() for v in wrapped(torch.from_numpy(batch)))
-    diff = float(np.abs(softmax(o_logits, cfg.temperature) - softmax(t_logits, cfg.temperature)).max())
-    if not diff <= tolerance:
-        tmp.unlink(missing_ok=True)
-        raise SkinLesionError(
-            f"The ONNX export disagrees with PyTorch (max probability difference {diff:.2e} > {tolerance:.0e}); "
-            "it was not written. Try another opset or report the backbone."
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        torch.onnx.export(
+            wrapped,
+            (dummy,),
+            str(tmp),
+            input_names=["image"],
+            output_names=["logits", "features"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}, "features": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
         )
-    tmp.replace(out)
-    # the config travels beside the .onnx so it can be used on its own
-    src = resolve_model_path(model)
-    cfg_json = src.with_suffix(".json")
-    if out.with_suffix(".json") != cfg_json:
-        out.with_suffix(".json").write_text(cfg_json.read_text())
-    if out.with_suffix(".safetensors") != src and not out.with_suffix(".safetensors").exists():
-        import shutil
+        import onnxruntime as ort
 
-        shutil.copy(src, out.with_suffix(".safetensors"))  # OOD tensors and Grad-CAM need the weights
-    return {"path": str(out), "max_probability_difference": diff, "n_checked": int(len(batch)),
-            "feature_max_abs_difference": float(np.abs(o_feats - t_feats).max()) if o_feats.size else 0.0}
+        batch = parity_inputs(prep, check_images)
+        sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        o_logits, o_feats = sess.run(None, {"image": batch})
+        with torch.inference_mode():
+            t_logits, t_feats = (v.numpy() for v in wrapped(torch.from_numpy(batch)))
+        diff = float(
+            np.abs(calibrate(o_logits, cfg.temperature, cfg.class_bias) - calibrate(t_logits, cfg.temperature, cfg.class_bias)).max()
+        )
+        if not diff <= tolerance:
+            raise SkinLesionError(
+                f"The ONNX export disagrees with PyTorch (max probability difference {diff:.2e} > {tolerance:.0e}); "
+                "it was not written. Try another opset or report the backbone."
+            )
+        if out.with_suffix(".safetensors") != src:  # keep the bundle beside its export
+            for suffix in (".safetensors", ".json"):
+                part = out.with_name(f".{out.stem}{suffix}.tmp")
+                shutil.copyfile(src.with_suffix(suffix), part)
+                part.replace(out.with_suffix(suffix))
+        proto = onnx.load(str(tmp))
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = ONNX_HASH_KEY, bundle_hash(src)
+        onnx.save(proto, str(tmp))
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {
+        "path": str(out),
+        "max_probability_difference": diff,
+        "n_checked": int(len(batch)),
+        "feature_max_abs_difference": float(np.abs(o_feats - t_feats).max()) if o_feats.size else 0.0,
+    }

@@ -80,7 +80,7 @@ def open_image(source: str | Path | bytes, name: str | None = None, *, warn_tiny
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
             raise SkinLesionError(
-                f"{name} is {size / 1e6:.0f} MB, over the {MAX_FILE_BYTES / 1e6:.0f} MB limit; "
+                f"{name} is {size / 2**20:.0f} MiB, over the {MAX_FILE_BYTES / 2**20:.0f} MiB limit; "
                 "resize it or export it as a JPEG first."
             )
         data = path.read_bytes()
@@ -88,7 +88,7 @@ def open_image(source: str | Path | bytes, name: str | None = None, *, warn_tiny
         raise SkinLesionError(f"{name} is an empty file (0 bytes); upload the image again.")
     if len(data) > MAX_FILE_BYTES:
         raise SkinLesionError(
-            f"{name} is {len(data) / 1e6:.0f} MB, over the {MAX_FILE_BYTES / 1e6:.0f} MB limit; "
+            f"{name} is {len(data) / 2**20:.0f} MiB, over the {MAX_FILE_BYTES / 2**20:.0f} MiB limit; "
             "resize it or export it as a JPEG first."
         )
     try:
@@ -106,17 +106,12 @@ def open_image(source: str | Path | bytes, name: str | None = None, *, warn_tiny
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise SkinLesionError(
-            f"{name} is too large to decode safely (a possible decompression bomb); "
-            f"resize it below {MAX_PIXELS // 1_000_000} megapixels."
+            f"{name} is too large to decode safely (a possible decompression bomb); resize it below {MAX_PIXELS // 1_000_000} megapixels."
         ) from None
     except UnidentifiedImageError:
-        raise SkinLesionError(
-            f"{name} is not an image that can be read; upload a JPEG or PNG file."
-        ) from None
+        raise SkinLesionError(f"{name} is not an image that can be read; upload a JPEG or PNG file.") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise SkinLesionError(
-            f"{name} is corrupt or truncated ({exc}); re-export or re-download the image."
-        ) from None
+        raise SkinLesionError(f"{name} is corrupt or truncated ({exc}); re-export or re-download the image.") from None
     original_size, original_mode = img.size, img.mode
     notes: list[str] = []
     try:
@@ -128,9 +123,7 @@ def open_image(source: str | Path | bytes, name: str | None = None, *, warn_tiny
     img = upright if upright is not None else img
     img = _to_rgb(img, name, notes)
     if warn_tiny and min(img.size) < TINY_SIDE:
-        notes.append(
-            f"{name} is only {img.size[0]}x{img.size[1]} pixels; predictions on such small images are less reliable."
-        )
+        notes.append(f"{name} is only {img.size[0]}x{img.size[1]} pixels; predictions on such small images are less reliable.")
     return Intake(image=img, name=name, original_size=original_size, original_mode=original_mode, warnings=notes)
 
 

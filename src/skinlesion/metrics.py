@@ -35,8 +35,15 @@ def _renormalized(probs: np.ndarray) -> np.ndarray:
 
 
 def compute_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
-    from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
-                                 log_loss, precision_recall_fscore_support, roc_auc_score)
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        confusion_matrix,
+        f1_score,
+        log_loss,
+        precision_recall_fscore_support,
+        roc_auc_score,
+    )
 
     probs = np.asarray(probs, np.float64)
     labels = np.asarray(labels, int)
@@ -55,9 +62,12 @@ def compute_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
         if not np.isnan(auc):
             aucs.append(auc)
         per_class[code] = {
-            "precision": float(prec[i]), "recall": float(rec[i]),
+            "precision": float(prec[i]),
+            "recall": float(rec[i]),
             "specificity": float(tn / (tn + fp)) if tn + fp else float("nan"),
-            "f1": float(f1[i]), "auc": auc, "support": int(support[i]),
+            "f1": float(f1[i]),
+            "auc": auc,
+            "support": int(support[i]),
         }
     mal_true = np.asarray(MALIGNANT_MASK)[labels].astype(int)
     mal_score = malignant_probability(probs)
@@ -80,3 +90,70 @@ def compute_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
         "confusion_matrix": cm.tolist(),
         "classes": list(CODES),
     }
+
+
+COVERAGES = (0.5, 0.7, 0.8, 0.9, 1.0)
+
+
+def _binary_ece(p: np.ndarray, y: np.ndarray, n_bins: int = 15) -> float:
+    """Expected calibration error of a probability of one event (equal-width bins)."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.clip(np.digitize(p, edges[1:-1]), 0, n_bins - 1)
+    total = 0.0
+    for b in range(n_bins):
+        m = idx == b
+        if m.any():
+            total += m.mean() * abs(y[m].mean() - p[m].mean())
+    return float(total)
+
+
+def class_calibration(probs: np.ndarray, labels: np.ndarray) -> dict:
+    """Per class: mean predicted probability vs actual share, and one-vs-rest ECE; the same for
+    the malignant/pre-malignant probability."""
+    probs = np.asarray(probs, np.float64)
+    labels = np.asarray(labels, int)
+    out = {}
+    for i, code in enumerate(CODES):
+        y = (labels == i).astype(float)
+        out[code] = {"mean_predicted": float(probs[:, i].mean()), "actual_share": float(y.mean()), "ece": _binary_ece(probs[:, i], y)}
+    y = np.asarray(MALIGNANT_MASK)[labels].astype(float)
+    p = malignant_probability(probs)
+    out["malignant"] = {"mean_predicted": float(p.mean()), "actual_share": float(y.mean()), "ece": _binary_ece(p, y)}
+    return out
+
+
+def risk_coverage(probs: np.ndarray, labels: np.ndarray, coverages=COVERAGES) -> list[dict]:
+    """Accuracy and malignant sensitivity (top class malignant) on the most confident ``coverage`` of images."""
+    probs = np.asarray(probs, np.float64)
+    labels = np.asarray(labels, int)
+    order = np.argsort(-probs.max(axis=1), kind="stable")
+    mal = np.asarray(MALIGNANT_MASK)
+    rows = []
+    for c in coverages:
+        keep = order[: max(1, int(round(c * len(labels))))]
+        pred = probs[keep].argmax(axis=1)
+        pos = mal[labels[keep]]
+        rows.append(
+            {
+                "coverage": float(c),
+                "n": int(len(keep)),
+                "min_confidence": float(probs[keep].max(axis=1).min()),
+                "accuracy": float((pred == labels[keep]).mean()),
+                "malignant_sensitivity": float(mal[pred[pos]].mean()) if pos.any() else float("nan"),
+            }
+        )
+    return rows
+
+
+def conformal_metrics(sets: np.ndarray, labels: np.ndarray) -> dict:
+    """Empirical coverage and mean size of prediction sets (bool N x 7), overall and per true class."""
+    sets = np.asarray(sets, bool)
+    labels = np.asarray(labels, int)
+    covered = sets[np.arange(len(labels)), labels]
+    size = sets.sum(axis=1)
+    per = {}
+    for i, code in enumerate(CODES):
+        m = labels == i
+        if m.any():
+            per[code] = {"coverage": float(covered[m].mean()), "mean_size": float(size[m].mean()), "n": int(m.sum())}
+    return {"coverage": float(covered.mean()), "mean_size": float(size.mean()), "per_class": per}

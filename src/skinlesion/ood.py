@@ -21,12 +21,24 @@ PREFIX = "ood."
 MAX_CHANNELS = 1024  # wider stages are skipped (their precision matrix would bloat the model file)
 
 
+def _stage_info(net) -> tuple[str, list[dict]]:
+    """(name prefix, timm feature_info) of the network whose stages are scored: an ensemble's first member."""
+    members = getattr(net, "members", None)
+    if members is not None:
+        prefix, info = _stage_info(members[0])
+        return "members.0." + prefix, info
+    return "", list(getattr(net, "feature_info", None) or [])
+
+
 def stages(net) -> list[str]:
-    """Module names of the backbone stages used for the score."""
-    info = getattr(net, "feature_info", None)
-    if info is None:
-        return []
-    return [f["module"] for f in info if f["num_chs"] <= MAX_CHANNELS]
+    """Module names of the backbone stages used for the score (an ensemble's first member)."""
+    prefix, info = _stage_info(net)
+    return [prefix + f["module"] for f in info if f["num_chs"] <= MAX_CHANNELS]
+
+
+def stage_dims(net) -> list[int]:
+    _, info = _stage_info(net)
+    return [f["num_chs"] for f in info if f["num_chs"] <= MAX_CHANNELS]
 
 
 class OODFeatures:
@@ -85,30 +97,30 @@ def score(feats: np.ndarray, tensors: dict, config: dict) -> np.ndarray:
     ratios = []
     start = 0
     for k, (dim, th) in enumerate(zip(config["dims"], config["stage_thresholds"])):
-        part = feats[:, start:start + dim]
+        part = feats[:, start : start + dim]
         start += dim
         d = _mahalanobis(part, tensors[f"{PREFIX}mean.{k}"].astype(np.float64), tensors[f"{PREFIX}precision.{k}"].astype(np.float64))
         ratios.append(d / th)
     return np.max(np.stack(ratios, 1), axis=1)
 
 
-def fit(train_feats: np.ndarray, val_feats: np.ndarray, names: list[str], dims: list[int],
-        percentile: float = PERCENTILE) -> tuple[dict, dict]:
+def fit(
+    train_feats: np.ndarray, val_feats: np.ndarray, names: list[str], dims: list[int], percentile: float = PERCENTILE
+) -> tuple[dict, dict]:
     """Fit one Gaussian per stage; return (tensors for safetensors, JSON config)."""
     from sklearn.covariance import LedoitWolf
 
     tensors, stage_th = {}, []
     start = 0
     for k, dim in enumerate(dims):
-        tr, va = train_feats[:, start:start + dim], val_feats[:, start:start + dim]
+        tr, va = train_feats[:, start : start + dim], val_feats[:, start : start + dim]
         start += dim
         mean = tr.mean(0)
         precision = LedoitWolf().fit(tr - mean).precision_
         tensors[f"{PREFIX}mean.{k}"] = mean.astype(np.float32)
         tensors[f"{PREFIX}precision.{k}"] = precision.astype(np.float32)
         stage_th.append(float(np.percentile(_mahalanobis(va, mean, precision), percentile)))
-    config = {"method": "mahalanobis-stages", "stages": names, "dims": dims, "stage_thresholds": stage_th,
-              "percentile": percentile}
+    config = {"method": "mahalanobis-stages", "stages": names, "dims": dims, "stage_thresholds": stage_th, "percentile": percentile}
     val_scores = score(val_feats, tensors, config)
     config["threshold"] = float(np.percentile(val_scores, percentile))
     config["val_flagged"] = float(np.mean(val_scores > config["threshold"]))
@@ -123,7 +135,7 @@ def fit_for_model(net, prep, ds, train_positions, val_positions, max_train: int 
     tr = np.asarray(train_positions)
     if len(tr) > max_train:
         tr = rng.choice(tr, max_train, replace=False)
-    dims = [f["num_chs"] for f in net.feature_info if f["module"] in names]
+    dims = stage_dims(net)
     tf = dataset_features(net, prep, ds, tr, names)
     vf = dataset_features(net, prep, ds, np.asarray(val_positions), names)
     return fit(tf, vf, names, dims)

@@ -1,28 +1,45 @@
-"""The predictor behind ``skinlesion predict`` and the app.
+"""The predictor behind ``skinlesion predict``, the Python API and the app.
 
-Loads a model once (run directory, model file, exported ``.onnx`` or ``default``),
-applies the model's stored preprocessing, and returns calibrated probabilities for
-the seven classes, the top class, a malignant/benign summary, an out-of-distribution
-flag and any warnings. Runs on PyTorch or, when an exported ``.onnx`` model lies
-beside the weights, on ONNX Runtime.
+Loads a model bundle once (run directory, model file or ``default``; a single network or an
+ensemble), applies its stored preprocessing, and returns per image: calibrated probabilities
+for the seven classes (after the bundle's calibration and, when it uses them, the patient's
+age, sex and body site), the top class, the malignant/pre-malignant probability, the
+out-of-distribution score, and the analysis rules of :mod:`skinlesion.posthoc`: refer when
+unsure, the conformal prediction set and the triage tier. Runs on PyTorch or, when a current
+ONNX export of the bundle exists, on ONNX Runtime. Safe to share between threads.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .calibration import softmax
 from .classes import CODES, DIAGNOSES, MALIGNANT_MASK
 from .errors import SkinLesionError
 from .intake import open_image
 
-OOD_WARNING = (
+OOD_WARNING = "out of distribution: score {score:.2f} > threshold {threshold:.2f}"
+OOD_EXPLAINED = (
     "This image does not look like the dermoscopic images the model was trained on "
-    "(out-of-distribution score {score:.1f} > threshold {threshold:.1f}); the result below is unreliable."
+    "(out-of-distribution score {score:.2f} > threshold {threshold:.2f})."
 )
+ROW_COLUMNS = [
+    "image",
+    "top_class",
+    "probability",
+    "malignant_probability",
+    *CODES,
+    "prediction_set",
+    "tier",
+    "refer",
+    "refer_reason",
+    "ood_score",
+    "warnings",
+    "error",
+]
 
 
 @dataclass
@@ -35,97 +52,131 @@ class Prediction:
     ood_score: float | None = None
     out_of_distribution: bool = False
     warnings: list[str] = field(default_factory=list)
+    refer: bool = False
+    refer_reason: str = ""
+    prediction_set: list[str] = field(default_factory=list)
+    tier: str | None = None
 
     @property
     def diagnosis(self):
         return DIAGNOSES[CODES.index(self.top)]
 
+    def ranked(self) -> list[tuple[str, float]]:
+        """(code, probability) from the most to the least likely."""
+        return sorted(self.probabilities.items(), key=lambda kv: -kv[1])
+
     def row(self) -> dict:
-        return {"image": self.name, "top_class": self.top, "probability": round(self.top_probability, 6),
-                "malignant_probability": round(self.malignant_probability, 6),
-                **{c: round(p, 6) for c, p in self.probabilities.items()},
-                "ood_score": None if self.ood_score is None else round(self.ood_score, 2),
-                "warnings": " | ".join(self.warnings), "error": ""}
+        return {
+            "image": self.name,
+            "top_class": self.top,
+            "probability": round(self.top_probability, 6),
+            "malignant_probability": round(self.malignant_probability, 6),
+            **{c: round(p, 6) for c, p in self.probabilities.items()},
+            "prediction_set": "|".join(self.prediction_set),
+            "tier": self.tier or "",
+            "refer": self.refer,
+            "refer_reason": self.refer_reason,
+            "ood_score": None if self.ood_score is None else round(self.ood_score, 2),
+            "warnings": " | ".join(self.warnings),
+            "error": "",
+        }
 
 
 class Predictor:
-    """Load once, predict many. ``backend``: auto (ONNX when an .onnx lies beside), torch or onnx."""
+    """Load once, predict many; safe to share between threads (the app's sessions).
 
-    def __init__(self, model: str | Path = "default", *, backend: str = "auto", tta: bool | None = None,
-                 threads: int | None = None):
-        from .models import load_config, resolve_model_path
+    ``backend``: auto (ONNX Runtime when a current export of this bundle exists), torch or onnx.
+    """
 
+    def __init__(self, model: str | Path = "default", *, backend: str = "auto", tta: bool | None = None, threads: int | None = None):
+        from .bundle import load_config, onnx_for, resolve_model_path
+
+        if backend not in ("auto", "torch", "onnx"):
+            raise SkinLesionError(f"Unknown backend {backend!r}; use auto, torch or onnx.")
         path = resolve_model_path(model)
-        onnx_path = path if path.suffix == ".onnx" else path.with_suffix(".onnx")
-        weights = path.with_suffix(".safetensors")
-        if str(model) == "default":  # the package folder may be read-only: its export lives in the user cache
-            from .models import default_onnx_path
-
-            cached = default_onnx_path()
-            if cached.exists() and cached.stat().st_mtime >= weights.stat().st_mtime:
-                onnx_path = cached
-        self.config = load_config(weights if weights.exists() else onnx_path)
-        self.prep = self.config.prep
-        self.tta = self.config.tta if tta is None else tta  # None: the model's own choice, made on val
+        onnx_path = Path(model).expanduser() if str(model).lower().endswith(".onnx") else onnx_for(model)
         if backend == "auto":
-            backend = "onnx" if onnx_path.exists() else "torch"
+            backend = "onnx" if onnx_path is not None else "torch"
+        self.config = load_config(path, check_backbones=backend == "torch")
+        self.prep = self.config.prep
+        self.tta = self.config.tta if tta is None else tta  # None: the model's own choice, made on held-out data
         self.backend = backend
         self.model_path = path
-        self.ood = None
+        self._lock = threading.Lock()  # PyTorch forward hooks (OOD features, Grad-CAM) are per module, not per call
+        self.net = None
+        self.session = None
         if backend == "onnx":
-            if not onnx_path.exists():
-                raise SkinLesionError(f"No exported model {onnx_path.name}; run `skinlesion export {model} --out {onnx_path}` first.")
+            from .bundle import onnx_is_current
+
+            if onnx_path is None or not onnx_is_current(onnx_path, path):
+                raise SkinLesionError(
+                    f"No current ONNX export of {path.name}; run `skinlesion export {model}` first "
+                    "(an export made from other weights is never used)."
+                )
             import onnxruntime as ort
 
             opts = ort.SessionOptions()
             if threads:
                 opts.intra_op_num_threads = threads
             self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-            self.net = None
-            extra = _read_extra(weights if weights.exists() else onnx_path.with_suffix(".safetensors"))
-        elif backend == "torch":
+            self.aux = read_aux(path)
+        else:
             import torch
 
-            from .models import load_model
+            from .bundle import load_model
 
             if threads:
                 torch.set_num_threads(threads)
-            self.net, _, extra = load_model(weights, with_extra=True)
-            self.session = None
-        else:
-            raise SkinLesionError(f"Unknown backend {backend!r}; use auto, torch or onnx.")
-        if self.config.ood and f"ood.mean.0" in extra:
-            self.ood = (extra, self.config.ood)
+            self.net, _, self.aux = load_model(path, with_extra=True)
+        self.ood = (self.aux, self.config.ood) if self.config.ood and "ood.mean.0" in self.aux else None
         self.ood_stages = self.config.ood["stages"] if self.ood else []
+
+    @property
+    def uses_metadata(self) -> bool:
+        return bool(self.config.metadata) and "meta.coef" in self.aux
 
     # ---- the numbers ----
     def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(logits, pooled features) for a preprocessed float32 batch (N, 3, S, S)."""
+        """(combined logits, pooled OOD features) for a preprocessed float32 batch (N, 3, S, S)."""
         if self.session is not None:
-            logits, feats = self.session.run(None, {"image": batch.astype(np.float32)})
+            logits, feats = self.session.run(None, {"image": np.ascontiguousarray(batch, np.float32)})
             return logits, feats
         import torch
 
         from .ood import forward_with_features
 
-        with torch.inference_mode():
-            logits, f = forward_with_features(self.net, torch.from_numpy(batch), self.ood_stages)
+        with self._lock, torch.inference_mode():
+            logits, f = forward_with_features(self.net, torch.from_numpy(np.ascontiguousarray(batch)), self.ood_stages)
             return logits.float().numpy(), f.float().numpy()
 
-    def probabilities(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Calibrated probabilities (N, 7) and features; with TTA, over the 8 flips/rotations.
+    def logits(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Uncalibrated combined logits and features; with TTA over the 8 flips/rotations in one batch."""
+        from .preprocess import tta_logits, tta_views
 
-        TTA combines the views exactly as ``skinlesion evaluate --tta`` does
-        (:func:`skinlesion.preprocess.tta_logits`), then applies the temperature.
+        if not self.tta:
+            return self.forward(batch)
+        n = len(batch)
+        logits, feats = self.forward(np.ascontiguousarray(np.concatenate(tta_views(batch))))
+        return tta_logits(logits.reshape(8, n, -1)), feats[:n]
+
+    def probabilities(self, batch: np.ndarray, meta_x: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated probabilities (N, 7) and features, through the bundle's calibration and metadata fusion.
+
+        TTA combines the views exactly as ``skinlesion evaluate`` does (:func:`skinlesion.preprocess.tta_logits`).
         """
-        from .preprocess import tta_logits
+        from .posthoc import apply_metadata, calibrate
 
-        logits, feats = self.forward(batch)
-        if self.tta:
-            views = [np.rot90(batch, k, axes=(2, 3)) for k in range(4)]
-            views = [v for r in views for v in (r, r[..., ::-1])]
-            logits = tta_logits([logits] + [self.forward(np.ascontiguousarray(v))[0] for v in views[1:]])
-        return softmax(logits, self.config.temperature), feats
+        logits, feats = self.logits(batch)
+        probs = calibrate(logits, self.config.temperature, self.config.class_bias)
+        if self.uses_metadata:
+            if meta_x is None:
+                from .posthoc import encode_metadata
+
+                meta_x = encode_metadata([{}] * len(probs))
+            probs = apply_metadata(np.log(np.clip(probs, 1e-12, None)), meta_x, self.aux)
+        if not np.isfinite(probs).all():
+            raise SkinLesionError("The model produced non-finite probabilities for this image; its weights may be damaged.")
+        return probs, feats
 
     def ood_scores(self, feats: np.ndarray) -> np.ndarray | None:
         if self.ood is None:
@@ -135,51 +186,81 @@ class Predictor:
         return score(feats, *self.ood)
 
     # ---- images ----
-    def predict(self, source, name: str | None = None) -> Prediction:
-        """Predict one image (path or uploaded bytes). Bad files raise SkinLesionError."""
+    def predict(self, source, name: str | None = None, meta: dict | None = None) -> Prediction:
+        """Predict one image (path or uploaded bytes), with optional ``meta`` (age, sex, localization)."""
         intake = open_image(source, name)
-        return self.predict_images([intake.image], [intake.name], [intake.warnings])[0]
+        return self.predict_images([intake.image], [intake.name], [intake.warnings], [meta or {}])[0]
 
-    def predict_images(self, images, names, warnings=None) -> list[Prediction]:
+    def predict_images(self, images, names, warnings=None, meta=None) -> list[Prediction]:
+        """Predict PIL images; ``meta``: one dict (age, sex, localization; any may be missing) per image."""
+        from .posthoc import analyse, encode_metadata
+
         batch = self.prep.batch(images)
-        probs, feats = self.probabilities(batch)
+        meta_x = None
+        if self.uses_metadata and meta is not None:
+            try:
+                meta_x = encode_metadata(list(meta))
+            except ValueError as exc:
+                raise SkinLesionError(f"Patient data: {exc}; leave a field empty when it is unknown.") from None
+        probs, feats = self.probabilities(batch, meta_x)
         scores = self.ood_scores(feats)
+        threshold = self.ood[1]["threshold"] if self.ood else None
+        flags = np.zeros(len(names), bool) if scores is None else scores > threshold
+        rules = analyse(probs, self.config, self.aux, flags)
         out = []
         for i, name in enumerate(names):
             p = probs[i]
             top = int(p.argmax())
             notes = list(warnings[i]) if warnings else []
-            is_ood = False
-            score = None
-            if scores is not None:
-                score = float(scores[i])
-                threshold = self.ood[1]["threshold"]
-                is_ood = score > threshold
-                if is_ood:
-                    notes.insert(0, OOD_WARNING.format(score=score, threshold=threshold))
-            out.append(Prediction(
-                name=name, probabilities={c: float(v) for c, v in zip(CODES, p)}, top=CODES[top],
-                top_probability=float(p[top]), malignant_probability=float(p[np.asarray(MALIGNANT_MASK)].sum()),
-                ood_score=score, out_of_distribution=is_ood, warnings=notes))
+            score = None if scores is None else float(scores[i])
+            if flags[i]:
+                notes.insert(0, OOD_WARNING.format(score=score, threshold=threshold))
+            out.append(
+                Prediction(
+                    name=name,
+                    probabilities={c: float(v) for c, v in zip(CODES, p)},
+                    top=CODES[top],
+                    top_probability=float(p[top]),
+                    malignant_probability=float(p[np.asarray(MALIGNANT_MASK)].sum()),
+                    ood_score=score,
+                    out_of_distribution=bool(flags[i]),
+                    warnings=notes,
+                    **rules[i],
+                )
+            )
         return out
 
+    def _torch_net(self):
+        if self.net is None:
+            with self._lock:
+                if self.net is None:
+                    from .bundle import load_model
+
+                    self.net, _ = load_model(self.model_path)
+        return self.net
+
     def explain(self, image, target: int | None = None) -> np.ndarray:
-        """Grad-CAM heat map in [0, 1] at the model's input size (PyTorch back end)."""
+        """Grad-CAM heat map in [0, 1] at the model's input size; an ensemble's is the mean of its members'."""
         from .explain import gradcam
 
-        net = self.net
-        if net is None:
-            from .models import load_model
+        net = self._torch_net()
+        if target is None:
+            target = int(self.probabilities(self.prep.batch([image]))[0].argmax())
+        with self._lock:
+            maps = [gradcam(m, self.prep, image, target) for m in net.members]
+        heat = np.mean(maps, axis=0)
+        return (heat - heat.min()) / (heat.max() - heat.min() + 1e-8)
 
-            net, _ = load_model(self.model_path.with_suffix(".safetensors"))
-            self.net = net
-        return gradcam(net, self.prep, image, target)
 
+def read_aux(weights: Path) -> dict:
+    """Only the auxiliary tensors of a bundle (OOD, metadata, conformal), without reading the networks."""
+    from safetensors import safe_open
 
-def _read_extra(weights: Path) -> dict:
-    from safetensors.numpy import load_file
+    from .bundle import MEMBER_PREFIX
 
-    return {k: v.astype(np.float32) for k, v in load_file(str(weights)).items() if k.startswith("ood.")}
+    with safe_open(str(weights), framework="numpy") as f:
+        out = {k: f.get_tensor(k) for k in f.keys() if not k.startswith(MEMBER_PREFIX)}
+    return {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in out.items()}
 
 
 def expand_inputs(inputs) -> list[Path]:
@@ -202,22 +283,29 @@ def expand_inputs(inputs) -> list[Path]:
     return paths
 
 
-def predict_files(predictor: Predictor, paths, batch_size: int = 32) -> list[dict]:
-    """One row per file; a bad file gets a row with its error and the batch carries on."""
+def predict_files(predictor: Predictor, paths, batch_size: int = 32, meta: dict | None = None, progress=None) -> list[dict]:
+    """One row per file; a bad file gets a row with its error and the batch carries on.
+
+    ``meta``: image id (file name without extension) -> dict of age, sex, localization.
+    ``progress``: called with the number of files done after each batch.
+    """
     rows = []
     good, names, notes = [], [], []
 
     def flush():
         if good:
-            rows.extend(p.row() for p in predictor.predict_images(good, names, notes))
+            m = [(meta or {}).get(Path(n).stem, {}) for n in names]
+            rows.extend(p.row() for p in predictor.predict_images(good, names, notes, m))
             good.clear(), names.clear(), notes.clear()
+            if progress:
+                progress(len(rows))
 
     for path in paths:
         try:
             intake = open_image(path, str(path))
         except SkinLesionError as exc:
             flush()
-            rows.append({"image": str(path), "top_class": "", "error": str(exc)})
+            rows.append({**{c: None for c in ROW_COLUMNS}, "image": str(path), "top_class": "", "error": str(exc)})
             continue
         good.append(intake.image), names.append(str(path)), notes.append(intake.warnings)
         if len(good) >= batch_size:

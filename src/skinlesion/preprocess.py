@@ -50,7 +50,12 @@ class Preprocess:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     # augmentation strength (training only)
     scale: tuple[float, float] = (0.75, 1.0)
-    jitter: float = 0.1
+    jitter: float = 0.1  # saturation (and a quarter of it, hue)
+    # photometric robustness: real dermoscopy varies in exposure and contrast far more than
+    # HAM10000 does, and round dermatoscope fields leave black corners (benchmarks/robustness.py)
+    brightness: float = 0.4
+    contrast: float = 0.4
+    vignette: float = 0.25  # probability of a black round-field mask (dermatoscope corners)
     extra: dict = field(default_factory=dict)
 
     # ---- serialisation ----
@@ -115,22 +120,46 @@ class Preprocess:
         import torch
         from torchvision.transforms import v2 as T
 
-        aug = T.Compose([
-            T.RandomResizedCrop(self.input_size, scale=self.scale, ratio=(0.8, 1.25),
-                                interpolation=T.InterpolationMode(self.interpolation), antialias=True),
-            T.RandomHorizontalFlip(),
-            T.RandomVerticalFlip(),
-            T.ColorJitter(brightness=self.jitter, contrast=self.jitter, saturation=self.jitter, hue=self.jitter / 4),
-        ])
+        aug = T.Compose(
+            [
+                T.RandomResizedCrop(
+                    self.input_size,
+                    scale=self.scale,
+                    ratio=(0.8, 1.25),
+                    interpolation=T.InterpolationMode(self.interpolation),
+                    antialias=True,
+                ),
+                T.RandomHorizontalFlip(),
+                T.RandomVerticalFlip(),
+                T.ColorJitter(brightness=self.brightness, contrast=self.contrast, saturation=self.jitter, hue=self.jitter / 4),
+            ]
+        )
 
         def transform(img: Image.Image):
             img = aug(self.to_source(img))
             k = int(torch.randint(4, ()).item())
             if k:
                 img = img.rotate(90 * k)  # the 90-degree rotations: dermoscopy has no "up"
-            return torch.from_numpy(self.normalize(np.asarray(img, dtype=np.uint8)))
+            arr = np.asarray(img, dtype=np.uint8)
+            if self.vignette and float(torch.rand(())) < self.vignette:
+                arr = round_field(arr, radius=0.55 + 0.35 * float(torch.rand(())))
+            return torch.from_numpy(self.normalize(arr))
 
         return transform
+
+
+def round_field(hwc_uint8: np.ndarray, radius: float = 0.7) -> np.ndarray:
+    """Black out what lies outside a centred circle: a round dermatoscope field.
+
+    ``radius`` is relative to half the image's diagonal: 1.0 masks nothing, 0.71 touches the
+    edges' midpoints and leaves the four corners black, smaller values cut into the field.
+    """
+    h, w = hwc_uint8.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w]
+    r = np.hypot((yy + 0.5 - h / 2) / (h / 2), (xx + 0.5 - w / 2) / (w / 2)) / np.sqrt(2)
+    out = hwc_uint8.copy()
+    out[r > radius] = 0
+    return out
 
 
 def tta_logits(views_logits):
@@ -147,11 +176,19 @@ def tta_logits(views_logits):
 
 
 def tta_views(x):
-    """The 8 flips/rotations (dihedral group) of a batch tensor (N, C, H, W)."""
-    import torch
+    """The 8 flips/rotations (dihedral group) of a batch (N, C, H, W): a torch tensor or a numpy array.
 
+    The one definition of the test-time-augmentation views, used by evaluation (torch) and the
+    predictor (numpy, also for ONNX Runtime); combine their logits with :func:`tta_logits`.
+    """
+    if isinstance(x, np.ndarray):
+        rot, flip = (lambda a, k: np.rot90(a, k, axes=(2, 3))), (lambda a: a[..., ::-1])
+    else:
+        import torch
+
+        rot, flip = (lambda a, k: torch.rot90(a, k, dims=(2, 3))), (lambda a: torch.flip(a, dims=(3,)))
     views = []
     for k in range(4):
-        r = torch.rot90(x, k, dims=(2, 3))
-        views += [r, torch.flip(r, dims=(3,))]
+        r = rot(x, k)
+        views += [r, flip(r)]
     return views

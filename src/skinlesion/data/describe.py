@@ -19,8 +19,10 @@ def describe(ds: Dataset, problems: list[str] | None = None) -> str:
         lines.append(f"{d.code:<6} {n:>7} {100 * n / max(len(m), 1):6.1f}%  {d.name}")
     if "split" in m.columns and m["split"].notna().any():
         lines.append("")
-        lines.append("official split: " + ", ".join(
-            f"{s} {int(n)}" for s, n in m["split"].value_counts().reindex(["train", "val", "test"]).dropna().items()))
+        lines.append(
+            "official split: "
+            + ", ".join(f"{s} {int(n)}" for s, n in m["split"].value_counts().reindex(["train", "val", "test"]).dropna().items())
+        )
     per_lesion = m.groupby("lesion_id").size()
     lines.append("")
     lines.append(f"lesions: {len(per_lesion)}")

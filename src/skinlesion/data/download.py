@@ -19,9 +19,7 @@ HAM_BY_HAND = (
     "download it by hand from https://www.kaggle.com/datasets/kmader/skin-cancer-mnist-ham10000 "
     "(or https://doi.org/10.7910/DVN/DBW86T) and unzip it into {to}"
 )
-DERMAMNIST_BY_HAND = (
-    "download dermamnist.npz by hand from https://zenodo.org/records/10519652 and put it in {to}"
-)
+DERMAMNIST_BY_HAND = "download dermamnist.npz by hand from https://zenodo.org/records/10519652 and put it in {to}"
 
 
 def _reachable(host: str, timeout: float = 5.0) -> str | None:
@@ -37,10 +35,7 @@ def download_ham10000(to: str | Path) -> Path:
     to = Path(to)
     why = _reachable(KAGGLE_HOST)
     if why:
-        raise SkinLesionError(
-            f"Cannot reach {KAGGLE_HOST} ({why}), so HAM10000 cannot be downloaded; "
-            + HAM_BY_HAND.format(to=to) + "."
-        )
+        raise SkinLesionError(f"Cannot reach {KAGGLE_HOST} ({why}), so HAM10000 cannot be downloaded; " + HAM_BY_HAND.format(to=to) + ".")
     try:
         import kagglehub
 
@@ -60,8 +55,7 @@ def download_dermamnist(to: str | Path, size: int = 28) -> Path:
     why = _reachable(MEDMNIST_HOST)
     if why:
         raise SkinLesionError(
-            f"Cannot reach {MEDMNIST_HOST} ({why}), so DermaMNIST cannot be downloaded; "
-            + DERMAMNIST_BY_HAND.format(to=to) + "."
+            f"Cannot reach {MEDMNIST_HOST} ({why}), so DermaMNIST cannot be downloaded; " + DERMAMNIST_BY_HAND.format(to=to) + "."
         )
     to.mkdir(parents=True, exist_ok=True)
     try:
@@ -70,7 +64,5 @@ def download_dermamnist(to: str | Path, size: int = 28) -> Path:
         for split in ("train", "val", "test"):
             medmnist.DermaMNIST(split=split, download=True, root=str(to), size=size)
     except Exception as exc:
-        raise SkinLesionError(
-            f"The medmnist download failed ({exc}); " + DERMAMNIST_BY_HAND.format(to=to) + "."
-        ) from None
+        raise SkinLesionError(f"The medmnist download failed ({exc}); " + DERMAMNIST_BY_HAND.format(to=to) + ".") from None
     return to

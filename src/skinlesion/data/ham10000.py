@@ -17,6 +17,7 @@ and a way to load each image as upright RGB.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,25 +66,17 @@ def load_dataset(data: str | Path, *, allow_missing: bool = False) -> Dataset:
     """Read ``data`` in any accepted layout; see the module docstring."""
     path = Path(data).expanduser()
     if not path.exists():
-        raise SkinLesionError(
-            f"{path} does not exist; pass the folder that holds {METADATA_NAME} "
-            "(or a DermaMNIST .npz file)."
-        )
+        raise SkinLesionError(f"{path} does not exist; pass the folder that holds {METADATA_NAME} (or a DermaMNIST .npz file).")
     if path.is_file():
         if path.suffix.lower() == ".npz":
             return _read_npz(path)
         if path.suffix.lower() == ".csv":
             return _read_folder(path.parent, path, allow_missing)
-        raise SkinLesionError(
-            f"{path} is neither a folder, a metadata .csv nor a .npz file; pass the HAM10000 folder."
-        )
+        raise SkinLesionError(f"{path} is neither a folder, a metadata .csv nor a .npz file; pass the HAM10000 folder.")
     if (path / "cache.json").exists():
-        from ..prepare import read_cache
-
         return read_cache(path)
     if not any(path.iterdir()):
-        raise SkinLesionError(f"{path} is an empty folder; download HAM10000 into it first "
-                              "(skinlesion download ham10000 --to DIR).")
+        raise SkinLesionError(f"{path} is an empty folder; download HAM10000 into it first (skinlesion download ham10000 --to DIR).")
     csv = _find_metadata(path)
     if csv is None:
         npzs = sorted(path.glob("*.npz"))
@@ -155,14 +148,11 @@ def read_metadata(csv: Path) -> pd.DataFrame:
     if unknown:
         counts = meta["dx"].value_counts()
         listed = ", ".join(f"{u!r} ({counts[u]} rows)" for u in unknown[:5])
-        raise SkinLesionError(
-            f"{csv.name} has unknown dx code(s) {listed}; the HAM10000 codes are {', '.join(CODES)}."
-        )
+        raise SkinLesionError(f"{csv.name} has unknown dx code(s) {listed}; the HAM10000 codes are {', '.join(CODES)}.")
     dup = meta["image_id"][meta["image_id"].duplicated()]
     if len(dup):
         raise SkinLesionError(
-            f"{csv.name} lists {len(dup)} duplicate image_id(s) (first: {', '.join(dup.unique()[:5])}); "
-            "each image must appear once."
+            f"{csv.name} lists {len(dup)} duplicate image_id(s) (first: {', '.join(dup.unique()[:5])}); each image must appear once."
         )
     meta["label"] = meta["dx"].map({c: i for i, c in enumerate(CODES)}).astype(int)
     return meta
@@ -181,8 +171,7 @@ def _read_folder(root: Path, csv: Path, allow_missing: bool) -> Dataset:
         )
     if missing.any():
         ids = meta.loc[missing, "image_id"].tolist()
-        msg = (f"{len(ids)} of {len(meta)} images listed in {csv.name} are missing under {root} "
-               f"(first: {', '.join(ids[:5])})")
+        msg = f"{len(ids)} of {len(meta)} images listed in {csv.name} are missing under {root} (first: {', '.join(ids[:5])})"
         if not allow_missing:
             raise SkinLesionError(msg + "; add the files, or pass --allow-missing to drop those rows.")
         warnings.append(msg + "; those rows were dropped (--allow-missing).")
@@ -231,8 +220,7 @@ def _read_npz(path: Path) -> Dataset:
         arrays.append(imgs)
         for j, lab in enumerate(labels):
             iid = f"{s}_{j:05d}"
-            rows.append({"image_id": iid, "lesion_id": iid, "dx": CODES[int(lab)], "label": int(lab),
-                         "split": s, "index": offset + j})
+            rows.append({"image_id": iid, "lesion_id": iid, "dx": CODES[int(lab)], "label": int(lab), "split": s, "index": offset + j})
         offset += len(labels)
     meta = pd.DataFrame(rows)
     warnings = []
@@ -242,7 +230,8 @@ def _read_npz(path: Path) -> Dataset:
     else:
         warnings.append(
             "A .npz file has no lesion_id: each image counts as its own lesion, so a "
-            "lesion-grouped split cannot be made from it; use --kind official or the HAM10000 metadata.")
+            "lesion-grouped split cannot be made from it; use --kind official or the HAM10000 metadata."
+        )
     return Dataset(root=path, layout="npz", meta=meta, arrays=np.concatenate(arrays), warnings=warnings)
 
 
@@ -275,3 +264,16 @@ def check_images(ds: Dataset, limit: int | None = None) -> list[str]:
         except SkinLesionError as exc:
             problems.append(str(exc))
     return problems
+
+
+def read_cache(path: Path):
+    """Open a prepared cache (written by :mod:`skinlesion.data.prepare`) as a :class:`Dataset`, memory-mapped."""
+    state = json.loads((path / "cache.json").read_text())
+    if state["done"] < state["n"]:
+        raise SkinLesionError(
+            f"The cache {path} is incomplete ({state['done']} of {state['n']} images); rerun "
+            f"`skinlesion prepare {state['source']} --size {state['size']} --out {path}` to finish it."
+        )
+    meta = pd.read_csv(path / "HAM10000_metadata.csv", dtype={"image_id": str, "lesion_id": str, "dx": str})
+    arrays = np.load(path / "images.npy", mmap_mode="r")
+    return Dataset(root=path, layout="cache", meta=meta, arrays=arrays)

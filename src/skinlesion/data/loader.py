@@ -67,15 +67,30 @@ def default_workers(n_items: int) -> int:
     return max(0, min(8, cpus - 1)) if n_items > 256 else 0
 
 
-def make_loader(dataset: ImageSet, batch_size: int, *, shuffle: bool = False, sampler=None,
-                num_workers: int | None = None, pin_memory: bool = False, seed: int = 0, drop_last: bool = False):
+def make_loader(
+    dataset: ImageSet,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    sampler=None,
+    num_workers: int | None = None,
+    pin_memory: bool = False,
+    seed: int = 0,
+    drop_last: bool = False,
+):
     import torch
 
     workers = default_workers(len(dataset)) if num_workers is None else num_workers
     g = torch.Generator()
     g.manual_seed(seed)
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
-        num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
-        drop_last=drop_last, generator=g,
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        drop_last=drop_last,
+        generator=g,
     )

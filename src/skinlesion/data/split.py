@@ -41,16 +41,17 @@ class SplitReport:
             part = m if s == "all" else m[m["split"] == s]
             share = part["dx"].value_counts(normalize=True)
             lines.append(
-                f"{s:<6} {len(part):>7} {part['lesion_id'].nunique():>8}  "
-                + " ".join(f"{100 * share.get(c, 0.0):5.1f}%" for c in CODES)
+                f"{s:<6} {len(part):>7} {part['lesion_id'].nunique():>8}  " + " ".join(f"{100 * share.get(c, 0.0):5.1f}%" for c in CODES)
             )
         lines.append("")
         lines.append(f"lesions in more than one split: {self.shared_lesions}")
         lines.append(f"test images with a sibling image of the same lesion in train: {self.leaked_test_images}")
         lines.append(f"val images with a sibling image of the same lesion in train: {self.leaked_val_images}")
         if self.kind != "lesion" and (self.leaked_test_images or self.leaked_val_images):
-            lines.append("WARNING: this split leaks lesions between train and val/test; "
-                         "its scores are optimistic. Use the default lesion-grouped split.")
+            lines.append(
+                "WARNING: this split leaks lesions between train and val/test; "
+                "its scores are optimistic. Use the default lesion-grouped split."
+            )
         worst = max_share_deviation(m)
         lines.append(f"largest class-share deviation from overall: {100 * worst:.2f} percentage points")
         return "\n".join(lines)
@@ -128,8 +129,7 @@ def image_split(meta: pd.DataFrame, fractions=DEFAULT_FRACTIONS, seed: int = DEF
     idx = np.arange(len(meta))
     y = meta["dx"].to_numpy()
     out = np.empty(len(meta), dtype=object)
-    rest, test = (idx, np.array([], int)) if f[2] == 0 else train_test_split(
-        idx, test_size=f[2], stratify=y, random_state=seed)
+    rest, test = (idx, np.array([], int)) if f[2] == 0 else train_test_split(idx, test_size=f[2], stratify=y, random_state=seed)
     if f[1] == 0:
         train, val = rest, np.array([], int)
     else:
@@ -154,8 +154,7 @@ def official_split(meta: pd.DataFrame) -> pd.Series:
     return split
 
 
-def make_split(meta: pd.DataFrame, kind: str = "lesion", fractions=DEFAULT_FRACTIONS,
-               seed: int = DEFAULT_SEED) -> SplitReport:
+def make_split(meta: pd.DataFrame, kind: str = "lesion", fractions=DEFAULT_FRACTIONS, seed: int = DEFAULT_SEED) -> SplitReport:
     """Split a dataset's metadata and report leakage; ``kind`` is lesion, image or official."""
     if kind in ("lesion", "grouped"):
         split = lesion_split(meta, fractions, seed)
@@ -166,14 +165,21 @@ def make_split(meta: pd.DataFrame, kind: str = "lesion", fractions=DEFAULT_FRACT
         split = official_split(meta)
     else:
         raise SkinLesionError(f"Unknown split kind {kind!r}; use lesion, image or official.")
-    manifest = pd.DataFrame({
-        "image_id": meta["image_id"].to_numpy(),
-        "lesion_id": meta["lesion_id"].to_numpy(),
-        "dx": meta["dx"].to_numpy(),
-        "split": split.to_numpy(),
-    })
-    return SplitReport(manifest=manifest, kind=kind, leaked_test_images=leaked_images(manifest, "test"),
-                       shared_lesions=shared_lesions(manifest), leaked_val_images=leaked_images(manifest, "val"))
+    manifest = pd.DataFrame(
+        {
+            "image_id": meta["image_id"].to_numpy(),
+            "lesion_id": meta["lesion_id"].to_numpy(),
+            "dx": meta["dx"].to_numpy(),
+            "split": split.to_numpy(),
+        }
+    )
+    return SplitReport(
+        manifest=manifest,
+        kind=kind,
+        leaked_test_images=leaked_images(manifest, "test"),
+        shared_lesions=shared_lesions(manifest),
+        leaked_val_images=leaked_images(manifest, "val"),
+    )
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
@@ -198,3 +204,35 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     if m["image_id"].duplicated().any():
         raise SkinLesionError(f"Split manifest {p.name} lists some image_id more than once; each image belongs to one split.")
     return m
+
+
+def cv_folds(meta: pd.DataFrame, k: int = 5, seed: int = DEFAULT_SEED) -> np.ndarray:
+    """Fold number (0..k-1) of every row: lesion-grouped and class-stratified (no lesion in two folds).
+
+    scikit-learn's ``StratifiedGroupKFold`` on the diagnosis, grouped by ``lesion_id``.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if not 2 <= k <= 20:
+        raise SkinLesionError(f"--folds {k} is out of range; use 2 to 20 (5 is usual).")
+    n_lesions = meta["lesion_id"].nunique()
+    if n_lesions < k:
+        raise SkinLesionError(f"{k} folds need at least {k} lesions; this dataset has {n_lesions}.")
+    folds = np.full(len(meta), -1, int)
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    for f, (_, held) in enumerate(splitter.split(np.zeros(len(meta)), meta["dx"].to_numpy(), meta["lesion_id"].to_numpy())):
+        folds[held] = f
+    return folds
+
+
+def fold_manifest(meta: pd.DataFrame, folds: np.ndarray, fold: int) -> pd.DataFrame:
+    """The split manifest of one cross-validation member: its fold is ``val``, the rest ``train``."""
+    return pd.DataFrame(
+        {
+            "image_id": meta["image_id"].to_numpy(),
+            "lesion_id": meta["lesion_id"].to_numpy(),
+            "dx": meta["dx"].to_numpy(),
+            "split": np.where(np.asarray(folds) == fold, "val", "train"),
+            "fold": np.asarray(folds),
+        }
+    )

@@ -106,11 +106,17 @@ def write_synthetic(
         sex = str(rng.choice(["male", "female"]))
         loc = str(rng.choice(_LOCALIZATIONS))
         for _ in range(mult):
-            rows.append({
-                "lesion_id": f"HAM_{li:07d}", "image_id": f"ISIC_{img_no:07d}", "dx": CODES[lab],
-                "dx_type": "histo" if CODES[lab] in ("mel", "bcc", "akiec") else "follow_up",
-                "age": age, "sex": sex, "localization": loc,
-            })
+            rows.append(
+                {
+                    "lesion_id": f"HAM_{li:07d}",
+                    "image_id": f"ISIC_{img_no:07d}",
+                    "dx": CODES[lab],
+                    "dx_type": "histo" if CODES[lab] in ("mel", "bcc", "akiec") else "follow_up",
+                    "age": age,
+                    "sex": sex,
+                    "localization": loc,
+                }
+            )
             img_no += 1
     meta = pd.DataFrame(rows)
     root.mkdir(parents=True, exist_ok=True)

@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from .errors import SkinLesionError
+from ..errors import SkinLesionError, lock_folder
 
 CHUNK = 256
 
@@ -34,20 +33,20 @@ def _write_state(out: Path, state: dict) -> None:
     tmp.replace(out / "cache.json")
 
 
-def prepare(data: str | Path, out: str | Path, size: int = 256, *, allow_missing: bool = False,
-            progress: bool = True, interpolation: str = "bicubic") -> dict:
+def prepare(data: str | Path, out: str | Path, size: int = 256, *, allow_missing: bool = False, progress: bool = True) -> dict:
     """Decode and resize every image of ``data`` into the cache ``out``; resumable."""
-    from .data.ham10000 import load_dataset
-    from .preprocess import Preprocess
+    from ..preprocess import Preprocess
+    from .ham10000 import load_dataset
 
     if size < 8 or size > 2048:
         raise SkinLesionError(f"--size {size} is out of range; use 8 to 2048 pixels (256 suits 224 px training).")
     out = Path(out)
     ds = load_dataset(data, allow_missing=allow_missing)
+    lock = lock_folder(out, "prepare")  # noqa: F841 (held until this function returns)
     if ds.layout == "cache":
         raise SkinLesionError(f"{data} is already a prepared cache; prepare the original dataset instead.")
     n = len(ds)
-    prep = Preprocess(input_size=size, source_size=size, interpolation=interpolation)
+    prep = Preprocess(input_size=size, source_size=size)  # the source stage exactly as training's --source-size
     state_path = out / "cache.json"
     if state_path.exists():
         state = json.loads(state_path.read_text())
@@ -65,13 +64,23 @@ def prepare(data: str | Path, out: str | Path, size: int = 256, *, allow_missing
         meta = ds.meta.drop(columns=[c for c in ("path", "index") if c in ds.meta.columns]).copy()
         meta["index"] = np.arange(n)
         meta.to_csv(out / "HAM10000_metadata.csv", index=False)
-        state = {"size": size, "n": n, "done": 0, "source": str(Path(data).resolve()), "layout": ds.layout,
-                 "interpolation": interpolation, "format": "uint8 (N, size, size, 3) in images.npy"}
+        state = {
+            "size": size,
+            "n": n,
+            "done": 0,
+            "source": str(Path(data).resolve()),
+            "layout": ds.layout,
+            "interpolation": prep.source_interpolation,
+            "format": "uint8 (N, size, size, 3) in images.npy",
+        }
         _write_state(out, state)
         done = 0
         mode = "w+"
-    arr = np.lib.format.open_memmap(out / "images.npy", mode=mode, dtype=np.uint8, shape=(n, size, size, 3)) \
-        if mode == "w+" else np.load(out / "images.npy", mmap_mode="r+")
+    arr = (
+        np.lib.format.open_memmap(out / "images.npy", mode=mode, dtype=np.uint8, shape=(n, size, size, 3))
+        if mode == "w+"
+        else np.load(out / "images.npy", mmap_mode="r+")
+    )
     if done:
         print(f"resuming {out}: {done} of {n} images already done", file=sys.stderr)
     t0 = time.time()
@@ -93,18 +102,3 @@ def prepare(data: str | Path, out: str | Path, size: int = 256, *, allow_missing
         if progress:
             print(file=sys.stderr)
     return state
-
-
-def read_cache(path: Path):
-    """Open a prepared cache as a :class:`~skinlesion.data.Dataset` (memory-mapped)."""
-    from .data.ham10000 import Dataset
-
-    state = json.loads((path / "cache.json").read_text())
-    if state["done"] < state["n"]:
-        raise SkinLesionError(
-            f"The cache {path} is incomplete ({state['done']} of {state['n']} images); rerun "
-            f"`skinlesion prepare {state['source']} --size {state['size']} --out {path}` to finish it."
-        )
-    meta = pd.read_csv(path / "HAM10000_metadata.csv", dtype={"image_id": str, "lesion_id": str, "dx": str})
-    arrays = np.load(path / "images.npy", mmap_mode="r")
-    return Dataset(root=path, layout="cache", meta=meta, arrays=arrays)

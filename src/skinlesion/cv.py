@@ -1,0 +1,305 @@
+"""Cross-validated ensembles: K members on lesion-grouped folds, and their out-of-fold predictions.
+
+``train_cv(cfg, k)`` splits all labelled images into ``k`` lesion-grouped, class-stratified
+folds (:func:`skinlesion.data.split.cv_folds`), trains member ``i`` on the other folds with
+fold ``i`` as its validation set (model selection, early stopping), then predicts fold ``i``
+with it. Every image thus gets exactly one out-of-fold (OOF) prediction from the member that
+never saw it: the honest validation set on which :mod:`skinlesion.posthoc` fits everything
+that follows training (temperature and class priors, TTA, OOD threshold, refer thresholds,
+conformal sets, the metadata fusion) and on which the report and model card quote metrics.
+
+The run folder holds ``folds.csv`` (image, lesion, fold), ``fold{i}/`` (each member's own
+training run), ``oof.csv`` (per image: fold, label and the member's logits without and with
+TTA) and, once assembled, the ensemble bundle ``model.safetensors`` + ``model.json``.
+A killed run resumes: finished members are kept, an unfinished one continues from its last epoch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .classes import CODES
+from .errors import SkinLesionError, lock_folder
+
+DONE = "MEMBER_DONE"
+
+
+def _folds(out: Path, meta: pd.DataFrame, k: int, seed: int) -> np.ndarray:
+    from .data.split import cv_folds
+
+    path = out / "folds.csv"
+    if path.exists():
+        saved = pd.read_csv(path, dtype={"image_id": str})
+        if saved["fold"].max() + 1 != k or set(saved["image_id"]) != set(meta["image_id"]):
+            raise SkinLesionError(
+                f"{out} holds a cross-validation run with other folds or images; use --folds "
+                f"{int(saved['fold'].max()) + 1} with the same data to resume it, or choose a new --out."
+            )
+        return saved.set_index("image_id").loc[meta["image_id"], "fold"].to_numpy()
+    folds = cv_folds(meta, k, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".csv.tmp")
+    pd.DataFrame({"image_id": meta["image_id"], "lesion_id": meta["lesion_id"], "dx": meta["dx"], "fold": folds}).to_csv(tmp, index=False)
+    tmp.replace(path)
+    return folds
+
+
+def train_members(cfg, k: int) -> tuple[Path, np.ndarray]:
+    """Train the ``k`` members (skipping finished ones); returns (run folder, fold of each image)."""
+    from .data.ham10000 import load_dataset
+    from .data.split import fold_manifest
+    from .train import train
+
+    out = Path(cfg.out)
+    ds = load_dataset(cfg.data)
+    lock = lock_folder(out, "cross-validation run")  # noqa: F841 (held until this function returns)
+    folds = _folds(out, ds.meta, k, cfg.seed)
+    (out / "cv_config.json").write_text(json.dumps({**asdict(cfg), "folds": k}, indent=2))
+    for i in range(k):
+        member = out / f"fold{i}"
+        if (member / DONE).exists():
+            continue
+        member.mkdir(parents=True, exist_ok=True)
+        split = member / "fold_split.csv"
+        fold_manifest(ds.meta, folds, i).to_csv(split, index=False)
+        mcfg = replace(cfg, split=str(split), out=str(member), seed=cfg.seed + i)
+        print(
+            f"member {i + 1} of {k}: training on {int((folds != i).sum())} images, selecting on fold {i} "
+            f"({int((folds == i).sum())} images)",
+            flush=True,
+        )
+        train(mcfg, resume=(member / "checkpoints" / "last.ckpt").exists(), finish_model=False)
+        (member / DONE).write_text("")
+    return out, folds
+
+
+def oof_logits(out: Path, data, folds: np.ndarray) -> pd.DataFrame:
+    """Each image's logits (plain and 8-view TTA) from the member that never saw it; cached in ``oof.csv``."""
+    from .bundle import load_model
+    from .data.ham10000 import load_dataset
+    from .evaluate import dataset_logits
+
+    path = out / "oof.csv"
+    if path.exists():
+        return pd.read_csv(path, dtype={"image_id": str, "lesion_id": str})
+    ds = load_dataset(data)
+    plain = np.zeros((len(ds), len(CODES)))
+    tta = np.zeros((len(ds), len(CODES)))
+    for i in range(int(folds.max()) + 1):
+        net, cfg = load_model(out / f"fold{i}" / "best.safetensors")
+        pos = np.flatnonzero(folds == i)
+        plain[pos] = dataset_logits(net, cfg.prep, ds, pos, tta=False)
+        tta[pos] = dataset_logits(net, cfg.prep, ds, pos, tta=True)
+    table = pd.DataFrame({"image_id": ds.meta["image_id"], "lesion_id": ds.meta["lesion_id"], "label": ds.labels, "fold": folds})
+    for j, c in enumerate(CODES):
+        table[f"logit_{c}"] = plain[:, j]
+    for j, c in enumerate(CODES):
+        table[f"logit_tta_{c}"] = tta[:, j]
+    tmp = path.with_suffix(".csv.tmp")
+    table.to_csv(tmp, index=False, float_format="%.7g")
+    tmp.replace(path)
+    return table
+
+
+def oof_arrays(table: pd.DataFrame, tta: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(logits, labels, folds) from an ``oof.csv`` table."""
+    cols = [f"logit_tta_{c}" if tta else f"logit_{c}" for c in CODES]
+    return table[cols].to_numpy(np.float64), table["label"].to_numpy(int), table["fold"].to_numpy(int)
+
+
+def metadata_ablation(logits: np.ndarray, labels: np.ndarray, folds: np.ndarray, meta_x: np.ndarray) -> dict:
+    """Image only vs image + metadata, both cross-fitted over the CV folds on the OOF predictions."""
+    from .metrics import compute_metrics
+    from .posthoc import apply_metadata, calibrate, fit_calibration, fit_metadata
+
+    def image_only(tr, te):
+        t, b = fit_calibration(logits[tr], labels[tr])
+        return calibrate(logits[te], t, b)
+
+    def with_meta(tr, te):
+        t, b = fit_calibration(logits[tr], labels[tr])
+        lp = np.log(np.clip(calibrate(logits, t, b), 1e-12, None))
+        tensors = fit_metadata(lp[tr], meta_x[tr], labels[tr])
+        return apply_metadata(lp[te], meta_x[te], tensors)
+
+    from .posthoc import cross_fitted
+
+    out = {}
+    for name, fn in (("image", image_only), ("image+metadata", with_meta)):
+        probs = cross_fitted(fn, len(labels), folds)
+        m = compute_metrics(probs, labels)
+        out[name] = {k: m[k] for k in ("accuracy", "balanced_accuracy", "auc_macro", "f1_weighted", "nll", "malignant_auc")}
+        out[name]["recall"] = {c: m["per_class"][c]["recall"] for c in CODES}
+    a, b = out["image"], out["image+metadata"]
+    out["helps"] = bool(
+        b["nll"] < a["nll"] and b["balanced_accuracy"] >= a["balanced_accuracy"] - 0.005 and b["accuracy"] >= a["accuracy"] - 0.005
+    )
+    return out
+
+
+def assemble(out: str | Path, data, *, metadata: str = "auto", seed: int = 0) -> Path:
+    """Fit everything post-hoc on the OOF predictions and write the ensemble bundle ``out/model``.
+
+    ``metadata``: ``auto`` (use age, sex and site only where the cross-fitted ablation says they help),
+    ``yes`` or ``no``. Writes ``oof_metrics.json``, the OOF report in ``oof_report/`` and ``model.safetensors/.json``.
+    """
+    from .bundle import Member, ModelConfig, load_model, save_bundle
+    from .data.ham10000 import load_dataset
+    from .evaluate import analysis_metrics, write_report
+    from .metrics import compute_metrics
+    from .ood import fit_for_model
+    from .posthoc import apply_metadata, calibrate, cross_fitted, encode_metadata, fit_calibration, fit_metadata, fit_rules, prediction_sets
+
+    out = Path(out)
+    ds = load_dataset(data)
+    folds = pd.read_csv(out / "folds.csv", dtype={"image_id": str}).set_index("image_id").loc[ds.meta["image_id"], "fold"].to_numpy()
+    k = int(folds.max()) + 1
+    table = oof_logits(out, data, folds)
+    if list(table["image_id"]) != list(ds.meta["image_id"]):
+        raise SkinLesionError(f"{out / 'oof.csv'} does not match the images of {data}; delete it to recompute.")
+    labels = table["label"].to_numpy(int)
+
+    # TTA: kept when it lowers the calibrated OOF negative log-likelihood
+    choice = {}
+    for tta in (False, True):
+        lg, _, _ = oof_arrays(table, tta)
+        t, b = fit_calibration(lg, labels)
+        p = calibrate(lg, t, b)
+        choice[tta] = (float(-np.mean(np.log(np.clip(p[np.arange(len(labels)), labels], 1e-12, None)))), lg, t, b)
+    tta = choice[True][0] < choice[False][0]
+    _, logits, temperature, bias = choice[tta]
+    probs = calibrate(logits, temperature, bias)
+    uncalibrated = compute_metrics(calibrate(logits), labels)
+
+    meta_x = encode_metadata(ds.meta)
+    ablation = metadata_ablation(logits, labels, folds, meta_x)
+    use_meta = ablation["helps"] if metadata == "auto" else metadata == "yes"
+    aux: dict = {}
+    if use_meta:
+        lp = np.log(np.clip(probs, 1e-12, None))
+        aux.update(fit_metadata(lp, meta_x, labels, seed=seed))
+        probs = apply_metadata(lp, meta_x, aux)
+
+    def final_probs(tr, te):  # the shipped pipeline, fitted without the rows it is applied to
+        t, b = fit_calibration(logits[tr], labels[tr])
+        p = calibrate(logits, t, b)
+        if not use_meta:
+            return p[te]
+        lp = np.log(np.clip(p, 1e-12, None))
+        return apply_metadata(lp[te], meta_x[te], fit_metadata(lp[tr], meta_x[tr], labels[tr], seed=seed))
+
+    crossed = cross_fitted(final_probs, len(labels), folds)
+    rules, rule_aux = fit_rules(crossed, labels)
+    aux.update(rule_aux)
+
+    # conformal coverage, honestly: calibration scores from the other folds only
+    def sets_for(tr, te):
+        from .posthoc import fit_conformal
+
+        return prediction_sets(crossed[te], fit_conformal(crossed[tr], labels[tr]), rules["conformal"]["confidence"])
+
+    from .metrics import conformal_metrics
+
+    rules["conformal"]["cross_fitted"] = conformal_metrics(cross_fitted(sets_for, len(labels), folds), labels)
+
+    nets, members = [], []
+    for i in range(k):
+        net, mcfg = load_model(out / f"fold{i}" / "best.safetensors")
+        nets.append(net.members[0])
+        members.append(
+            Member(mcfg.members[0].backbone, mcfg.members[0].pretrained, fold=i, seed=(mcfg.train or {}).get("seed"), metrics=mcfg.metrics)
+        )
+    prep = mcfg.prep
+    # OOD score on the first member: Gaussians of its training images' features, threshold on its held-out fold
+    ood_tensors, ood_cfg = fit_for_model(nets[0], prep, ds, np.flatnonzero(folds != 0), np.flatnonzero(folds == 0))
+    if ood_cfg:
+        ood_cfg["stages"] = [f"members.0.{s}" for s in ood_cfg["stages"]]
+        aux.update(ood_tensors)
+
+    cfg = ModelConfig(
+        preprocess=prep.to_dict(),
+        members=members,
+        name=f"skinlesion {k}-fold ensemble",
+        temperature=temperature,
+        class_bias=bias,
+        tta=tta,
+        low_res=mcfg.low_res,
+        ood=ood_cfg,
+        metadata={
+            "fields": list(("age", "sex", "localization")),
+            "encoding": "skinlesion.posthoc.encode_metadata",
+            "model": "multinomial logistic regression on calibrated image log-probabilities + metadata, metadata dropout 0.3",
+        }
+        if use_meta
+        else None,
+        train=json.loads((out / "cv_config.json").read_text()),
+        **rules,
+    )
+    final_aux = dict(aux)
+    metrics = compute_metrics(probs, labels)
+    metrics.update(analysis_metrics(probs, labels, cfg, final_aux))
+    metrics["cross_fitted"] = {
+        kk: compute_metrics(crossed, labels)[kk] for kk in ("accuracy", "balanced_accuracy", "auc_macro", "f1_weighted", "nll")
+    }
+    metrics["cross_fitted"].update(
+        {kk: v for kk, v in analysis_metrics(crossed, labels, cfg, final_aux).items() if kk != "class_calibration"}
+    )
+    metrics["cross_fitted"]["conformal"] = rules["conformal"]["cross_fitted"]
+    metrics.update(
+        {
+            "evaluated_on": "out-of-fold",
+            "n_folds": k,
+            "tta": tta,
+            "temperature": temperature,
+            "ece_uncalibrated": uncalibrated["ece"],
+            "class_calibration_uncalibrated": analysis_metrics(calibrate(logits), labels)["class_calibration"],
+            "metadata_ablation": ablation,
+            "metadata": use_meta,
+            "tta_nll": {"off": choice[False][0], "on": choice[True][0]},
+        }
+    )
+    cfg.metrics = {
+        kk: metrics[kk]
+        for kk in (
+            "evaluated_on",
+            "n_images",
+            "accuracy",
+            "balanced_accuracy",
+            "auc_macro",
+            "f1_weighted",
+            "f1_macro",
+            "malignant_auc",
+            "ece",
+            "ece_uncalibrated",
+            "nll",
+            "tta",
+            "metadata",
+            "metadata_ablation",
+            "cross_fitted",
+        )
+    }
+    write_report(
+        {**metrics, "model": str(out / "model"), "data": str(data), "subset": "out-of-fold"},
+        probs,
+        labels,
+        out / "oof_report",
+        ids=ds.meta["image_id"].to_numpy(),
+    )
+    (out / "oof_metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    # the OOF logits travel with the bundle, so its card's numbers can be recomputed from it
+    final_aux["oof.logits"] = logits.astype(np.float64)  # exactly the numbers the metrics came from
+    final_aux["oof.labels"] = labels.astype(np.int64)
+    final_aux["oof.folds"] = folds.astype(np.int64)
+    final_aux["oof.meta"] = meta_x.astype(np.float32)
+    return save_bundle(nets, cfg, out / "model", extra=final_aux)
+
+
+def train_cv(cfg, k: int, *, metadata: str = "auto") -> Path:
+    """Train ``k`` members, predict out of fold, and assemble the ensemble bundle in ``cfg.out``."""
+    out, _ = train_members(cfg, k)
+    return assemble(out, cfg.data, metadata=metadata, seed=cfg.seed)

@@ -1,0 +1,105 @@
+"""Code structure (issue: one owner per concern): no import cycles, a lazy CLI, an importable training module,
+the public API, and one writer of the model bundle."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[1] / "src" / "skinlesion"
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every skinlesion module ``path`` imports, at the top or inside a function."""
+    me = _module_name(path).split(".")
+    package = me if path.name == "__init__.py" else me[:-1]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.startswith("skinlesion"):
+                names = [f"{target}.{a.name}" for a in node.names]
+                out |= {
+                    n
+                    for n in names
+                    if (PKG.parent / n.replace(".", "/")).with_suffix(".py").exists()
+                    or (PKG.parent / n.replace(".", "/") / "__init__.py").exists()
+                } or {target}
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("skinlesion")}
+    return out - {".".join(me)}
+
+
+def test_no_import_cycle_among_the_package_modules():
+    graph = {_module_name(p): _imports(p) for p in PKG.rglob("*.py") if p.name != "app.py"}
+    # a package's __init__ re-exporting its modules is not a cycle of concerns
+    graph = {
+        m: {t for t in deps if not (t in graph and graph.get(t) and m.startswith(t + ".") and t.count(".") < m.count("."))}
+        for m, deps in graph.items()
+    }
+    seen, stack, cycles = set(), [], []
+
+    def visit(m):
+        if m in stack:
+            cycles.append(stack[stack.index(m) :] + [m])
+            return
+        if m in seen:
+            return
+        seen.add(m)
+        stack.append(m)
+        for t in sorted(graph.get(m, ())):
+            if t in graph:
+                visit(t)
+        stack.pop()
+
+    for m in sorted(graph):
+        visit(m)
+    assert not cycles, cycles
+
+
+def test_cli_import_is_lazy_and_training_module_is_importable():
+    code = (
+        "import sys, skinlesion.cli, skinlesion; "
+        "assert 'torch' not in sys.modules and 'timm' not in sys.modules, 'eager import'; "
+        "from skinlesion.train import LesionModule, ExportModels; "
+        "import lightning; assert issubclass(LesionModule, lightning.LightningModule)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_public_api_is_lazy_and_complete():
+    code = (
+        "import sys, skinlesion; assert 'torch' not in sys.modules; "
+        "from skinlesion import Predictor, load_model, train, evaluate, load_dataset, make_split, train_cv; "
+        "assert callable(Predictor) and callable(load_model) and callable(train_cv); "
+        "assert set(skinlesion.__all__) >= {'Predictor', 'load_model', 'train', 'evaluate', 'load_dataset', 'make_split'}"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_only_the_bundle_module_writes_a_model_config():
+    """No other module or tool writes a model's JSON (``*.json`` beside a ``.safetensors``)."""
+    offenders = []
+    for p in [*PKG.rglob("*.py"), *(PKG.parents[1] / "tools").glob("*.py"), *(PKG.parents[1] / "benchmarks").glob("*.py")]:
+        if p.name == "bundle.py":
+            continue
+        text = p.read_text()
+        if 'with_suffix(".json").write_text' in text or "default.json" in text and "write_text" in text:
+            offenders.append(p.name)
+    assert not offenders, offenders
