@@ -124,7 +124,8 @@ def run(model: str, data: str, fold: int = 0, limit: int | None = None, batch: i
     from skinlesion.bundle import load_model
     from skinlesion.data import load_dataset
     from skinlesion.metrics import compute_metrics
-    from skinlesion.ood import forward_with_features, score
+    from skinlesion.models import forward_with_features
+    from skinlesion.ood import score
     from skinlesion.posthoc import calibrate
 
     net, cfg, aux = load_model(model, with_extra=True)

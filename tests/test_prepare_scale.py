@@ -76,7 +76,7 @@ def test_cache_and_raw_give_the_same_first_batch(synth_kaggle, cache, tmp_path, 
 
 def test_interrupted_prepare_resumes_without_redoing(synth_kaggle, tmp_path, monkeypatch):
     import skinlesion.data.prepare as prep_mod
-    from skinlesion.data.ham10000 import Dataset
+    from skinlesion.data.ham10000 import Dataset, load_dataset
 
     monkeypatch.setattr(prep_mod, "CHUNK", 10)
     calls = {"n": 0}
@@ -95,7 +95,7 @@ def test_interrupted_prepare_resumes_without_redoing(synth_kaggle, tmp_path, mon
     state = json.loads((tmp_path / "c" / "cache.json").read_text())
     assert state["done"] == 20  # two whole chunks were saved
     with pytest.raises(SkinLesionError, match="incomplete"):
-        prep_mod.read_cache(tmp_path / "c")
+        load_dataset(tmp_path / "c")
     calls.update(n=0, stop=None)
     state = prep_mod.prepare(synth_kaggle, tmp_path / "c", 32, progress=False)
     n = state["n"]

@@ -6,9 +6,10 @@ Read top-down:
 - :mod:`skinlesion.data`        reading HAM10000 / DermaMNIST and prepared caches, splits and CV folds, synthetic data, downloads
 - :mod:`skinlesion.intake`      opening one image file safely (EXIF, modes, bombs, corrupt files)
 - :mod:`skinlesion.preprocess`  the ONE definition of image preprocessing and augmentation
-- :mod:`skinlesion.models`      timm backbones and their ImageNet weights
+- :mod:`skinlesion.models`      timm backbones, their ImageNet weights, the preprocessing resolver, stage features
 - :mod:`skinlesion.bundle`      the model on disk (safetensors + validated JSON; members, rules); its only writer
 - :mod:`skinlesion.train`       Lightning training (``LesionModule``, ``ExportModels``) of one network
+- :mod:`skinlesion.finish`      a single run's post-training step (TTA choice, calibration, rules, OOD) on val
 - :mod:`skinlesion.cv`          cross-validated ensembles: members, out-of-fold predictions, assembly
 - :mod:`skinlesion.posthoc`     fitted after training: calibration with prior correction, metadata fusion,
                                 refer threshold, conformal sets (crepes), triage tier

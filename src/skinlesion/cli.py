@@ -75,17 +75,12 @@ def split(
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Drop metadata rows whose image is missing."),
 ) -> None:
     """Write a split manifest (image_id,lesion_id,dx,split); lesion-grouped and stratified by default."""
-    from .data.ham10000 import load_dataset, read_metadata
+    from .data.ham10000 import load_dataset, read_metadata, with_official_split
     from .data.split import make_split
 
     path = Path(data)
     if path.is_file() and path.suffix.lower() == ".csv":
-        meta = read_metadata(path)  # a split needs only the metadata, not the pixels
-        official = path.parent / "dermamnist_split.csv"
-        if official.exists() and "split" not in meta.columns:
-            import pandas as pd
-
-            meta = meta.merge(pd.read_csv(official, dtype={"image_id": str})[["image_id", "split"]], on="image_id", how="left")
+        meta = with_official_split(read_metadata(path), path.parent)  # a split needs only the metadata, not the pixels
     else:
         ds = load_dataset(path, allow_missing=allow_missing)
         for w in ds.warnings:
@@ -401,6 +396,12 @@ def app_cmd(
         "true",
         "--browser.gatherUsageStats",
         "false",
+        "--client.showErrorDetails",
+        "none",  # never a traceback in the page (details go to the server's console)
+        "--client.toolbarMode",
+        "minimal",  # no Deploy button
+        "--server.maxUploadSize",
+        "40",  # MiB, as skinlesion.intake.MAX_FILE_BYTES
         "--",
         "--model",
         model,

@@ -22,36 +22,50 @@ from .errors import SkinLesionError
 from .metrics import compute_metrics, malignant_probability
 
 
-def dataset_logits(
+def dataset_outputs(
     net,
     prep,
     ds: Dataset,
     positions=None,
     *,
     tta: bool = False,
+    stages: list[str] | None = None,
     batch_size: int = 128,
     device: str | None = None,
     num_workers: int | None = None,
-) -> np.ndarray:
-    """Raw logits for rows ``positions`` of ``ds`` (all rows when None), optionally 8-view TTA."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ONE inference loop over a dataset: (logits, pooled OOD features of ``stages``) for rows ``positions``.
+
+    Evaluation, post-training (TTA choice, calibration), cross-validation and the OOD fit all use it.
+    With ``tta`` the logits combine the 8 flips/rotations; the features are always those of the plain view.
+    """
     import torch
 
     from .data.loader import ImageSet, make_loader
+    from .models import forward_with_features
     from .preprocess import tta_logits, tta_views
 
     positions = np.arange(len(ds)) if positions is None else np.asarray(positions, int)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     net = net.to(device).eval()
     loader = make_loader(ImageSet(ds, positions, prep.eval_transform()), batch_size, num_workers=num_workers)
-    out = []
+    logits, feats = [], []
     with torch.inference_mode():
         for x, _, _ in loader:
             x = x.to(device)
+            lg, f = forward_with_features(net, x, stages or [])
             if tta:
-                out.append(torch.from_numpy(tta_logits(torch.stack([net(v) for v in tta_views(x)]).float().cpu().numpy())))
-            else:
-                out.append(net(x).float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, len(CODES)), np.float32)
+                lg = torch.from_numpy(tta_logits(torch.stack([lg] + [net(v) for v in tta_views(x)[1:]]).float().cpu().numpy()))
+            logits.append(lg.float().cpu())
+            feats.append(f.float().cpu())
+    if not logits:
+        return np.zeros((0, len(CODES)), np.float32), np.zeros((0, 0), np.float32)
+    return torch.cat(logits).numpy(), torch.cat(feats).numpy()
+
+
+def dataset_logits(net, prep, ds: Dataset, positions=None, *, tta: bool = False, **kwargs) -> np.ndarray:
+    """Raw logits for rows ``positions`` of ``ds`` (all rows when None), optionally 8-view TTA."""
+    return dataset_outputs(net, prep, ds, positions, tta=tta, **kwargs)[0]
 
 
 def select_rows(ds: Dataset, split: str | Path | None = None, subset: str | None = None, ids: str | Path | None = None) -> np.ndarray:

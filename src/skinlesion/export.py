@@ -14,7 +14,7 @@ TOLERANCE = 1e-4  # max absolute difference in calibrated probability
 def _wrapper(net, stages: list[str]):
     import torch
 
-    from .ood import forward_with_features
+    from .models import forward_with_features
 
     class LogitsAndFeatures(torch.nn.Module):
         """Outputs the logits and the pooled stage features the OOD score needs."""

@@ -1,6 +1,6 @@
 """Backbones (any timm model by name) and their ImageNet weights.
 
-:func:`create_model` returns a timm network with a seven-class head, its initial weights
+:func:`resolve_preprocess` decides a model's preprocessing (one place); :func:`create_model` returns a timm network with a seven-class head, its initial weights
 from timm, the offline weight packages or a user's safetensors file, and records where they
 came from on the network (``net.weights_source``). Models on disk are
 :mod:`skinlesion.bundle`'s; pickled checkpoints from users are never loaded.
@@ -209,3 +209,38 @@ def _read_safetensors(path: Path, loader):
         return loader(str(path))
     except Exception as exc:
         raise SkinLesionError(f"{path.name} is not a readable safetensors file ({exc}).") from None
+
+
+# ---- stage features (the OOD score reads them) ------------------------------------------
+
+
+class OODFeatures:
+    """Context manager collecting the globally pooled outputs of ``stages`` during a forward pass."""
+
+    def __init__(self, net, names: list[str]):
+        self.net, self.names, self.out, self.hooks = net, names, {}, []
+
+    def __enter__(self):
+        mods = dict(self.net.named_modules())
+        for n in self.names:
+            self.hooks.append(mods[n].register_forward_hook(lambda m, i, o, n=n: self.out.__setitem__(n, o.float().mean((2, 3)))))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.hooks:
+            h.remove()
+
+    def pooled(self):
+        import torch
+
+        return torch.cat([self.out[n] for n in self.names], dim=1)
+
+
+def forward_with_features(net, x, names: list[str]):
+    """(logits, concatenated pooled stage features) in one forward pass."""
+    if not names:
+        logits = net(x)
+        return logits, logits[:, :0]
+    with OODFeatures(net, names) as f:
+        logits = net(x)
+        return logits, f.pooled()

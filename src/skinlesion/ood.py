@@ -41,50 +41,11 @@ def stage_dims(net) -> list[int]:
     return [f["num_chs"] for f in info if f["num_chs"] <= MAX_CHANNELS]
 
 
-class OODFeatures:
-    """Context manager collecting the globally pooled outputs of ``stages`` during a forward pass."""
-
-    def __init__(self, net, names: list[str]):
-        self.net, self.names, self.out, self.hooks = net, names, {}, []
-
-    def __enter__(self):
-        mods = dict(self.net.named_modules())
-        for n in self.names:
-            self.hooks.append(mods[n].register_forward_hook(lambda m, i, o, n=n: self.out.__setitem__(n, o.float().mean((2, 3)))))
-        return self
-
-    def __exit__(self, *exc):
-        for h in self.hooks:
-            h.remove()
-
-    def pooled(self):
-        import torch
-
-        return torch.cat([self.out[n] for n in self.names], dim=1)
-
-
-def forward_with_features(net, x, names: list[str]):
-    """(logits, concatenated pooled stage features) in one forward pass."""
-    if not names:
-        logits = net(x)
-        return logits, logits[:, :0]
-    with OODFeatures(net, names) as f:
-        logits = net(x)
-        return logits, f.pooled()
-
-
 def dataset_features(net, prep, ds, positions, names, batch_size: int = 256) -> np.ndarray:
-    import torch
+    """Pooled stage features of rows ``positions`` (through the one inference loop, skinlesion.evaluate)."""
+    from .evaluate import dataset_outputs
 
-    from .data.loader import ImageSet, make_loader
-
-    net = net.eval()
-    loader = make_loader(ImageSet(ds, positions, prep.eval_transform()), batch_size, num_workers=0)
-    out = []
-    with torch.inference_mode():
-        for x, _, _ in loader:
-            out.append(forward_with_features(net, x, names)[1].numpy())
-    return np.concatenate(out)
+    return dataset_outputs(net, prep, ds, positions, stages=names, batch_size=batch_size, num_workers=0)[1]
 
 
 def _mahalanobis(x: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:

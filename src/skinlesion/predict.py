@@ -143,7 +143,7 @@ class Predictor:
             return logits, feats
         import torch
 
-        from .ood import forward_with_features
+        from .models import forward_with_features
 
         with self._lock, torch.inference_mode():
             logits, f = forward_with_features(self.net, torch.from_numpy(np.ascontiguousarray(batch)), self.ood_stages)

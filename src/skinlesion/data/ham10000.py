@@ -158,6 +158,16 @@ def read_metadata(csv: Path) -> pd.DataFrame:
     return meta
 
 
+def with_official_split(meta: pd.DataFrame, folder: Path) -> pd.DataFrame:
+    """``meta`` with the official DermaMNIST ``split`` column from ``dermamnist_split.csv`` in ``folder``, when there is one."""
+    split_csv = Path(folder) / OFFICIAL_SPLIT_NAME
+    if "split" not in meta.columns and split_csv.exists():
+        official = pd.read_csv(split_csv, dtype={"image_id": str})
+        if {"image_id", "split"} <= set(official.columns):
+            meta = meta.merge(official[["image_id", "split"]], on="image_id", how="left")
+    return meta
+
+
 def _read_folder(root: Path, csv: Path, allow_missing: bool) -> Dataset:
     meta = read_metadata(csv)
     images = index_images(root)  # csv lies in root or below it, so this walk covers its folder too
@@ -176,11 +186,7 @@ def _read_folder(root: Path, csv: Path, allow_missing: bool) -> Dataset:
             raise SkinLesionError(msg + "; add the files, or pass --allow-missing to drop those rows.")
         warnings.append(msg + "; those rows were dropped (--allow-missing).")
         meta = meta.loc[~missing].reset_index(drop=True)
-    split_csv = csv.parent / OFFICIAL_SPLIT_NAME
-    if "split" not in meta.columns and split_csv.exists():
-        official = pd.read_csv(split_csv, dtype={"image_id": str})
-        if {"image_id", "split"} <= set(official.columns):
-            meta = meta.merge(official[["image_id", "split"]], on="image_id", how="left")
+    meta = with_official_split(meta, csv.parent)
     layout = "kaggle" if any(p.name.lower().startswith("ham10000_images_part") for p in root.iterdir()) else "folder"
     return Dataset(root=root, layout=layout, meta=meta, warnings=warnings)
 
