@@ -51,7 +51,15 @@ def test_export_parity_and_onnx_agrees_on_real_full_resolution_image(tiny_run, r
     assert "max probability difference" in out and onnx.exists() and onnx.with_suffix(".json").exists()
     a = Predictor(run, backend="torch").predict(real)
     b = Predictor(onnx).predict(real)
-    assert b is not None and Predictor(onnx).backend == "onnx"
+    assert Predictor(onnx).backend == "onnx" and Predictor(run).backend == "torch"  # no current export beside the run
+    # an export that no longer matches its bundle is never used: the bundle changed, the hash differs
+    from skinlesion.bundle import onnx_is_current, update_config
+
+    assert onnx_is_current(onnx, onnx.with_suffix(".safetensors"))
+    update_config(onnx.with_suffix(".safetensors"), temperature=2.0)
+    assert not onnx_is_current(onnx, onnx.with_suffix(".safetensors"))
+    with pytest.raises(SkinLesionError, match="No current ONNX export"):
+        Predictor(onnx, backend="onnx")
     diff = max(abs(a.probabilities[c] - b.probabilities[c]) for c in CODES)
     assert diff <= 1e-4 and a.top == b.top
     assert a.ood_score == pytest.approx(b.ood_score, rel=1e-3)
@@ -78,13 +86,22 @@ def test_gradcam_heat_map(tiny_run):
     assert overlay(img, heat).size == img.size
 
 
-def test_tta_probabilities_are_a_distribution(tiny_run):
+def test_tta_averages_the_eight_views(tiny_run):
+    """TTA = the log of the mean probability over the 8 flips/rotations, then the calibration."""
+    from skinlesion.posthoc import calibrate
     from skinlesion.predict import Predictor
+    from skinlesion.preprocess import tta_views
 
     data, _, run = tiny_run
-    img = sorted((data / "images").glob("*.jpg"))[0]
-    a = Predictor(run, tta=True, backend="torch").predict(img)
-    assert sum(a.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    img = Image.open(sorted((data / "images").glob("*.jpg"))[0]).convert("RGB")
+    p = Predictor(run, tta=True, backend="torch")
+    batch = p.prep.batch([img])
+    views = [p.forward(np.ascontiguousarray(v))[0] for v in tta_views(batch)]
+    by_hand = np.mean([calibrate(v) for v in views], axis=0)  # mean probability of the views (T=1, no bias)
+    combined = calibrate(p.logits(batch)[0])
+    assert np.allclose(by_hand, combined, atol=1e-6)
+    plain = Predictor(run, tta=False, backend="torch").predict_images([img], ["x"])[0]
+    assert plain.probabilities != pytest.approx(p.predict_images([img], ["x"])[0].probabilities, abs=1e-6)
 
 
 # ---- the shipped model ---------------------------------------------------------------
