@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml
 	    echo "installing with pip"; \
 	    $(BIN)/python -m pip install -q -e '.[dev]' || exit 1; \
 	fi
+	@# the app serves with ONNX Runtime: build the shipped model's export (with its parity check) now, not at start-up
+	@$(BIN)/skinlesion export default >/dev/null 2>&1 || echo "note: could not export the default model to ONNX; the app will serve with PyTorch"
 	@touch $(STAMP)
 
 lint: install

@@ -58,7 +58,7 @@ def test_app_shows_diagnosis_seven_probabilities_and_notice(app_test):
     assert "Triage:" in text and "Prediction set (90 %): one of" in text
     assert "not a medical device" in text
     assert any("Model card" in str(h.value) for h in at.sidebar.header)
-    assert len(at.get("download_button")) == 1
+    assert len(at.get("download_button")) == 2  # the CSV and the image's report
 
 
 def test_app_warns_on_a_cat_and_survives_a_corrupt_file(app_test):
@@ -73,7 +73,9 @@ def test_app_warns_on_a_cat_and_survives_a_corrupt_file(app_test):
     at.run()
     assert not at.exception, at.exception
     warnings = " ".join(str(w.value) for w in at.warning)
-    assert "does not look like the dermoscopic images" in warnings
+    assert "does not look like the dermoscopic images" in warnings and "No diagnosis is shown" in warnings
+    assert any(e.label == "Analyse anyway (unreliable)" for e in at.expander)  # the answer stays behind it
+    assert at.subheader[0].value == "Results"  # several uploads: the summary table comes first
     errors = " ".join(str(e.value) for e in at.error)
     assert "Could not analyse broken.jpg" in errors
     # the app keeps working: a good upload afterwards is analysed
@@ -172,3 +174,17 @@ def test_real_browser_end_to_end(default_model, tmp_path):
             os.killpg(server.pid, signal.SIGKILL)
         log.close()
     assert server.returncode is not None
+
+
+def test_report_html_carries_the_image_probabilities_tier_and_model_version(tiny_run):
+    from skinlesion.predict import Predictor
+    from skinlesion.report import NOTICE, report_html
+
+    data, _, run = tiny_run
+    p = Predictor(run, backend="torch")
+    img = Image.open(sorted((data / "images").glob("*.jpg"))[0]).convert("RGB")
+    pred = p.predict_images([img], ["lesion.jpg"])[0]
+    html = report_html(p, pred, img)
+    assert "data:image/png;base64," in html and NOTICE in html and p.model_hash in html
+    assert f"skinlesion {p.config.created_with['skinlesion']}" in html and f"{pred.top_probability:.1%}" in html
+    assert html.count("<tr><td>") == 7 and (pred.tier or "n/a") in html

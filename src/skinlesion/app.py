@@ -16,13 +16,13 @@ from __future__ import annotations
 import io
 import os
 import sys
+from pathlib import Path
 
 import streamlit as st
 
-NOTICE = (
-    "For research and education only. This is not a medical device and its output is not a diagnosis: "
-    "see a dermatologist about any skin lesion that worries you."
-)
+from skinlesion.report import NOTICE, report_html
+
+
 TIER_STYLE = {"see a dermatologist soon": st.error, "unsure: refer": st.warning, "routine": st.success}
 
 
@@ -127,6 +127,13 @@ def show_result(predictor, name: str, data: bytes, explain: bool, rows: list, me
         st.image(intake.image, caption=f"{intake.original_size[0]}x{intake.original_size[1]}", width="stretch")
     with right:
         result_card(pred)
+        st.download_button(
+            "Download report (HTML)",
+            report_html(predictor, pred, intake.image),
+            file_name=f"{Path(name).stem}_report.html",
+            mime="text/html",
+            key=f"report-{name}",
+        )
     if explain:
         explanation(predictor, intake.image, pred)
 
@@ -171,6 +178,8 @@ def main() -> None:
                 show_result(predictor, f.name, f.getvalue(), explain, rows, meta)
     table = pd.DataFrame(rows).reindex(columns=ROW_COLUMNS)
     table.insert(1, "model", predictor.config.name)
+    table.insert(2, "model_version", (predictor.config.created_with or {}).get("skinlesion"))
+    table.insert(3, "model_hash", predictor.model_hash)
     with summary:
         st.subheader("Results")
         st.dataframe(

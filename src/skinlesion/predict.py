@@ -102,6 +102,9 @@ class Predictor:
         self.tta = self.config.tta if tta is None else tta  # None: the model's own choice, made on held-out data
         self.backend = backend
         self.model_path = path
+        from .bundle import bundle_hash
+
+        self.model_hash = bundle_hash(path)[:12]  # which exact model answered: in the app's CSV and reports
         self._lock = threading.Lock()  # PyTorch forward hooks (OOD features, Grad-CAM) are per module, not per call
         self.net = None
         self.session = None
