@@ -61,7 +61,7 @@ def tiny_run(tmp_path_factory):
         out=str(root / "run"),
         backbone="resnet18",
         input_size=32,
-        epochs=6,
+        epochs=10,
         batch_size=16,
         lr=3e-3,
         patience=10,

@@ -37,7 +37,7 @@ def test_run_dir_holds_everything_needed_to_reproduce(tiny_run):
     assert cfg["backbone"] == "resnet18" and cfg["input_size"] == 32 and cfg["data"] == str(data)
     assert pd.read_csv(run / "split.csv").equals(pd.read_csv(split))
     m = pd.read_csv(run / "metrics.csv")
-    assert list(m["epoch"]) == list(range(6)) and m["train_loss"].notna().all()
+    assert list(m["epoch"]) == list(range(10)) and m["train_loss"].notna().all()
     model_cfg = json.loads((run / "best.json").read_text())
     assert model_cfg["preprocess"]["input_size"] == 32 and model_cfg["temperature"] > 0
     assert model_cfg["classes"] == list(CODES)
@@ -51,9 +51,9 @@ def test_evaluation_is_far_above_chance_and_chance_on_shuffled_labels(tiny_run, 
     code, out, err = run_cli("evaluate", "--model", run, "--data", data, "--split", split, "--subset", "test", "--out", tmp_path / "eval")
     assert code == 0, err
     m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    # chance: balanced accuracy 1/7, accuracy about 0.5 (the majority class); six tiny epochs under the
+    # chance: balanced accuracy 1/7, accuracy about 0.45 (the majority class); ten tiny epochs under the
     # robustness augmentation (exposure, contrast, dark corners) land well above it
-    assert m["accuracy"] > 0.7 and m["balanced_accuracy"] > 0.55, m
+    assert m["accuracy"] > 0.65 and m["balanced_accuracy"] > 0.5, m
     for f in ("confusion_matrix.png", "roc_curves.png", "reliability.png", "report.md"):
         assert (tmp_path / "eval" / f).stat().st_size > 1000 or f == "report.md"
     assert "![reliability diagram](reliability.png)" in (tmp_path / "eval" / "report.md").read_text()

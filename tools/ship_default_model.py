@@ -61,9 +61,14 @@ def main() -> None:
     from skinlesion.bundle import copy_bundle
 
     dest = REPO / "src" / "skinlesion" / "weights" / "default"
+    from skinlesion.cv import refresh_oof
+
     path = copy_bundle(run / "model.safetensors", dest, half=True)
-    print(f"shipped {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    refresh_oof(path, args.data)  # the stored OOF logits (and the card's numbers) of the fp16 members as installed
+    print(f"shipped {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    sh(sys.executable, str(REPO / "benchmarks" / "robustness.py"), "--model", "default", "--data", args.data, "--store")
     sh(*cli, "card", "default", "--out", str(REPO / "MODEL_CARD.md"))
+    sh(*cli, "export", "default")
 
 
 if __name__ == "__main__":

@@ -303,3 +303,41 @@ def train_cv(cfg, k: int, *, metadata: str = "auto") -> Path:
     """Train ``k`` members, predict out of fold, and assemble the ensemble bundle in ``cfg.out``."""
     out, _ = train_members(cfg, k)
     return assemble(out, cfg.data, metadata=metadata, seed=cfg.seed)
+
+
+def refresh_oof(model: str | Path, data) -> Path:
+    """Recompute a shipped ensemble's stored OOF logits with its own (e.g. fp16) members, and its metrics from them.
+
+    After :func:`skinlesion.bundle.copy_bundle` to fp16, the stored OOF logits are those of the
+    fp32 members; this makes them (and the card's numbers) exactly the installed model's. The
+    calibration and rules are kept as fitted at assembly.
+    """
+    from .bundle import load_model, resolve_model_path, save_bundle
+    from .card import oof_metrics
+    from .data.ham10000 import load_dataset
+    from .evaluate import dataset_logits
+
+    path = resolve_model_path(model)
+    net, cfg, aux = load_model(path, with_extra=True)
+    if "oof.logits" not in aux:
+        raise SkinLesionError(f"{path.name} holds no out-of-fold predictions; it is not a cross-validated ensemble.")
+    ds = load_dataset(data)
+    if not np.array_equal(np.asarray(aux["oof.labels"]).astype(int), ds.labels):
+        raise SkinLesionError(f"{data} is not the dataset {path.name} was cross-validated on (labels differ).")
+    folds = np.asarray(aux["oof.folds"]).astype(int)
+    logits = np.zeros_like(np.asarray(aux["oof.logits"], np.float64))
+    for i, member in enumerate(cfg.members):
+        pos = np.flatnonzero(folds == member.fold)
+        logits[pos] = dataset_logits(net.members[i], cfg.prep, ds, pos, tta=cfg.tta)
+    aux["oof.logits"] = logits
+    m = oof_metrics(cfg, aux)
+    cfg.metrics = {
+        **cfg.metrics,
+        **{k: m[k] for k in ("accuracy", "balanced_accuracy", "auc_macro", "f1_weighted", "f1_macro", "malignant_auc", "ece", "nll")},
+    }
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:  # re-save the members in the precision they were shipped in
+        first = next(k for k in f.keys() if k.startswith("members."))
+        half = f.get_tensor(first).dtype == np.float16
+    return save_bundle(net, cfg, path, half=half, extra=aux)
