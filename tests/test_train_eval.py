@@ -308,3 +308,22 @@ def test_predict_and_evaluate_give_the_same_tta_probabilities(tiny_run, run_cli,
     for iid in ids:
         r = p.predict(data / "images" / f"{iid}.jpg")
         assert np.allclose([r.probabilities[c] for c in CODES], ev.loc[iid, list(CODES)].to_numpy(float), atol=1e-5)
+
+
+def test_preprocessing_resolver_decides_from_backbone_data_and_overrides():
+    from skinlesion.data import load_dataset
+    from skinlesion.models import resolve_preprocess
+
+    from .conftest import shared
+
+    ds = load_dataset(shared("dermamnist28"))
+    p = resolve_preprocess("tf_efficientnet_lite0", ds)
+    # the data's facts: 28 px JPEGs (quality 75) cut from the centre of each photo
+    assert (p.input_size, p.source_size, p.crop, p.source_jpeg_quality) == (112, 28, "center", 75)
+    assert p.mean == (0.5, 0.5, 0.5) and p.std == (0.5, 0.5, 0.5)  # the backbone's own normalisation (timm)
+    q = resolve_preprocess("tf_efficientnet_lite0", ds, input_size=64, crop="none", source_jpeg_quality=90)
+    assert (q.input_size, q.crop, q.source_jpeg_quality) == (64, "none", 90)  # the user's overrides win
+    r = resolve_preprocess("resnet50")  # no data: the backbone's defaults
+    assert (r.input_size, r.source_size, r.crop) == (224, None, "none") and r.mean == (0.485, 0.456, 0.406)
+    with pytest.raises(SkinLesionError, match="Unknown crop"):
+        resolve_preprocess("resnet50", crop="middle")
