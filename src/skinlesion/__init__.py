@@ -21,6 +21,7 @@ Read top-down:
 - :mod:`skinlesion.explain`     Grad-CAM heat maps
 - :mod:`skinlesion.export`      ONNX export with a parity check
 - :mod:`skinlesion.card`        the model card, generated from a bundle
+- :mod:`skinlesion.report`      the one-page HTML report of one analysed image
 - :mod:`skinlesion.app`         the Streamlit web app
 - :mod:`skinlesion.cli`         the ``skinlesion`` command
 
