@@ -286,8 +286,20 @@ def render(model: str | Path) -> str:
         "- Seven classes only: lesions outside them are forced into one of the seven.",
         "- Class imbalance: nv is two thirds of the data; df and vasc have about 100 images each, so their numbers are uncertain.",
         "- The conformal guarantee is marginal (over images like the calibration set), not per class and not under distribution shift.",
-        "",
     ]
+    if rob:  # what the robustness table says the OOD score gets wrong
+        mid = {r["corruption"]: r for r in rob["rows"] if r["severity"] == 3}
+        clean = next(r for r in rob["rows"] if r["corruption"] == "none")
+        over = [c for c, r in mid.items() if r["ood_flagged"] > 0.5 and clean["balanced_accuracy"] - r["balanced_accuracy"] < 0.05]
+        under = [c for c, r in mid.items() if r["ood_flagged"] < 0.2 and clean["balanced_accuracy"] - r["balanced_accuracy"] >= 0.05]
+        if over:
+            lines.append(
+                f"- The out-of-distribution score flags images the model still handles ({', '.join(over).replace('_', ' ')} at "
+                "middle severity): a dermoscopic photo with a round black field may be refused as 'not dermoscopy'."
+            )
+        if under:
+            lines.append(f"- It misses corruptions that do hurt the model ({', '.join(under).replace('_', ' ')} at middle severity).")
+    lines += [""]
     lines += ["## The diagnoses", "", "| code | diagnosis | malignant or pre-malignant |", "| --- | --- | --- |"]
     lines += [f"| {d.code} | {d.name} | {'yes' if d.malignant else 'no'} |" for d in DIAGNOSES]
     return "\n".join(lines) + "\n"
