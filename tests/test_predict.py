@@ -111,7 +111,7 @@ def test_tta_averages_the_eight_views(tiny_run):
 def shipped(default_model):
     from skinlesion.predict import Predictor
 
-    return Predictor("default", backend="torch")
+    return Predictor("default")  # ONNX Runtime when `make install` built the export (as in CI), PyTorch otherwise
 
 
 @pytest.mark.parametrize("photo", ["astronaut", "chelsea", "coffee", "rocket"])
@@ -129,7 +129,7 @@ def test_ood_passes_most_real_images_and_the_full_resolution_image(shipped):
     from skinlesion.data import load_dataset
 
     ds = load_dataset(shared("dermamnist28"))
-    some = np.random.default_rng(0).choice(len(ds), 600, replace=False)
+    some = np.random.default_rng(0).choice(len(ds), 400, replace=False)
     preds = shipped.predict_images([ds.image(int(i)) for i in some], list(ds.meta["image_id"].iloc[some]))
     flagged = np.mean([p.out_of_distribution for p in preds])
     assert flagged <= 0.05, flagged
