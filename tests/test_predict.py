@@ -187,3 +187,25 @@ def test_installed_package_reproduces_a_members_stored_oof_predictions(default_m
         got = calibrate(logits, cfg.temperature, cfg.class_bias)
         want = calibrate(aux["oof.logits"][pos], cfg.temperature, cfg.class_bias)
         assert np.abs(got - want).max() < 1e-3, (i, np.abs(got - want).max())
+
+
+def test_predict_and_evaluate_agree_on_real_images_with_the_shipped_model(default_model, run_cli, tmp_path):
+    """The same real DermaMNIST images (with their patient data) through `evaluate` and through the Predictor."""
+    import pandas as pd
+
+    from skinlesion.data import load_dataset
+    from skinlesion.predict import Predictor
+
+    folder = shared("dermamnist28")
+    ds = load_dataset(folder)
+    rows = ds.meta.iloc[[3, 250, 1000, 4000, 7000]]
+    rows[["image_id"]].to_csv(tmp_path / "ids.csv", index=False)
+    code, out, err = run_cli("evaluate", "--model", "default", "--data", folder, "--ids", tmp_path / "ids.csv", "--out", tmp_path / "ev")
+    assert code == 0, err
+    ev = pd.read_csv(tmp_path / "ev" / "predictions.csv").set_index("image_id")
+    p = Predictor("default")
+    assert p.tta  # the shipped model chose TTA on its out-of-fold predictions: both paths use the 8 views
+    for _, r in rows.iterrows():
+        meta = {k: r[k] for k in ("age", "sex", "localization")}
+        got = p.predict(r["path"], meta=meta).probabilities
+        assert np.allclose([got[c] for c in CODES], ev.loc[r["image_id"], list(CODES)].to_numpy(float), atol=1e-4), r["image_id"]
