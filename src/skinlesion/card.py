@@ -43,7 +43,7 @@ def _f(x, nd=4) -> str:
 def render(model: str | Path) -> str:
     """The model card of ``model`` as Markdown."""
     from .bundle import load_config, read_tensors, resolve_model_path
-    from .evaluate import analysis_lines
+    from .evaluate import analysis_lines, metric_lines
 
     path = resolve_model_path(model)
     cfg = load_config(path, check_backbones=False)
@@ -191,18 +191,8 @@ def render(model: str | Path) -> str:
             "These are leak-free, unlike the official DermaMNIST val split (348 of 1,003 images have a sibling in train). "
             "A single member's prediction is weaker than the whole ensemble's, so they are slightly pessimistic.",
             "",
-            "| metric | value |",
-            "| --- | --- |",
         ]
-        for k in ("accuracy", "balanced_accuracy", "auc_macro", "f1_weighted", "f1_macro", "malignant_auc", "ece", "nll"):
-            lines.append(f"| {k} | {_f(m[k])} |")
-        for s, val in m["malignant_sensitivity_at_specificity"].items():
-            lines.append(f"| malignant sensitivity at {s} % specificity | {_f(val)} |")
-        lines += ["", "| class | precision | recall | specificity | F1 | AUC | images |", "| --- | --- | --- | --- | --- | --- | --- |"]
-        for c, r in m["per_class"].items():
-            lines.append(
-                f"| {c} | {r['precision']:.3f} | {r['recall']:.3f} | {r['specificity']:.3f} | {r['f1']:.3f} | {r['auc']:.3f} | {r['support']} |"
-            )
+        lines += metric_lines(m, ("accuracy", "balanced_accuracy", "auc_macro", "f1_weighted", "f1_macro", "malignant_auc", "ece", "nll"))
         lines += [
             "",
             "Before the class-prior correction (temperature 1, no bias), mean predicted probability vs actual share:",

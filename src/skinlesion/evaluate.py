@@ -278,19 +278,8 @@ def write_report(metrics: dict, probs: np.ndarray, labels: np.ndarray, out: Path
         f"Data: `{m.get('data', '')}`, subset: {m.get('subset') or 'all'}, images: {m['n_images']}, "
         f"TTA: {m.get('tta', False)}, temperature: {m.get('temperature', 1.0):.3f}",
         "",
-        "| metric | value |",
-        "| --- | --- |",
     ]
-    for k in ("accuracy", "balanced_accuracy", "f1_weighted", "f1_macro", "auc_macro", "malignant_auc", "ece", "ece_uncalibrated", "nll"):
-        if k in m:
-            lines.append(f"| {k} | {m[k]:.4f} |")
-    for s, v in m["malignant_sensitivity_at_specificity"].items():
-        lines.append(f"| malignant sensitivity at {s} % specificity | {v:.4f} |")
-    lines += ["", "| class | precision | recall | specificity | F1 | AUC | support |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    for c, r in m["per_class"].items():
-        lines.append(
-            f"| {c} | {r['precision']:.3f} | {r['recall']:.3f} | {r['specificity']:.3f} | {r['f1']:.3f} | {r['auc']:.3f} | {r['support']} |"
-        )
+    lines += metric_lines(m)
     lines += analysis_lines(m)
     lines += [
         "",
@@ -304,6 +293,22 @@ def write_report(metrics: dict, probs: np.ndarray, labels: np.ndarray, out: Path
         "",
     ]
     (out / "report.md").write_text("\n".join(lines))
+
+
+METRIC_KEYS = ("accuracy", "balanced_accuracy", "f1_weighted", "f1_macro", "auc_macro", "malignant_auc", "ece", "ece_uncalibrated", "nll")
+
+
+def metric_lines(m: dict, keys=METRIC_KEYS) -> list[str]:
+    """Markdown tables of the summary metrics (those of ``keys`` present) and the per-class ones."""
+    lines = ["| metric | value |", "| --- | --- |"]
+    lines += [f"| {k} | {m[k]:.4f} |" for k in keys if k in m]
+    lines += [f"| malignant sensitivity at {s} % specificity | {v:.4f} |" for s, v in m["malignant_sensitivity_at_specificity"].items()]
+    lines += ["", "| class | precision | recall | specificity | F1 | AUC | images |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        f"| {c} | {r['precision']:.3f} | {r['recall']:.3f} | {r['specificity']:.3f} | {r['f1']:.3f} | {r['auc']:.3f} | {r['support']} |"
+        for c, r in m["per_class"].items()
+    ]
+    return lines
 
 
 def analysis_lines(m: dict) -> list[str]:
