@@ -367,12 +367,12 @@ def app_cmd(
     address: str = typer.Option("localhost", "--address", help="Address to bind (0.0.0.0 to serve others)."),
 ) -> None:
     """Start the Streamlit web app (exporting the model to ONNX Runtime first, once, when it can)."""
-    import subprocess
     from importlib import resources
 
     from .bundle import onnx_for, resolve_model_path
 
     resolve_model_path(model)  # a wrong --model fails here, in one sentence
+    _port_free(address, port)
     if onnx_for(model) is None:  # ONNX Runtime serves faster and lighter: export once, before the server starts
         try:
             from .export import export_onnx
@@ -407,12 +407,54 @@ def app_cmd(
         model,
     ]
     _say(f"skinlesion app on http://{address}:{port}")
+    raise typer.Exit(_serve(cmd))
+
+
+def _port_free(address: str, port: int) -> None:
+    """Refuse a port another server holds, before Streamlit starts (it would exit 0 with a log line)."""
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise SkinLesionError(f"--port {port} is out of range; use 1 to 65535 (8501 is Streamlit's usual one).")
+    try:
+        infos = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        raise SkinLesionError(f"--address {address!r} is not an address of this machine; use localhost or 0.0.0.0.") from None
+    family, _, _, _, sockaddr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(sockaddr)
+        except OSError as exc:
+            raise SkinLesionError(
+                f"Port {port} on {address} is in use ({exc.strerror}); stop what holds it or choose another --port."
+            ) from None
+
+
+def _serve(cmd: list[str]) -> int:
+    """Run the Streamlit server as a child; Ctrl-C or SIGTERM to us stops it too (never an orphan)."""
+    import signal
+    import subprocess
+
+    class Stop(Exception):
+        pass
+
+    def on_term(signum, frame):
+        raise Stop
+
+    previous = signal.signal(signal.SIGTERM, on_term)
     server = subprocess.Popen(cmd)
     try:
-        raise typer.Exit(server.wait())
-    except KeyboardInterrupt:
+        return server.wait()
+    except (KeyboardInterrupt, Stop) as exc:
         server.terminate()
-        raise typer.Exit(server.wait())
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        return 130 if isinstance(exc, KeyboardInterrupt) else 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()
@@ -452,6 +494,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     usage, abort = _click_exceptions()
     try:
         rc = app(args=argv, standalone_mode=False)  # a verb's typer.Exit(n) comes back as n here
+        if rc == 130:  # typer turns Ctrl-C into Exit(130), silently
+            typer.echo("interrupted", err=True)
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except SkinLesionError as exc:
@@ -460,7 +504,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     except (KeyboardInterrupt, *abort):
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    except typer.Exit as exc:  # typer's own exits (--help, a verb's exit code)
+    except typer.Exit as exc:  # typer's own exits (--help, a verb's exit code; typer turns Ctrl-C into Exit(130))
+        if exc.exit_code == 130:
+            typer.echo("interrupted", err=True)
         sys.exit(exc.exit_code)
     except usage as exc:  # usage errors: unknown verb or option, bad choice or number
         exc.show()

@@ -33,6 +33,52 @@ def _write_state(out: Path, state: dict) -> None:
     tmp.replace(out / "cache.json")
 
 
+def _array_ok(path: Path, shape: tuple) -> bool:
+    """True when ``path`` is a complete .npy array of ``shape`` (header readable, file as long as it should be)."""
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (OSError, ValueError):
+        return False
+    return arr.shape == shape and arr.dtype == np.uint8
+
+
+def _allocate(path: Path, shape: tuple) -> None:
+    """Create the .npy file with its disk space reserved, so a full disk is one sentence, not a SIGBUS later.
+
+    A memory map of a sparse file fails with SIGBUS when the disk fills while pages are written;
+    ``posix_fallocate`` asks for every block up front (ordinary writes of zeros where it is unsupported).
+    """
+    import os
+
+    header = np.lib.format.header_data_from_array_1_0(np.empty((0,), np.uint8))
+    header.update(shape=shape)
+    nbytes = int(np.prod(shape))
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            offset = f.tell()
+            f.flush()
+            try:
+                os.posix_fallocate(f.fileno(), offset, nbytes)
+            except OSError as exc:
+                if exc.errno not in (95, 22):  # EOPNOTSUPP / EINVAL: the file system cannot reserve; write zeros instead
+                    raise
+                block = bytes(1 << 20)
+                for left in range(nbytes, 0, -len(block)):
+                    f.write(block[: min(left, len(block))])
+            else:
+                f.truncate(offset + nbytes)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+        need = (nbytes + (1 << 20) - 1) >> 20
+        raise SkinLesionError(
+            f"Could not reserve {need} MiB for the cache at {path} ({exc.strerror or exc}); free some space or choose another --out."
+        ) from None
+
+
 def prepare(data: str | Path, out: str | Path, size: int = 256, *, allow_missing: bool = False, progress: bool = True) -> dict:
     """Decode and resize every image of ``data`` into the cache ``out``; resumable."""
     from ..preprocess import Preprocess
@@ -48,8 +94,9 @@ def prepare(data: str | Path, out: str | Path, size: int = 256, *, allow_missing
     n = len(ds)
     prep = Preprocess(input_size=size, source_size=size)  # the source stage exactly as training's --source-size
     state_path = out / "cache.json"
-    if state_path.exists():
-        state = json.loads(state_path.read_text())
+    shape = (n, size, size, 3)
+    state = json.loads(state_path.read_text()) if state_path.exists() else None
+    if state is not None:
         if state["size"] != size:
             raise SkinLesionError(
                 f"{out} holds a cache of {state['size']}x{state['size']} images; it will not mix in "
@@ -57,9 +104,11 @@ def prepare(data: str | Path, out: str | Path, size: int = 256, *, allow_missing
             )
         if state["n"] != n or state["source"] != str(Path(data).resolve()):
             raise SkinLesionError(f"{out} holds a cache of another dataset ({state['source']}, {state['n']} images); choose another --out.")
-        done = int(state["done"])
-        mode = "r+"
-    else:
+        if not _array_ok(out / "images.npy", shape):
+            # killed before its array file was complete: nothing in it can be trusted, so start that cache again
+            print(f"restarting {out}: its image array was never completed", file=sys.stderr)
+            state = None
+    if state is None:
         out.mkdir(parents=True, exist_ok=True)
         meta = ds.meta.drop(columns=[c for c in ("path", "index") if c in ds.meta.columns]).copy()
         meta["index"] = np.arange(n)
@@ -73,14 +122,10 @@ def prepare(data: str | Path, out: str | Path, size: int = 256, *, allow_missing
             "interpolation": prep.source_interpolation,
             "format": "uint8 (N, size, size, 3) in images.npy",
         }
+        _allocate(out / "images.npy", shape)  # complete or absent: written as .tmp and renamed
         _write_state(out, state)
-        done = 0
-        mode = "w+"
-    arr = (
-        np.lib.format.open_memmap(out / "images.npy", mode=mode, dtype=np.uint8, shape=(n, size, size, 3))
-        if mode == "w+"
-        else np.load(out / "images.npy", mmap_mode="r+")
-    )
+    done = int(state["done"])
+    arr = np.load(out / "images.npy", mmap_mode="r+")
     if done:
         print(f"resuming {out}: {done} of {n} images already done", file=sys.stderr)
     t0 = time.time()
@@ -97,6 +142,10 @@ def prepare(data: str | Path, out: str | Path, size: int = 256, *, allow_missing
             if progress:
                 rate = (done - start) / max(time.time() - t0, 1e-9)
                 print(f"\rprepared {done}/{n} images ({rate:.0f} img/s)", end="", file=sys.stderr, flush=True)
+    except OSError as exc:
+        raise SkinLesionError(
+            f"Could not write the cache at {out} ({exc.strerror or exc}); free some space and rerun the same command to resume."
+        ) from None
     finally:
         del arr
         if progress:

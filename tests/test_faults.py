@@ -1,0 +1,195 @@
+"""Faults: kills at chosen moments, Ctrl-C, a full disk (issue: reliability, defects 3, 5, 6)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+CLI = [sys.executable, "-m", "skinlesion.cli"]
+
+
+def _many(src: Path, dest: Path, copies: int) -> Path:
+    """A HAM10000 folder of ``copies`` x the images of ``src`` (file copies: quick to make, slow enough to prepare)."""
+    meta = pd.read_csv(src / "HAM10000_metadata.csv")
+    files = {p.stem: p for p in src.rglob("*.jpg")}
+    (dest / "images").mkdir(parents=True)
+    rows = []
+    for k in range(copies):
+        for _, r in meta.iterrows():
+            image_id = f"ISIC_{len(rows):07d}"
+            shutil.copy(files[r["image_id"]], dest / "images" / f"{image_id}.jpg")
+            rows.append({**r.to_dict(), "image_id": image_id, "lesion_id": f"{r['lesion_id']}_{k}"})
+    pd.DataFrame(rows).to_csv(dest / "HAM10000_metadata.csv", index=False)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def big(synth_kaggle, tmp_path_factory):
+    return _many(synth_kaggle, tmp_path_factory.mktemp("big"), 12)
+
+
+def _wait_for(cond, timeout=60.0):
+    t = time.time()
+    while time.time() - t < timeout:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def _done(cache: Path) -> int:
+    try:
+        return int(json.loads((cache / "cache.json").read_text())["done"])
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+def test_prepare_killed_after_its_array_is_complete_resumes_to_the_same_cache(big, tmp_path):
+    """SIGKILL once the first chunk is on disk: the rerun resumes and the cache equals an uninterrupted one."""
+    from skinlesion.data import load_dataset
+    from skinlesion.data.prepare import CHUNK, prepare
+
+    n = len(pd.read_csv(big / "HAM10000_metadata.csv"))
+    assert n > CHUNK
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen([*CLI, "prepare", str(big), "--out", str(cache), "--size", "128"], stderr=subprocess.PIPE, text=True)
+    assert _wait_for(lambda: _done(cache) >= CHUNK or proc.poll() is not None)
+    proc.kill()
+    proc.wait()
+    assert 0 < _done(cache) < n, "the kill came too late to interrupt the run"
+    state = prepare(big, cache, 128, progress=False)
+    assert state["done"] == n
+    ref = prepare(big, tmp_path / "ref", 128, progress=False)
+    assert ref["done"] == n
+    assert np.array_equal(load_dataset(cache).arrays, load_dataset(tmp_path / "ref").arrays)
+
+
+def test_prepare_killed_before_its_array_was_complete_starts_that_cache_again(big, tmp_path, run_cli):
+    """A cache whose array file never reached its size (killed while it was being made) is restarted, not stuck."""
+    cache = tmp_path / "cache"
+    code, _, err = run_cli("prepare", big, "--out", cache, "--size", "32")
+    assert code == 0, err
+    good = np.load(cache / "images.npy").copy()
+    # the state a kill during the array's creation left with the first version: state written, array short
+    with open(cache / "images.npy", "r+b") as f:
+        f.truncate(200)
+    state = json.loads((cache / "cache.json").read_text())
+    (cache / "cache.json").write_text(json.dumps({**state, "done": 0}))
+    code, _, err = run_cli("prepare", big, "--out", cache, "--size", "32")
+    assert code == 0, err
+    assert "never completed" in err
+    assert np.array_equal(np.load(cache / "images.npy"), good)
+
+
+def test_prepare_ctrl_c_exits_130_with_one_line(big, tmp_path):
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen([*CLI, "prepare", str(big), "--out", str(cache), "--size", "128"], stderr=subprocess.PIPE, text=True)
+    assert _wait_for(lambda: _done(cache) >= 0 or proc.poll() is not None)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+
+
+def test_prepare_on_a_full_disk_is_one_sentence_and_leaves_no_array(big, tmp_path, monkeypatch, run_cli):
+    """Where the space cannot be reserved the run stops at once, in one sentence, before a SIGBUS can happen."""
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    cache = tmp_path / "cache"
+    code, _, err = run_cli("prepare", big, "--out", cache, "--size", "128")
+    assert code == 2
+    assert "Could not reserve" in err and "MiB" in err and "No space left" in err
+    assert "Traceback" not in err and "unexpected" not in err
+    assert not (cache / "images.npy").exists() and not (cache / "images.npy.tmp").exists()
+
+
+def _tmpfs(path: Path, size: str):
+    path.mkdir()
+    if sys.platform != "linux" or shutil.which("mount") is None:
+        pytest.skip("a real full disk needs a small tmpfs; mount is not available here")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"a real full disk needs a small tmpfs, and this user cannot mount one ({r.stderr.strip()})")
+
+
+def test_prepare_on_a_real_full_tmpfs_exits_2_without_sigbus(big, tmp_path):
+    disk = tmp_path / "disk"
+    _tmpfs(disk, "2m")  # the cache needs 12 x ~60 images x 128 x 128 x 3 bytes, about 35 MiB
+    try:
+        r = subprocess.run([*CLI, "prepare", str(big), "--out", str(disk / "cache"), "--size", "128"], capture_output=True, text=True)
+        assert r.returncode == 2, (r.returncode, r.stderr)  # SIGBUS would be -7 (135 from a shell)
+        assert "Could not reserve" in r.stderr or "Could not write" in r.stderr
+        assert "Traceback" not in r.stderr
+        assert not (disk / "cache" / "images.npy").exists()
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_app_on_a_port_in_use_exits_2_in_one_sentence(run_cli):
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        code, _, err = run_cli("app", "--port", port, "--address", "127.0.0.1")
+    assert code == 2
+    assert f"Port {port} on 127.0.0.1 is in use" in err and "--port" in err
+    code, _, err = run_cli("app", "--port", 70000)
+    assert code == 2 and "out of range" in err
+
+
+def test_sigterm_to_the_app_stops_the_streamlit_server_it_started(default_model, tmp_path):
+    import socket
+    import urllib.request
+
+    port = _free_port()
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen(
+        [*CLI, "app", "--port", str(port), "--address", "127.0.0.1"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+    def healthy():
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1).read() == b"ok"
+        except OSError:
+            return server.poll() is not None
+
+    try:
+        assert _wait_for(healthy, 60) and server.poll() is None, (tmp_path / "server.log").read_text()
+        server.send_signal(signal.SIGTERM)  # to skinlesion alone, as a service manager would
+        assert server.wait(timeout=30) == 128 + signal.SIGTERM
+
+        def nobody_listens():  # (binding would also wait out the health checks' TIME_WAIT sockets)
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) != 0
+
+        assert _wait_for(nobody_listens, 20), "the Streamlit server kept running after skinlesion app was stopped"
+    finally:
+        try:
+            os.killpg(server.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        log.close()
