@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from .classes import CODES
-from .errors import SkinLesionError
+from .errors import SkinLesionError, missing
 from .models import PICKLE_SUFFIXES, create_model
 from .preprocess import Preprocess
 
@@ -228,7 +228,7 @@ def resolve_model_path(model: str | Path) -> Path:
         return p
     p = Path(model).expanduser()
     if not p.exists():
-        raise SkinLesionError(f"Model {p} does not exist; pass a run directory, a .safetensors model file or 'default'.")
+        raise SkinLesionError(f"Model {missing(p)}; pass a run directory, a .safetensors model file or 'default'.")
     if p.is_dir():
         for name in ("model.safetensors", "best.safetensors", "last.safetensors"):
             if (p / name).exists():
@@ -354,14 +354,9 @@ def load_model(model: str | Path, *, with_extra: bool = False):
 
 
 def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    from .errors import atomic_write
+
+    atomic_write(path, write, what="model path")
 
 
 def save_bundle(nets, config: ModelConfig, path: str | Path, *, half: bool = False, extra: dict | None = None) -> Path:

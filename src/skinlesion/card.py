@@ -296,9 +296,6 @@ def render(model: str | Path) -> str:
 
 
 def write_card(model: str | Path, out: str | Path) -> Path:
-    out = Path(out)
-    text = render(model)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
-    return out
+    from .errors import atomic_text
+
+    return atomic_text(Path(out), render(model))

@@ -87,8 +87,7 @@ def split(
             _warn(w)
         meta = ds.meta
     report = make_split(meta, kind=kind.value, fractions=(train, val, test), seed=seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    report.manifest.to_csv(out, index=False)
+    write_csv(report.manifest, out)
     _say(report.table())
     _say(f"\nwrote {out} ({len(report.manifest)} images, kind={report.kind}, seed={seed})")
 
@@ -238,16 +237,11 @@ ISIC2018_COLUMNS = ["image", "MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
 
 def write_csv(table, out: Path) -> None:
     """Write a table atomically: a temporary file in the same folder, renamed; nothing left on failure."""
+    from .errors import atomic_write
+
     if out.is_dir():
         raise SkinLesionError(f"--out {out} is a folder; pass a file name such as {out / 'predictions.csv'}.")
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(tmp, index=False)
-        tmp.replace(out)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise SkinLesionError(f"Could not write {out} ({exc.strerror or exc}); choose another --out.") from None
+    atomic_write(out, lambda t: table.to_csv(t, index=False))
 
 
 def read_meta_csv(path: Path) -> dict:

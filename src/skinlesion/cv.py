@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .classes import CODES
-from .errors import SkinLesionError, lock_folder
+from .errors import SkinLesionError, atomic_text, atomic_write, lock_folder
 
 DONE = "MEMBER_DONE"
 
@@ -43,9 +43,8 @@ def _folds(out: Path, meta: pd.DataFrame, k: int, seed: int) -> np.ndarray:
         return saved.set_index("image_id").loc[meta["image_id"], "fold"].to_numpy()
     folds = cv_folds(meta, k, seed)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".csv.tmp")
-    pd.DataFrame({"image_id": meta["image_id"], "lesion_id": meta["lesion_id"], "dx": meta["dx"], "fold": folds}).to_csv(tmp, index=False)
-    tmp.replace(path)
+    table = pd.DataFrame({"image_id": meta["image_id"], "lesion_id": meta["lesion_id"], "dx": meta["dx"], "fold": folds})
+    atomic_write(path, lambda t: table.to_csv(t, index=False))
     return folds
 
 
@@ -59,14 +58,14 @@ def train_members(cfg, k: int) -> tuple[Path, np.ndarray]:
     ds = load_dataset(cfg.data)
     lock = lock_folder(out, "cross-validation run")  # noqa: F841 (held until this function returns)
     folds = _folds(out, ds.meta, k, cfg.seed)
-    (out / "cv_config.json").write_text(json.dumps({**asdict(cfg), "folds": k}, indent=2))
+    atomic_text(out / "cv_config.json", json.dumps({**asdict(cfg), "folds": k}, indent=2))
     for i in range(k):
         member = out / f"fold{i}"
         if (member / DONE).exists():
             continue
         member.mkdir(parents=True, exist_ok=True)
         split = member / "fold_split.csv"
-        fold_manifest(ds.meta, folds, i).to_csv(split, index=False)
+        atomic_write(split, lambda t: fold_manifest(ds.meta, folds, i).to_csv(t, index=False))
         mcfg = replace(cfg, split=str(split), out=str(member), seed=cfg.seed + i)
         print(
             f"member {i + 1} of {k}: training on {int((folds != i).sum())} images, selecting on fold {i} "
@@ -100,9 +99,7 @@ def oof_logits(out: Path, data, folds: np.ndarray) -> pd.DataFrame:
         table[f"logit_{c}"] = plain[:, j]
     for j, c in enumerate(CODES):
         table[f"logit_tta_{c}"] = tta[:, j]
-    tmp = path.with_suffix(".csv.tmp")
-    table.to_csv(tmp, index=False, float_format="%.7g")
-    tmp.replace(path)
+    atomic_write(path, lambda t: table.to_csv(t, index=False, float_format="%.7g"))
     return table
 
 
@@ -290,7 +287,7 @@ def assemble(out: str | Path, data, *, metadata: str = "auto", seed: int = 0) ->
         out / "oof_report",
         ids=ds.meta["image_id"].to_numpy(),
     )
-    (out / "oof_metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    atomic_text(out / "oof_metrics.json", json.dumps(metrics, indent=2, default=float))
     # the OOF logits travel with the bundle, so its card's numbers can be recomputed from it
     final_aux["oof.logits"] = logits.astype(np.float64)  # exactly the numbers the metrics came from
     final_aux["oof.labels"] = labels.astype(np.int64)

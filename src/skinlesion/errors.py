@@ -1,4 +1,6 @@
-"""The one exception users see: a plain sentence saying what is wrong and what to do."""
+"""The one exception users see (a plain sentence saying what is wrong and what to do), and the two
+rules every writer follows: one writer per folder (:func:`lock_folder`) and atomic files
+(:func:`atomic_write`)."""
 
 
 class SkinLesionError(Exception):
@@ -23,7 +25,7 @@ def lock_folder(folder, what: str = "run"):
     if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
         return None
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     lock = FileLock(str(folder / ".skinlesion.lock"))
     try:
         lock.acquire(timeout=0)
@@ -32,3 +34,95 @@ def lock_folder(folder, what: str = "run"):
             f"Another skinlesion {what} is writing into {folder}; wait for it to finish or choose another --out."
         ) from None
     return lock
+
+
+def atomic_write(path, write, *, what: str = "--out"):
+    """Write ``path`` through ``write(tmp)`` to a temporary file in the same folder, then rename it.
+
+    Readers never see half a file, and a failure leaves nothing behind: an ``OSError`` (full or
+    read-only disk, a folder where a file should be) becomes one sentence naming the path.
+    Returns ``path``.
+    """
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(21, "it is a folder", str(path))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        _remove(tmp)
+        raise SkinLesionError(f"Could not write {path} ({exc.strerror or exc}); free some space or choose another {what}.") from None
+    except BaseException:
+        _remove(tmp)
+        raise
+    return path
+
+
+def _remove(path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:  # its folder is not a folder, or not writable: nothing was left there
+        pass
+
+
+def atomic_text(path, text: str, *, what: str = "--out"):
+    """:func:`atomic_write` for a text file."""
+    return atomic_write(path, lambda t: t.write_text(text), what=what)
+
+
+def make_folder(folder, *, what: str = "--out"):
+    """Create an output folder (and its parents), or say in one sentence why it cannot be one."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise SkinLesionError(f"{what} {folder} is a file; pass a folder (it is created if missing).")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SkinLesionError(f"Could not create the folder {folder} ({exc.strerror or exc}); choose another {what}.") from None
+    return folder
+
+
+def missing(path) -> str:
+    """Why ``path`` cannot be read: a plain "does not exist", or what is wrong with a symbolic link."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:  # Python 3.11 and 3.12 raise this for a loop
+            return f"{path} is a symbolic link in a loop (it leads back to itself); point it at a real file or folder"
+        except OSError as exc:
+            if exc.errno == 40:  # ELOOP
+                return f"{path} is a symbolic link in a loop (it leads back to itself); point it at a real file or folder"
+            return f"{path} is a symbolic link to {os.readlink(path)}, which does not exist; fix the link"
+    return f"{path} does not exist"
+
+
+def walk_files(root):
+    """Every file under the folder ``root``, sorted, following linked folders once each: a link loop is
+    skipped instead of being followed 40 levels deep."""
+    import os
+    from pathlib import Path
+
+    seen = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if os.path.realpath(os.path.join(dirpath, d)) not in seen)
+        for fn in sorted(filenames):
+            p = Path(dirpath) / fn
+            if p.is_file():
+                yield p

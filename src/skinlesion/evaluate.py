@@ -201,14 +201,17 @@ def write_report(metrics: dict, probs: np.ndarray, labels: np.ndarray, out: Path
     import matplotlib.pyplot as plt
     from sklearn.metrics import roc_curve
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    from .errors import atomic_text, atomic_write
+
+    if out.exists() and not out.is_dir():
+        raise SkinLesionError(f"--out {out} is a file; pass a folder for the report (it is created if missing).")
+    atomic_text(out / "metrics.json", json.dumps(metrics, indent=2, default=float))
     if ids is not None:
         pred = pd.DataFrame(probs, columns=list(CODES))
         pred.insert(0, "image_id", ids)
         pred.insert(1, "label", [CODES[i] for i in labels])
         pred.insert(2, "pred", [CODES[i] for i in probs.argmax(1)])
-        pred.to_csv(out / "predictions.csv", index=False)
+        atomic_write(out / "predictions.csv", lambda t: pred.to_csv(t, index=False))
 
     cm = np.asarray(metrics["confusion_matrix"])
     fig, ax = plt.subplots(figsize=(6, 5))
@@ -223,7 +226,7 @@ def write_report(metrics: dict, probs: np.ndarray, labels: np.ndarray, out: Path
     ax.set_ylabel("true")
     ax.set_title("Confusion matrix (colour: row-normalised)")
     fig.tight_layout()
-    fig.savefig(out / "confusion_matrix.png", dpi=110)
+    atomic_write(out / "confusion_matrix.png", lambda t: fig.savefig(t, dpi=110, format="png"))
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 5))
@@ -242,7 +245,7 @@ def write_report(metrics: dict, probs: np.ndarray, labels: np.ndarray, out: Path
     ax.set_title("ROC curves (one-vs-rest)")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(out / "roc_curves.png", dpi=110)
+    atomic_write(out / "roc_curves.png", lambda t: fig.savefig(t, dpi=110, format="png"))
     plt.close(fig)
 
     rc = metrics.get("risk_coverage")
@@ -255,7 +258,7 @@ def write_report(metrics: dict, probs: np.ndarray, labels: np.ndarray, out: Path
         ax.set_title("Risk-coverage")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(out / "risk_coverage.png", dpi=110)
+        atomic_write(out / "risk_coverage.png", lambda t: fig.savefig(t, dpi=110, format="png"))
         plt.close(fig)
     edges, rows = reliability(probs, labels, 15)
     fig, ax = plt.subplots(figsize=(5, 5))
@@ -267,7 +270,7 @@ def write_report(metrics: dict, probs: np.ndarray, labels: np.ndarray, out: Path
     ax.set_title(f"Reliability diagram (ECE {metrics['ece']:.3f})")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "reliability.png", dpi=110)
+    atomic_write(out / "reliability.png", lambda t: fig.savefig(t, dpi=110, format="png"))
     plt.close(fig)
 
     m = metrics
@@ -292,7 +295,7 @@ def write_report(metrics: dict, probs: np.ndarray, labels: np.ndarray, out: Path
         "![risk-coverage](risk_coverage.png)",
         "",
     ]
-    (out / "report.md").write_text("\n".join(lines))
+    atomic_text(out / "report.md", "\n".join(lines))
 
 
 METRIC_KEYS = ("accuracy", "balanced_accuracy", "f1_weighted", "f1_macro", "auc_macro", "malignant_auc", "ece", "ece_uncalibrated", "nll")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SkinLesionError
+from .errors import SkinLesionError, make_folder
 
 TOLERANCE = 1e-4  # max absolute difference in calibrated probability
 
@@ -80,7 +80,7 @@ def export_onnx(model: str | Path, out: str | Path | None = None, *, check_image
     wrapped = _wrapper(net, (cfg.ood or {}).get("stages", []))
     prep = cfg.prep
     dummy = torch.zeros(1, 3, prep.input_size, prep.input_size)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out.parent)
     tmp = out.with_name(f".{out.name}.tmp")
     try:
         torch.onnx.export(

@@ -19,6 +19,7 @@ def finish_run(out, ds, train_positions, val_positions) -> dict:
 
     from .bundle import load_model, save_bundle
     from .calibration import ece
+    from .errors import atomic_text
     from .evaluate import analysis_metrics, dataset_logits
     from .metrics import compute_metrics
     from .ood import fit_for_model
@@ -49,7 +50,7 @@ def finish_run(out, ds, train_positions, val_positions) -> dict:
         "ece_uncalibrated": before,
     }
     save_bundle(net, mcfg, out / "best", extra=aux)
-    (out / "val_metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    atomic_text(out / "val_metrics.json", json.dumps(metrics, indent=2, default=float))
     print(
         f"temperature {t:.3f} + class bias: val ECE {before:.4f} -> {metrics['ece']:.4f}; "
         f"val accuracy {metrics['accuracy']:.4f}, balanced accuracy {metrics['balanced_accuracy']:.4f}, "

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import SkinLesionError
+from .errors import SkinLesionError, missing
 
 MAX_FILE_BYTES = 40 * 1024 * 1024  # a 600x450 HAM10000 JPEG is ~250 kB
 MAX_PIXELS = 60_000_000  # larger images are refused as possible decompression bombs
@@ -74,7 +74,7 @@ def open_image(source: str | Path | bytes, name: str | None = None, *, warn_tiny
         path = Path(source)
         name = name or path.name
         if not path.exists():
-            raise SkinLesionError(f"{path} does not exist; check the path.")
+            raise SkinLesionError(f"{missing(path)}; check the path.")
         if path.is_dir():
             raise SkinLesionError(f"{path} is a folder, not an image file.")
         size = path.stat().st_size

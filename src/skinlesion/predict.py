@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .classes import CODES, DIAGNOSES, MALIGNANT_MASK
-from .errors import SkinLesionError
+from .errors import SkinLesionError, walk_files
 from .intake import open_image
 
 OOD_WARNING = "out of distribution: score {score:.2f} > threshold {threshold:.2f}"
@@ -275,7 +275,7 @@ def expand_inputs(inputs) -> list[Path]:
         s = str(item)
         p = Path(s)
         if p.is_dir():
-            paths += sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith("."))
+            paths += [q for q in walk_files(p) if not q.name.startswith(".")]
         elif any(ch in s for ch in "*?["):
             matched = sorted(glob.glob(s, recursive=True))
             if not matched:

@@ -26,7 +26,7 @@ import torch
 
 from .bundle import Member, ModelConfig, save_bundle
 from .classes import CODES
-from .errors import SkinLesionError, lock_folder
+from .errors import SkinLesionError, atomic_text, atomic_write, lock_folder
 from .metrics import compute_metrics
 from .models import create_model
 
@@ -394,8 +394,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, finish_model: bool = True) 
     manifest = read_manifest(cfg.split)
     cfg, prep, tr, va, train_loader, val_loader = build_loaders(cfg, ds, manifest)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    manifest.to_csv(out / "split.csv", index=False)
+    atomic_text(out / "config.json", json.dumps(asdict(cfg), indent=2))
+    atomic_write(out / "split.csv", lambda t: manifest.to_csv(t, index=False))
     gpu = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
     precision = cfg.precision or ("bf16-mixed" if gpu else "32-true")
     weights = class_weights(ds.labels[tr], cfg.balance if cfg.balance != "sampler" else "none")

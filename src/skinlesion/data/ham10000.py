@@ -18,7 +18,6 @@ and a way to load each image as upright RGB.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import pandas as pd
 from PIL import Image
 
 from ..classes import CODES
-from ..errors import SkinLesionError
+from ..errors import SkinLesionError, missing, walk_files
 from ..intake import IMAGE_SUFFIXES, load_rgb
 
 METADATA_NAME = "HAM10000_metadata.csv"
@@ -66,7 +65,7 @@ def load_dataset(data: str | Path, *, allow_missing: bool = False) -> Dataset:
     """Read ``data`` in any accepted layout; see the module docstring."""
     path = Path(data).expanduser()
     if not path.exists():
-        raise SkinLesionError(f"{path} does not exist; pass the folder that holds {METADATA_NAME} (or a DermaMNIST .npz file).")
+        raise SkinLesionError(f"{missing(path)}; pass the folder that holds {METADATA_NAME} (or a DermaMNIST .npz file).")
     if path.is_file():
         if path.suffix.lower() == ".npz":
             return _read_npz(path)
@@ -109,12 +108,9 @@ def index_images(root: Path) -> dict[str, Path]:
     lower-case twin); the first in sorted order wins.
     """
     found: dict[str, Path] = {}
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        for fn in sorted(filenames):
-            stem, ext = os.path.splitext(fn)
-            if ext.lower() in IMAGE_SUFFIXES and stem not in found:
-                found[stem] = Path(dirpath) / fn
+    for p in walk_files(root):
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.stem not in found:
+            found[p.stem] = p
     return found
 
 

@@ -22,15 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SkinLesionError, lock_folder
+from ..errors import SkinLesionError, atomic_text, atomic_write, lock_folder
 
 CHUNK = 256
 
 
 def _write_state(out: Path, state: dict) -> None:
-    tmp = out / "cache.json.tmp"
-    tmp.write_text(json.dumps(state, indent=2))
-    tmp.replace(out / "cache.json")
+    atomic_text(out / "cache.json", json.dumps(state, indent=2))
 
 
 def _array_ok(path: Path, shape: tuple) -> bool:
@@ -112,7 +110,7 @@ def prepare(data: str | Path, out: str | Path, size: int = 256, *, allow_missing
         out.mkdir(parents=True, exist_ok=True)
         meta = ds.meta.drop(columns=[c for c in ("path", "index") if c in ds.meta.columns]).copy()
         meta["index"] = np.arange(n)
-        meta.to_csv(out / "HAM10000_metadata.csv", index=False)
+        atomic_write(out / "HAM10000_metadata.csv", lambda t: meta.to_csv(t, index=False))
         state = {
             "size": size,
             "n": n,
