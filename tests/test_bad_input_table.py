@@ -201,3 +201,24 @@ def test_a_folder_scan_visits_each_linked_folder_once(tmp_path):
     files = [p.relative_to(tmp_path).as_posix() for p in walk_files(tmp_path / "imgs")]
     assert sorted(Path(f).name for f in files) == ["a.jpg", "b.jpg"]
     assert sorted(index_images(tmp_path / "imgs")) == ["a", "b"]
+
+
+def test_evaluate_warns_when_the_manifest_test_shares_lesions_with_train(ctx, run_cli, tmp_path):
+    import pandas as pd
+
+    data, split, run = ctx["data"], ctx["split"], ctx["run"]
+    code, out, err = run_cli("evaluate", "-m", run, "-d", data, "-o", tmp_path / "clean", "--split", split)
+    assert code == 0, err
+    assert "share a lesion" not in err
+    assert json.loads((tmp_path / "clean" / "metrics.json").read_text())["warnings"] == []
+    m = pd.read_csv(split)
+    leaky = m.copy()
+    test_lesions = m.loc[m["split"] == "test", "lesion_id"].unique()[:3]
+    train_rows = m.index[m["split"] == "train"][:3]
+    leaky.loc[train_rows, "lesion_id"] = test_lesions  # 3 train images now belong to test lesions: a leaky split
+    leaky.to_csv(tmp_path / "leaky.csv", index=False)
+    expected = int(m.loc[m["split"] == "test", "lesion_id"].isin(test_lesions).sum())
+    code, out, err = run_cli("evaluate", "-m", run, "-d", data, "-o", tmp_path / "leaky", "--split", tmp_path / "leaky.csv")
+    assert code == 0, err
+    assert expected >= 3 and f"warning: {expected} of the" in err and "share a lesion" in err
+    assert "share a lesion" in (tmp_path / "leaky" / "report.md").read_text()

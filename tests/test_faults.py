@@ -193,3 +193,70 @@ def test_sigterm_to_the_app_stops_the_streamlit_server_it_started(default_model,
         except ProcessLookupError:
             pass
         log.close()
+
+
+def _tiny_cfg(data, split, out, **kw):
+    from skinlesion.train import TrainConfig
+
+    base = dict(backbone="resnet18", input_size=32, epochs=2, batch_size=16, lr=3e-3, patience=10, progress=False, num_workers=0)
+    return TrainConfig(data=str(data), split=str(split), out=str(out), **{**base, **kw})
+
+
+def _weights(path):
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))
+
+
+def test_train_killed_between_metrics_row_and_checkpoint_resumes_to_the_uninterrupted_weights(tiny_run, tmp_path, monkeypatch):
+    """The second kill moment: epoch 1's metrics row is written, its checkpoint is not. The resumed run
+    rewrites that row once (metrics.csv epochs 0, 1) and ends with the weights of a run never stopped,
+    though it resumes with DataLoader workers where the reference had none (order and augmentation
+    are seeded from seed, epoch and image, not from the process that draws them)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from skinlesion.train import train
+
+    data, split, _ = tiny_run
+    ref = train(_tiny_cfg(data, split, tmp_path / "ref"), finish_model=False)
+
+    class Killed(BaseException):
+        pass
+
+    real = ModelCheckpoint._save_checkpoint
+
+    def save_then_die(self, trainer, filepath):
+        if trainer.current_epoch == 1:
+            raise Killed  # after ExportModels appended epoch 1's row, before last.ckpt holds epoch 1
+        return real(self, trainer, filepath)
+
+    monkeypatch.setattr(ModelCheckpoint, "_save_checkpoint", save_then_die)
+    run = tmp_path / "run"
+    with pytest.raises(Killed):
+        train(_tiny_cfg(data, split, run), finish_model=False)
+    assert list(pd.read_csv(run / "metrics.csv")["epoch"]) == [0, 1]
+    monkeypatch.setattr(ModelCheckpoint, "_save_checkpoint", real)
+    train(_tiny_cfg(data, split, run, num_workers=2), resume=True, finish_model=False)
+    assert list(pd.read_csv(run / "metrics.csv")["epoch"]) == [0, 1]
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    a, b = _weights(ref / "last.safetensors"), _weights(run / "last.safetensors")
+    assert a.keys() == b.keys()
+    worst = max(float(np.abs(a[k].astype(np.float64) - b[k]).max()) for k in a)
+    assert worst < 1e-5, f"resumed weights differ from the uninterrupted run's by {worst}"
+
+
+def test_app_load_benchmark_two_sessions_get_their_own_answers(default_model, tmp_path):
+    """benchmarks/app_load.py over the real websocket protocol: two sessions, different images, no mix-up."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("app_load", Path(__file__).resolve().parents[1] / "benchmarks" / "app_load.py")
+    app_load = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app_load)
+    from .conftest import shared
+
+    images = [str(shared("fullres", "ISIC_0024310.jpg")), str(sorted(shared("dermamnist28", "images").glob("*.jpg"))[0])]
+    r = app_load.main(["--sessions", "2", "--seconds", "4", "--images", *images, "--json", str(tmp_path / "load.json")])
+    assert r["uploads"] >= 2 and r["errors"] == 0, r["error_examples"]
+    assert r["answers_differing_from_single_session"] == 0
+    assert all(n >= 5 for n in r["reference_answer_lines"].values())  # the page showed an analysis for each image
+    assert r["server_rss_peak_mib"] > 50

@@ -224,6 +224,8 @@ def evaluate(
     from .evaluate import evaluate_model
 
     m = evaluate_model(model, data, out, split=split, subset=subset, ids=ids, tta=tta, allow_missing=allow_missing)
+    for w in m["warnings"]:
+        _warn(w)
     _say(
         f"images {m['n_images']}: accuracy {m['accuracy']:.4f}, balanced accuracy {m['balanced_accuracy']:.4f}, "
         f"macro AUC {m['auc_macro']:.4f}, malignant AUC {m['malignant_auc']:.4f}, "

@@ -68,6 +68,25 @@ def dataset_logits(net, prep, ds: Dataset, positions=None, *, tta: bool = False,
     return dataset_outputs(net, prep, ds, positions, tta=tta, **kwargs)[0]
 
 
+def split_warnings(split, subset) -> list[str]:
+    """What makes numbers on a manifest's subset optimistic: its images sharing a lesion with train."""
+    if split is None:
+        return []
+    from .data.split import leaked_images, read_manifest
+
+    subset = subset or "test"
+    if subset == "train":
+        return []
+    m = read_manifest(split)
+    n, total = leaked_images(m, subset), int((m["split"] == subset).sum())
+    if not n:
+        return []
+    return [
+        f"{n} of the {total} {subset} images in {Path(split).name} share a lesion with its train images, so these "
+        "numbers are optimistic; evaluate on a lesion-grouped split (skinlesion split --kind lesion)."
+    ]
+
+
 def select_rows(ds: Dataset, split: str | Path | None = None, subset: str | None = None, ids: str | Path | None = None) -> np.ndarray:
     """Row positions of ``ds`` chosen by a split manifest subset and/or an id list CSV."""
     from .data.split import read_manifest
@@ -176,6 +195,7 @@ def evaluate_model(
     net, cfg, aux = load_model(model, with_extra=True)
     ds = load_dataset(data, allow_missing=allow_missing)
     pos = select_rows(ds, split, subset, ids)
+    warnings = split_warnings(split, subset)
     tta = cfg.tta if tta is None else tta  # None: the model's own choice, made on held-out data
     logits = dataset_logits(net, cfg.prep, ds, pos, tta=tta)
     labels = ds.labels[pos]
@@ -189,6 +209,7 @@ def evaluate_model(
     metrics["model"] = str(model)
     metrics["data"] = str(data)
     metrics["subset"] = subset
+    metrics["warnings"] = warnings
     metrics.update(analysis_metrics(probs, labels, cfg, aux))
     write_report(metrics, probs, labels, Path(out), ids=ds.meta["image_id"].to_numpy()[pos])
     return metrics
@@ -282,6 +303,7 @@ def write_report(metrics: dict, probs: np.ndarray, labels: np.ndarray, out: Path
         f"TTA: {m.get('tta', False)}, temperature: {m.get('temperature', 1.0):.3f}",
         "",
     ]
+    lines += [f"**Warning:** {w}  " for w in m.get("warnings", [])] + ([""] if m.get("warnings") else [])
     lines += metric_lines(m)
     lines += analysis_lines(m)
     lines += [

@@ -136,6 +136,14 @@ def class_weights(labels: np.ndarray, mode: str) -> np.ndarray:
     return w / (w * counts).sum() * counts.sum()  # mean weight per sample = 1
 
 
+def _set_epoch(loader, epoch: int) -> None:
+    """Tell our EpochSampler the epoch also where DDP wrapped it (Lightning sets only the outer sampler)."""
+    sampler = getattr(loader, "sampler", None)
+    for s in (sampler, getattr(getattr(sampler, "dataset", None), "_sampler", None)):
+        if hasattr(s, "set_epoch") and hasattr(s, "seed") and hasattr(s, "weights"):
+            s.set_epoch(epoch)
+
+
 class LesionModule(L.LightningModule):
     """The research code: a timm backbone, weighted cross-entropy, AdamW with warm-up + cosine."""
 
@@ -176,6 +184,11 @@ class LesionModule(L.LightningModule):
 
     def on_train_epoch_start(self):
         self._train_losses.clear()
+        # dropout and anything else drawn here: seeded from (seed, epoch), so a resumed run repeats it
+        from .data.loader import epoch_seed
+
+        torch.manual_seed(epoch_seed(self.cfg["seed"], self.current_epoch, -2))
+        _set_epoch(self.trainer.train_dataloader, self.current_epoch)
 
     def on_train_epoch_end(self):
         if self._seen:  # which images this rank trained on in epoch 0 (DDP shard check)
@@ -313,14 +326,14 @@ def _trim_metrics(out: Path, from_epoch: int) -> None:
             w.writerows(keep)
 
 
-def build_loaders(cfg: TrainConfig, ds, manifest):
+def build_loaders(cfg: TrainConfig, ds, manifest, start_epoch: int = 0):
     """Resolve ``cfg`` against the data and build the train/val loaders exactly as training uses them.
 
     Returns (cfg, preprocess, train positions, val positions, train loader, val loader).
     """
     import torch
 
-    from .data.loader import ImageSet, make_loader
+    from .data.loader import EpochSampler, ImageSet, make_loader
     from .models import resolve_preprocess
 
     by_id = {iid: i for i, iid in enumerate(ds.meta["image_id"])}
@@ -347,14 +360,12 @@ def build_loaders(cfg: TrainConfig, ds, manifest):
     )
     gpu = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
     labels = ds.labels[tr]
-    sampler = None
-    if cfg.balance == "sampler":
-        w = 1.0 / np.bincount(labels, minlength=len(CODES))[labels]
-        sampler = torch.utils.data.WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), len(tr), replacement=True)
+    w = 1.0 / np.bincount(labels, minlength=len(CODES))[labels] if cfg.balance == "sampler" else None
+    # every epoch's order and augmentation are a function of (seed, epoch): a resumed run repeats them exactly
+    sampler = EpochSampler(len(tr), cfg.seed, weights=w, epoch=start_epoch)
     train_loader = make_loader(
-        ImageSet(ds, tr, prep.train_transform()),
+        ImageSet(ds, tr, prep.train_transform(), seed=cfg.seed),
         cfg.batch_size,
-        shuffle=True,
         sampler=sampler,
         num_workers=cfg.num_workers,
         pin_memory=gpu,
@@ -389,10 +400,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, finish_model: bool = True) 
     elif ckpt.exists():
         raise SkinLesionError(f"{out} already holds a training run; pass --resume to continue it or choose a new --out.")
 
+    start_epoch = 0
+    if resume and ckpt.exists():
+        state = _safe_load(ckpt)
+        start_epoch = int(state["epoch"]) + 1
+        del state
     L.seed_everything(cfg.seed, workers=True)
     ds = load_dataset(cfg.data)
     manifest = read_manifest(cfg.split)
-    cfg, prep, tr, va, train_loader, val_loader = build_loaders(cfg, ds, manifest)
+    cfg, prep, tr, va, train_loader, val_loader = build_loaders(cfg, ds, manifest, start_epoch)
     out.mkdir(parents=True, exist_ok=True)
     atomic_text(out / "config.json", json.dumps(asdict(cfg), indent=2))
     atomic_write(out / "split.csv", lambda t: manifest.to_csv(t, index=False))
@@ -433,11 +449,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, finish_model: bool = True) 
         default_root_dir=str(out),
         enable_model_summary=False,
     )
-    if resume and ckpt.exists():
-        state = _safe_load(ckpt)
-        _trim_metrics(out, int(state["epoch"]) + 1)
-        print(f"resuming {out} after epoch {int(state['epoch']) + 1} of {cfg.epochs}")
-        del state
+    if start_epoch:
+        _trim_metrics(out, start_epoch)
+        print(f"resuming {out} after epoch {start_epoch} of {cfg.epochs}")
         trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt), weights_only=True)
     else:
         trainer.fit(module, train_loader, val_loader)
