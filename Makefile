@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-fast lint app bench bench-throughput bench-inference bench-robustness card clean
+.PHONY: install isic-env test test-fast lint app bench bench-throughput bench-inference bench-robustness card clean
 
 install: $(STAMP)
 
@@ -29,12 +29,26 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: install lint
+# the official ISIC 2018 scorer needs pandas<3, so it gets its own environment; only
+# tests/test_parity.py uses it (and skips, saying why, where it could not be installed)
+ISIC := .venv-isic
+isic-env: $(ISIC)/.installed
+
+$(ISIC)/.installed:
+	@test -x $(ISIC)/bin/python || $(PYTHON) -m venv $(ISIC)
+	@if test -x $(BIN)/uv; then \
+	    eval "$$(bash tools/uv-env.sh)"; \
+	    $(BIN)/uv pip install -q --python $(ISIC)/bin/python 'isic-challenge-scoring==5.6.0' 'pandas<3'; \
+	else \
+	    $(ISIC)/bin/python -m pip install -q 'isic-challenge-scoring==5.6.0' 'pandas<3'; \
+	fi && touch $@ || echo "note: could not install isic-challenge-scoring; its parity test will be skipped"
+
+test: install lint isic-env
 	@bash tools/ensure-chromium.sh
 	$(BIN)/python -m pytest -q
 
 # while iterating: no training, no shipped-model evaluation, no browser (under a minute)
-test-fast: install
+test-fast: install isic-env
 	$(BIN)/python -m pytest -q -m "not slow and not browser"
 
 app: install

@@ -219,11 +219,14 @@ def evaluate(
         None, "--tta/--no-tta", help="Average the 8 flips/rotations (default: the model's own setting, chosen on val)."
     ),
     allow_missing: bool = typer.Option(False, "--allow-missing"),
+    labels: Optional[Path] = typer.Option(
+        None, "--labels", help="ISIC 2018 ground-truth CSV (image,MEL,NV,BCC,AKIEC,BKL,DF,VASC): evaluate its images with its labels."
+    ),
 ) -> None:
     """Evaluate a model: metrics.json, confusion matrix, ROC, reliability diagram and report.md."""
     from .evaluate import evaluate_model
 
-    m = evaluate_model(model, data, out, split=split, subset=subset, ids=ids, tta=tta, allow_missing=allow_missing)
+    m = evaluate_model(model, data, out, split=split, subset=subset, ids=ids, tta=tta, allow_missing=allow_missing, truth=labels)
     for w in m["warnings"]:
         _warn(w)
     _say(
@@ -232,9 +235,6 @@ def evaluate(
         f"ECE {m['ece_uncalibrated']:.4f} -> {m['ece']:.4f} (T={m['temperature']:.3f})"
     )
     _say(f"report: {out / 'report.md'}")
-
-
-ISIC2018_COLUMNS = ["image", "MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
 
 
 def write_csv(table, out: Path) -> None:
@@ -306,10 +306,11 @@ def predict(
     table = pd.DataFrame(rows).reindex(columns=ROW_COLUMNS)
     failed = table["error"].fillna("").astype(bool)
     if fmt == "isic2018":
+        from .classes import CODES
+        from .isic import submission
+
         good = table[~failed]
-        sub = pd.DataFrame(
-            {"image": [Path(str(n)).stem for n in good["image"]], **{c: good[c.lower()].to_numpy() for c in ISIC2018_COLUMNS[1:]}}
-        )
+        sub = submission(good["image"], good[list(CODES)].to_numpy(float))
         if out:
             write_csv(sub, out)
     elif out:

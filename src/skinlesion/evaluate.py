@@ -183,22 +183,38 @@ def evaluate_model(
     tta: bool | None = None,
     allow_missing: bool = False,
     use_metadata: bool = True,
+    truth=None,
 ) -> dict:
     """Evaluate ``model`` on ``data``; write metrics.json, plots and report.md into ``out``.
 
     A model that uses patient data reads it from the dataset's metadata (age, sex, localization);
-    ``use_metadata=False`` evaluates it as if every field were missing.
+    ``use_metadata=False`` evaluates it as if every field were missing. ``truth``: an ISIC 2018
+    ground-truth CSV whose images and labels are evaluated (instead of the dataset's labels).
     """
     from .bundle import load_model
     from .data.ham10000 import load_dataset
 
     net, cfg, aux = load_model(model, with_extra=True)
     ds = load_dataset(data, allow_missing=allow_missing)
-    pos = select_rows(ds, split, subset, ids)
+    if truth is not None:  # an ISIC 2018 ground-truth CSV chooses the images and gives their labels
+        if split is not None or ids is not None or subset is not None:
+            raise SkinLesionError("--labels chooses the images to evaluate; drop --split, --subset and --ids.")
+        from .isic import read_truth
+
+        truth_ids, labels = read_truth(truth)
+        by_id = {iid: i for i, iid in enumerate(ds.meta["image_id"])}
+        unknown = [i for i in truth_ids if i not in by_id]
+        if unknown:
+            raise SkinLesionError(
+                f"{len(unknown)} image(s) of {Path(truth).name} are not in {data} (first: {unknown[0]}); pass the dataset that holds them."
+            )
+        pos = np.array([by_id[i] for i in truth_ids])
+    else:
+        pos = select_rows(ds, split, subset, ids)
+        labels = ds.labels[pos]
     warnings = split_warnings(split, subset)
     tta = cfg.tta if tta is None else tta  # None: the model's own choice, made on held-out data
     logits = dataset_logits(net, cfg.prep, ds, pos, tta=tta)
-    labels = ds.labels[pos]
     meta = ds.meta.iloc[pos] if use_metadata else None
     probs = model_probabilities(logits, cfg, aux, meta)
     metrics = compute_metrics(probs, labels)
@@ -208,7 +224,7 @@ def evaluate_model(
     metrics["metadata"] = bool(cfg.metadata) and use_metadata
     metrics["model"] = str(model)
     metrics["data"] = str(data)
-    metrics["subset"] = subset
+    metrics["subset"] = subset if truth is None else f"the images of {Path(truth).name}"
     metrics["warnings"] = warnings
     metrics.update(analysis_metrics(probs, labels, cfg, aux))
     write_report(metrics, probs, labels, Path(out), ids=ds.meta["image_id"].to_numpy()[pos])
