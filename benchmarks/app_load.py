@@ -102,7 +102,7 @@ class Session:
         ws_url = self.base.replace("http", "ws", 1) + "/_stcore/stream"
         self.ws = await connect(ws_url, subprotocols=protocols, additional_headers=headers, origin=self.base, max_size=None)
         await self.rerun([])
-        await self.until_finished()
+        self.first_texts = await self.until_finished()
         if not self.uploader:
             raise RuntimeError("the page has no file uploader")
 

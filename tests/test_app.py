@@ -94,6 +94,25 @@ def test_app_gradcam_toggle(app_test):
     assert not at.exception, at.exception
     captions = [c for img in at.get("image") for c in img.captions]
     assert any(c.startswith("Grad-CAM for ") for c in captions), captions
+    assert (
+        captions.index("original") < [i for i, c in enumerate(captions) if c.startswith("Grad-CAM for ")][0]
+    )  # side by side, original first
+    assert any(c.startswith("colour scale of the heat map") for c in captions), captions
+
+
+def test_colour_scale_runs_from_blue_to_red_like_the_overlay():
+    import numpy as np
+
+    from skinlesion.explain import colour_scale, overlay
+
+    legend = np.asarray(colour_scale(200, 30)).astype(int)
+    left, right = legend[5, 2], legend[5, -3]
+    assert left[2] > 100 and left[0] < 60  # blue: least evidence
+    assert right[0] > 100 and right[2] < 60  # red: most evidence
+    grey = Image.new("RGB", (40, 40), (128, 128, 128))
+    hot = np.asarray(overlay(grey, np.ones((8, 8))), int)[20, 20]
+    cold = np.asarray(overlay(grey, np.zeros((8, 8))), int)[20, 20]
+    assert hot[0] > hot[2] and cold[2] > cold[0]  # the overlay uses the same colours
 
 
 def _free_port() -> int:

@@ -163,6 +163,23 @@ CASES = [
     ("info-symlink-loop", lambda c: ["info", c["d"] / "loop_a"], 2, ["loop_a", "symbolic link in a loop"]),
     ("info-dangling-link", lambda c: ["info", c["d"] / "dangling"], 2, ["dangling", "which does not exist"]),
     ("train-empty-folder", lambda c: ["train", c["d"] / "empty_dir", "-o", c["d"] / "tr9", "--folds", "3"], 2, ["empty_dir"]),
+    ("audit-split-missing", lambda c: ["audit", c["data"], "--split", c["d"] / "nope.csv"], 2, ["nope.csv"]),
+    ("audit-no-official-split", lambda c: ["audit", c["data"]], 2, ["--split"]),
+    ("audit-split-unknown-ids", lambda c: ["audit", c["data"], "--split", c["d"] / "split_unknown.csv"], 2, ["ISIC_999999"]),
+    ("audit-distance-out-of-range", lambda c: ["audit", c["data"], "--split", c["split"], "--max-distance", "-1"], 2, ["--max-distance"]),
+    ("split-dedup-on-a-csv", lambda c: ["split", c["data"] / "HAM10000_metadata.csv", "--dedup", "-o", c["d"] / "s2.csv"], 2, ["--dedup"]),
+    (
+        "evaluate-labels-missing",
+        lambda c: ["evaluate", "-m", c["run"], "-d", c["data"], "-o", c["d"] / "ev8", "--labels", c["d"] / "nope.csv"],
+        2,
+        ["nope.csv"],
+    ),
+    (
+        "evaluate-labels-not-isic",
+        lambda c: ["evaluate", "-m", c["run"], "-d", c["data"], "-o", c["d"] / "ev9", "--labels", c["d"] / "split_nocols.csv"],
+        2,
+        ["MEL"],
+    ),
     # usage
     ("unknown-verb", lambda c: ["frobnicate"], 2, ["frobnicate"]),
     ("unknown-option", lambda c: ["predict", c["run"], c["img"], "--colour"], 2, ["--colour"]),
@@ -185,7 +202,7 @@ def test_bad_input_is_refused_in_one_sentence(ctx, run_cli, args, code, phrases)
 def test_the_table_covers_forty_inputs_and_every_verb():
     assert len(CASES) >= 40
     verbs = {c[1]({k: Path("x") for k in ("data", "split", "run", "img", "d")})[0] for c in CASES}
-    assert {"predict", "evaluate", "train", "split", "export", "card", "prepare", "info", "app"} <= verbs
+    assert {"predict", "evaluate", "train", "split", "export", "card", "prepare", "info", "app", "audit"} <= verbs
 
 
 def test_a_folder_scan_visits_each_linked_folder_once(tmp_path):

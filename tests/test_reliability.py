@@ -187,3 +187,27 @@ def test_output_path_that_is_a_folder_is_refused_and_nothing_is_left(tiny_run, r
     code, out, err = run_cli("predict", run, img, "--out", tmp_path / "out.csv")
     assert code == 2 and "is a folder" in err
     assert [p.name for p in tmp_path.iterdir()] == ["out.csv"] and not any((tmp_path / "out.csv").iterdir())
+
+
+def test_progress_bar_on_a_terminal_only_and_evaluate_reports_every_image(tiny_run, tmp_path):
+    import io
+
+    from skinlesion.cli import _progress
+    from skinlesion.evaluate import evaluate_model
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term, pipe = Terminal(), io.StringIO()
+    for stream in (term, pipe):
+        with _progress("evaluating", stream=stream) as bar:
+            for done in (10, 50, 100):
+                bar(done, 100)
+    assert "evaluating [###############...............] 50/100" in term.getvalue()
+    assert term.getvalue().endswith("100/100\n") and pipe.getvalue() == ""
+    data, split, run = tiny_run
+    calls = []
+    m = evaluate_model(run, data, tmp_path / "ev", split=split, progress=lambda done, total: calls.append((done, total)))
+    assert calls and calls[-1] == (m["n_images"], m["n_images"])
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)

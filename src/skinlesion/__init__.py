@@ -3,7 +3,9 @@
 Read top-down:
 
 - :mod:`skinlesion.classes`     the seven diagnoses (codes, names, descriptions, malignancy)
-- :mod:`skinlesion.data`        reading HAM10000 / DermaMNIST and prepared caches, splits and CV folds, synthetic data, downloads
+- :mod:`skinlesion.data`        reading HAM10000 / DermaMNIST and prepared caches, splits and CV folds, the leakage
+                                audit (shared lesions, near-duplicates), synthetic data, downloads
+- :mod:`skinlesion.errors`      the one user-facing error, one writer per folder, atomic files, link-safe scans
 - :mod:`skinlesion.intake`      opening one image file safely (EXIF, modes, bombs, corrupt files)
 - :mod:`skinlesion.preprocess`  the ONE definition of image preprocessing and augmentation
 - :mod:`skinlesion.models`      timm backbones, their ImageNet weights, the preprocessing resolver, stage features
@@ -20,6 +22,7 @@ Read top-down:
 - :mod:`skinlesion.ood`         out-of-distribution score fitted on the training features
 - :mod:`skinlesion.explain`     Grad-CAM heat maps
 - :mod:`skinlesion.export`      ONNX export with a parity check
+- :mod:`skinlesion.isic`        the ISIC 2018 Task 3 files: submission CSV, ground truth
 - :mod:`skinlesion.card`        the model card, generated from a bundle
 - :mod:`skinlesion.report`      the one-page HTML report of one analysed image
 - :mod:`skinlesion.app`         the Streamlit web app

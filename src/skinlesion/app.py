@@ -86,7 +86,7 @@ def result_card(pred) -> None:
 
 def explanation(predictor, image, pred) -> None:
     from skinlesion.classes import CODES
-    from skinlesion.explain import overlay
+    from skinlesion.explain import colour_scale, overlay
 
     top3 = [c for c, _ in pred.ranked()[:3]]
     target = st.selectbox("Explain the class", top3, key=f"explain-{pred.name}")
@@ -95,6 +95,7 @@ def explanation(predictor, image, pred) -> None:
     left, right = st.columns(2)
     left.image(image, caption="original", width="stretch")
     right.image(overlay(image, heat), caption=f"Grad-CAM for {target} (red: most evidence, blue: least)", width="stretch")
+    right.image(colour_scale(), caption="colour scale of the heat map (relative to this image's strongest evidence)", width="stretch")
 
 
 def show_result(predictor, name: str, data: bytes, explain: bool, rows: list, meta: dict | None) -> None:

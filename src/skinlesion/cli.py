@@ -29,6 +29,35 @@ def _warn(msg: str) -> None:
     typer.echo(f"warning: {msg}", err=True)
 
 
+class _progress:
+    """A progress bar on the terminal (stderr) for work over many images: ``progress(done, total)``.
+
+    Drawn only where stderr is a terminal, so logs and pipes get no control characters.
+    """
+
+    def __init__(self, label: str, *, stream=None):
+        self.label, self.stream = label, stream or sys.stderr
+        self.shown = False
+
+    def __enter__(self):
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        if total < 2 or not self.stream.isatty():
+            return
+        width = 30
+        filled = int(width * done / total)
+        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+        self.stream.flush()
+        self.shown = True
+
+    def __exit__(self, *exc):
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+        return False
+
+
 class SplitKind(str, Enum):
     lesion = "lesion"
     image = "image"
@@ -73,23 +102,96 @@ def split(
     test: float = typer.Option(0.20, help="Test fraction."),
     seed: int = typer.Option(42, help="Random seed."),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Drop metadata rows whose image is missing."),
+    dedup: bool = typer.Option(False, "--dedup", help="Keep near-duplicate images (perceptual hash) together, as one lesion."),
+    max_distance: int = typer.Option(2, "--max-distance", help="With --dedup: pHash bits two near-duplicates may differ in."),
 ) -> None:
     """Write a split manifest (image_id,lesion_id,dx,split); lesion-grouped and stratified by default."""
     from .data.ham10000 import load_dataset, read_metadata, with_official_split
     from .data.split import make_split
 
     path = Path(data)
+    groups = None
     if path.is_file() and path.suffix.lower() == ".csv":
+        if dedup:
+            raise SkinLesionError("--dedup compares the images; pass the dataset folder, not its metadata CSV.")
         meta = with_official_split(read_metadata(path), path.parent)  # a split needs only the metadata, not the pixels
     else:
         ds = load_dataset(path, allow_missing=allow_missing)
         for w in ds.warnings:
             _warn(w)
         meta = ds.meta
-    report = make_split(meta, kind=kind.value, fractions=(train, val, test), seed=seed)
+        if dedup:
+            from .data.audit import image_hashes, near_duplicate_groups, near_duplicate_pairs
+
+            _check_distance(max_distance)
+            pairs = near_duplicate_pairs(image_hashes(ds), max_distance)
+            groups, regrouped = near_duplicate_groups(meta, pairs)
+            merged = int(len(set(meta["lesion_id"])) - groups.nunique())
+            _say(
+                f"--dedup: {len(pairs)} near-duplicate pair(s) within {max_distance} bits; {regrouped} images regrouped "
+                f"({merged} lesion id(s) merged into others) and kept in one split"
+            )
+    report = make_split(meta, kind=kind.value, fractions=(train, val, test), seed=seed, groups=groups)
     write_csv(report.manifest, out)
     _say(report.table())
     _say(f"\nwrote {out} ({len(report.manifest)} images, kind={report.kind}, seed={seed})")
+
+
+def _check_distance(max_distance: int) -> None:
+    if not 0 <= max_distance <= 16:
+        raise SkinLesionError(
+            f"--max-distance {max_distance} is out of range; use 0 to 16 bits of the 64-bit hash (2 finds re-encoded copies)."
+        )
+
+
+@app.command()
+def audit(
+    data: Path = typer.Argument(..., help="HAM10000 folder or DermaMNIST .npz (images compared too), or a metadata CSV (lesions only)."),
+    split: Optional[Path] = typer.Option(None, "--split", help="Split manifest to audit (default: the dataset's official split)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write every shared pair (lesion or near-duplicate) to this CSV."),
+    max_distance: int = typer.Option(2, "--max-distance", help="pHash bits two near-duplicate images may differ in."),
+    allow_missing: bool = typer.Option(False, "--allow-missing"),
+) -> None:
+    """Audit a split for leakage: lesions shared between splits, near-duplicate images across them.
+
+    Exits 1 when a test image has a sibling of its lesion, or a near-duplicate, in train.
+    """
+    from .data.audit import audit as run_audit
+    from .data.audit import image_hashes
+    from .data.ham10000 import load_dataset, read_metadata, with_official_split
+    from .data.split import read_manifest
+
+    _check_distance(max_distance)
+    path = Path(data)
+    ds = None
+    if path.is_file() and path.suffix.lower() == ".csv":
+        meta = with_official_split(read_metadata(path), path.parent)
+    else:
+        ds = load_dataset(path, allow_missing=allow_missing)
+        meta = ds.meta
+    if split is not None:
+        manifest = read_manifest(split)
+        unknown = set(manifest["image_id"]) - set(meta["image_id"])
+        if unknown:
+            raise SkinLesionError(
+                f"{len(unknown)} image(s) of {split.name} are not in {data} (first: {sorted(unknown)[0]}); audit the split with its dataset."
+            )
+    elif "split" in meta.columns:
+        manifest = meta[["image_id", "lesion_id", "dx", "split"]].copy()
+    else:
+        raise SkinLesionError(f"{data} has no official split; pass --split FILE (from `skinlesion split`).")
+    hashes = None
+    if ds is not None:
+        pos = ds.meta.reset_index(drop=True).reset_index().set_index("image_id").loc[manifest["image_id"], "index"].to_numpy()
+        hashes = image_hashes(ds, pos)
+    report = run_audit(manifest, hashes, max_distance)
+    _say(report.table())
+    if out is not None:
+        write_csv(report.pairs, out)
+        _say(f"wrote {out} ({len(report.pairs)} pairs)")
+    if report.leaks_into_test:
+        _warn("test images have a sibling or a near-duplicate in train: test numbers on this split are optimistic.")
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -226,7 +328,10 @@ def evaluate(
     """Evaluate a model: metrics.json, confusion matrix, ROC, reliability diagram and report.md."""
     from .evaluate import evaluate_model
 
-    m = evaluate_model(model, data, out, split=split, subset=subset, ids=ids, tta=tta, allow_missing=allow_missing, truth=labels)
+    with _progress("evaluating") as progress:
+        m = evaluate_model(
+            model, data, out, split=split, subset=subset, ids=ids, tta=tta, allow_missing=allow_missing, truth=labels, progress=progress
+        )
     for w in m["warnings"]:
         _warn(w)
     _say(
@@ -298,11 +403,8 @@ def predict(
     predictor = Predictor(model, backend=backend, tta=tta)
     if meta_rows is not None and not predictor.uses_metadata:
         _warn("this model does not use patient data; --meta is ignored.")
-    show = len(paths) > 20 and sys.stderr.isatty()
-    done = lambda n: typer.echo(f"\rpredicted {n}/{len(paths)}", err=True, nl=False) if show else None  # noqa: E731
-    rows = predict_files(predictor, paths, meta=meta_rows, progress=done)
-    if show:
-        typer.echo("", err=True)
+    with _progress("predicting") as progress:
+        rows = predict_files(predictor, paths, meta=meta_rows, progress=lambda n: progress(n, len(paths)))
     table = pd.DataFrame(rows).reindex(columns=ROW_COLUMNS)
     failed = table["error"].fillna("").astype(bool)
     if fmt == "isic2018":

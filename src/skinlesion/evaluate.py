@@ -33,11 +33,13 @@ def dataset_outputs(
     batch_size: int = 128,
     device: str | None = None,
     num_workers: int | None = None,
+    progress=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ONE inference loop over a dataset: (logits, pooled OOD features of ``stages``) for rows ``positions``.
 
     Evaluation, post-training (TTA choice, calibration), cross-validation and the OOD fit all use it.
     With ``tta`` the logits combine the 8 flips/rotations; the features are always those of the plain view.
+    ``progress(n)`` is called after each batch with the number of images it held.
     """
     import torch
 
@@ -58,6 +60,8 @@ def dataset_outputs(
                 lg = torch.from_numpy(tta_logits(torch.stack([lg] + [net(v) for v in tta_views(x)[1:]]).float().cpu().numpy()))
             logits.append(lg.float().cpu())
             feats.append(f.float().cpu())
+            if progress is not None:
+                progress(len(x))
     if not logits:
         return np.zeros((0, len(CODES)), np.float32), np.zeros((0, 0), np.float32)
     return torch.cat(logits).numpy(), torch.cat(feats).numpy()
@@ -184,12 +188,14 @@ def evaluate_model(
     allow_missing: bool = False,
     use_metadata: bool = True,
     truth=None,
+    progress=None,
 ) -> dict:
     """Evaluate ``model`` on ``data``; write metrics.json, plots and report.md into ``out``.
 
     A model that uses patient data reads it from the dataset's metadata (age, sex, localization);
     ``use_metadata=False`` evaluates it as if every field were missing. ``truth``: an ISIC 2018
     ground-truth CSV whose images and labels are evaluated (instead of the dataset's labels).
+    ``progress``: ``(images done, images in all)``, called as the network works through them.
     """
     from .bundle import load_model
     from .data.ham10000 import load_dataset
@@ -214,7 +220,14 @@ def evaluate_model(
         labels = ds.labels[pos]
     warnings = split_warnings(split, subset)
     tta = cfg.tta if tta is None else tta  # None: the model's own choice, made on held-out data
-    logits = dataset_logits(net, cfg.prep, ds, pos, tta=tta)
+    done = [0]
+
+    def step(n):
+        done[0] += n
+        if progress is not None:
+            progress(done[0], len(pos))
+
+    logits = dataset_logits(net, cfg.prep, ds, pos, tta=tta, progress=step)
     meta = ds.meta.iloc[pos] if use_metadata else None
     probs = model_probabilities(logits, cfg, aux, meta)
     metrics = compute_metrics(probs, labels)

@@ -44,10 +44,28 @@ def gradcam(net, prep, image: Image.Image, target: int | None = None) -> np.ndar
     return (heat - heat.min()) / (heat.max() - heat.min() + 1e-8)
 
 
+COLOURMAP = "jet"  # the overlay's and the legend's colours
+
+
 def overlay(image: Image.Image, heat: np.ndarray, alpha: float = 0.45) -> Image.Image:
     """The heat map coloured (jet) and blended over ``image`` at the image's own size."""
     from matplotlib import colormaps
 
     h = Image.fromarray((heat * 255).astype(np.uint8)).resize(image.size, Image.BILINEAR)
-    coloured = (colormaps["jet"](np.asarray(h) / 255.0)[..., :3] * 255).astype(np.uint8)
+    coloured = (colormaps[COLOURMAP](np.asarray(h) / 255.0)[..., :3] * 255).astype(np.uint8)
     return Image.blend(image.convert("RGB"), Image.fromarray(coloured), alpha)
+
+
+def colour_scale(width: int = 320, height: int = 36) -> Image.Image:
+    """The legend of :func:`overlay`'s colours: a bar from 0 (least evidence, left) to 1 (most, right), labelled."""
+    from matplotlib import colormaps
+    from PIL import ImageDraw
+
+    bar = colormaps[COLOURMAP](np.linspace(0, 1, width))[None, :, :3]
+    img = Image.new("RGB", (width, height), "white")
+    img.paste(Image.fromarray((np.repeat(bar, height // 2, axis=0) * 255).astype(np.uint8)), (0, 0))
+    d = ImageDraw.Draw(img)
+    d.text((2, height // 2 + 2), "0: least evidence", fill="black")
+    label = "most evidence: 1"
+    d.text((width - 6 * len(label) - 2, height // 2 + 2), label, fill="black")
+    return img

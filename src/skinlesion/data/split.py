@@ -154,10 +154,18 @@ def official_split(meta: pd.DataFrame) -> pd.Series:
     return split
 
 
-def make_split(meta: pd.DataFrame, kind: str = "lesion", fractions=DEFAULT_FRACTIONS, seed: int = DEFAULT_SEED) -> SplitReport:
-    """Split a dataset's metadata and report leakage; ``kind`` is lesion, image or official."""
+def make_split(
+    meta: pd.DataFrame, kind: str = "lesion", fractions=DEFAULT_FRACTIONS, seed: int = DEFAULT_SEED, groups: pd.Series | None = None
+) -> SplitReport:
+    """Split a dataset's metadata and report leakage; ``kind`` is lesion, image or official.
+
+    ``groups`` (lesion split only): what must stay together instead of the lesion id, e.g. lesions
+    joined by near-duplicate images (:func:`skinlesion.data.audit.near_duplicate_groups`).
+    """
+    if groups is not None and kind not in ("lesion", "grouped"):
+        raise SkinLesionError("--dedup keeps near-duplicates together in a lesion split; use it with --kind lesion.")
     if kind in ("lesion", "grouped"):
-        split = lesion_split(meta, fractions, seed)
+        split = lesion_split(meta if groups is None else meta.assign(lesion_id=groups.to_numpy()), fractions, seed)
         kind = "lesion"
     elif kind == "image":
         split = image_split(meta, fractions, seed)
