@@ -94,7 +94,7 @@ def explanation(predictor, image, pred) -> None:
         heat = predictor.explain(image, target=CODES.index(target))
     left, right = st.columns(2)
     left.image(image, caption="original", width="stretch")
-    right.image(overlay(image, heat), caption=f"Grad-CAM for {target} (red: most evidence, blue: least)", width="stretch")
+    right.image(overlay(image, heat), caption=f"Grad-CAM for {target} (LayerCAM; red: most evidence, blue: least)", width="stretch")
     right.image(colour_scale(), caption="colour scale of the heat map (relative to this image's strongest evidence)", width="stretch")
 
 

@@ -1,4 +1,10 @@
-"""Grad-CAM heat maps (the ``grad-cam`` package) over the model's input."""
+"""Class-activation heat maps (the ``grad-cam`` package) over the model's input.
+
+The method and layer were chosen by a test (``tests/test_explain.py``) on synthetic lesions whose
+class evidence lies only inside the lesion: LayerCAM with eigen-smoothing at the last convolution
+still at least 4 pixels wide puts 0.71 of the map's mass inside the lesion (19 % of the image);
+plain Grad-CAM there 0.32, Grad-CAM++ 0.57, Score-CAM 0.65 (and 0.0 on its worst image).
+"""
 
 from __future__ import annotations
 
@@ -29,17 +35,20 @@ def target_layer(net, input_size: int, min_side: int = 4):
     return wide[-1] if wide else convs[-1]
 
 
+METHOD = "LayerCAM with eigen-smoothing"  # what the app's caption names
+
+
 def gradcam(net, prep, image: Image.Image, target: int | None = None) -> np.ndarray:
     """Heat map in [0, 1], shape (input_size, input_size), for class ``target`` (default: the top class)."""
     import torch
-    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam import LayerCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     x = torch.from_numpy(prep.batch([image]))
     net = net.eval()
-    with GradCAM(model=net, target_layers=[target_layer(net, prep.input_size)]) as cam:
+    with LayerCAM(model=net, target_layers=[target_layer(net, prep.input_size)]) as cam:
         targets = None if target is None else [ClassifierOutputTarget(int(target))]
-        heat = cam(input_tensor=x, targets=targets)[0]
+        heat = cam(input_tensor=x, targets=targets, eigen_smooth=True)[0]
     heat = np.nan_to_num(heat)
     return (heat - heat.min()) / (heat.max() - heat.min() + 1e-8)
 
