@@ -207,3 +207,124 @@ def test_report_html_carries_the_image_probabilities_tier_and_model_version(tiny
     assert "data:image/png;base64," in html and NOTICE in html and p.model_hash in html
     assert f"skinlesion {p.config.created_with['skinlesion']}" in html and f"{pred.top_probability:.1%}" in html
     assert html.count("<tr><td>") == 7 and (pred.tier or "n/a") in html
+
+
+@pytest.mark.browser
+def test_real_browser_gating_several_uploads_heat_map_report_and_phone(default_model, tmp_path):
+    """In headless Chromium, as a clinician would use it: a cat photo gets no diagnosis until
+    "Analyse anyway"; four uploads put the summary table first; the heat map sits beside the
+    original; the downloaded report names the model version; desktop and phone screenshots."""
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (make test installs them as root)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from skimage import data as skdata
+
+    from skinlesion.bundle import load_config, resolve_model_path
+
+    real = shared("fullres", "ISIC_0024310.jpg")
+    small = sorted(shared("dermamnist28", "images").glob("*.jpg"))[:3]
+    cat = tmp_path / "cat.jpg"
+    Image.fromarray(skdata.chelsea()).save(cat, "JPEG")
+    version = (load_config(resolve_model_path("default")).created_with or {}).get("skinlesion")
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    port = _free_port()
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "skinlesion.cli", "app", "--port", str(port), "--address", "127.0.0.1"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+    def browser_at(width, height):
+        opts = webdriver.ChromeOptions()
+        opts.binary_location = chromium
+        for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-dev-shm-usage"):
+            opts.add_argument(flag)
+        opts.add_argument(f"--user-data-dir={tmp_path / f'profile{width}'}")
+        opts.add_argument(f"--window-size={width},{height}")
+        opts.add_experimental_option("prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False})
+        b = webdriver.Chrome(service=Service(driver), options=opts)
+        b.get(f"http://127.0.0.1:{port}/")
+        return b
+
+    def body(b):
+        return b.find_element(By.TAG_NAME, "body").text
+
+    def upload(b, wait, paths, until):
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "input[type=file]"))[0].send_keys("\n".join(str(p) for p in paths))
+        wait.until(lambda b: until in body(b))
+
+    browsers = []
+    try:
+        t0 = time.time()
+        while True:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None and time.time() - t0 < 30, (tmp_path / "server.log").read_text()
+            time.sleep(0.2)
+        # a phone: the notice is on the first screen, and the page works there too
+        phone = browser_at(400, 850)
+        browsers.append(phone)
+        wait = WebDriverWait(phone, 120)
+        wait.until(lambda b: "not a medical device" in body(b))
+        upload(phone, wait, [real], "Calibrated probability")
+        phone.save_screenshot(str(tmp_path / "phone.png"))
+        # the desktop
+        desk = browser_at(1400, 1000)
+        browsers.append(desk)
+        wait = WebDriverWait(desk, 120)
+        upload(desk, wait, [cat], "No diagnosis is shown")
+        text = body(desk)
+        assert "Calibrated probability" not in text and "Analyse anyway (unreliable)" in text  # no diagnosis shown
+        desk.find_element(By.XPATH, "//*[contains(text(), 'Analyse anyway (unreliable)')]").click()
+        wait.until(lambda b: "Calibrated probability" in body(b))  # only on request
+        desk.refresh()
+        upload(desk, wait, [real, *small], "Download results (CSV)")
+        text = body(desk)
+        assert text.index("Results") < text.index(real.name)  # several uploads: the summary first
+        desk.save_screenshot(str(tmp_path / "desktop_four.png"))
+        desk.refresh()
+        upload(desk, wait, [real], "Download report (HTML)")
+        desk.find_element(By.XPATH, "//*[contains(text(), 'Show Grad-CAM heat map')]").click()
+        wait.until(lambda b: "Grad-CAM for" in body(b))
+        captions = [
+            e.text for e in desk.find_elements(By.CSS_SELECTOR, "[data-testid='stImageCaption'], [data-testid='stCaptionContainer']")
+        ]
+        images = desk.find_elements(By.CSS_SELECTOR, "[data-testid='stImage'] img, img")
+        assert any("original" in c for c in captions) and any(c.startswith("Grad-CAM for") for c in captions), captions
+        assert len(images) >= 3  # the photo, the original beside the heat map, the heat map (and its colour scale)
+        desk.save_screenshot(str(tmp_path / "desktop_heatmap.png"))
+        desk.find_element(By.XPATH, "//button[contains(., 'Download report (HTML)')]").click()
+        assert _wait_for_file(downloads, "_report.html", 60), "the report was not downloaded"
+        report = next(downloads.glob("*_report.html")).read_text()
+        assert version and version in report and "not a medical device" in report
+        for shot in ("phone.png", "desktop_four.png", "desktop_heatmap.png"):
+            assert (tmp_path / shot).stat().st_size > 10_000
+        print(f"screenshots in {tmp_path}")
+    finally:
+        for b in browsers:
+            b.quit()
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        log.close()
+
+
+def _wait_for_file(folder, suffix, timeout):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if any(p.name.endswith(suffix) for p in folder.iterdir()):
+            return True
+        time.sleep(0.2)
+    return False
