@@ -276,7 +276,9 @@ def test_real_browser_gating_several_uploads_heat_map_report_and_phone(default_m
         browsers.append(phone)
         wait = WebDriverWait(phone, 120)
         wait.until(lambda b: "not a medical device" in body(b))
-        upload(phone, wait, [real], "Calibrated probability")
+        upload(phone, wait, [real], "Download results (CSV)")
+        tier = phone.find_element(By.XPATH, "//*[contains(text(), 'Triage')]")
+        assert tier.rect["y"] + tier.rect["height"] < 850, tier.rect  # the tier is on the phone's first screen
         phone.save_screenshot(str(tmp_path / "phone.png"))
         # the desktop
         desk = browser_at(1400, 1000)
@@ -290,7 +292,8 @@ def test_real_browser_gating_several_uploads_heat_map_report_and_phone(default_m
         desk.refresh()
         upload(desk, wait, [real, *small], "Download results (CSV)")
         text = body(desk)
-        assert text.index("Results") < text.index(real.name)  # several uploads: the summary first
+        first_detail = text.index(f"keyboard_arrow_right\n{real.name}")  # the first image's expander
+        assert text.index("Results") < first_detail  # several uploads: the summary first
         desk.save_screenshot(str(tmp_path / "desktop_four.png"))
         desk.refresh()
         upload(desk, wait, [real], "Download report (HTML)")
@@ -302,6 +305,9 @@ def test_real_browser_gating_several_uploads_heat_map_report_and_phone(default_m
         images = desk.find_elements(By.CSS_SELECTOR, "[data-testid='stImage'] img, img")
         assert any("original" in c for c in captions) and any(c.startswith("Grad-CAM for") for c in captions), captions
         assert len(images) >= 3  # the photo, the original beside the heat map, the heat map (and its colour scale)
+        heat_caption = desk.find_element(By.XPATH, "//*[starts-with(normalize-space(.), 'Grad-CAM for')]")
+        desk.execute_script("arguments[0].scrollIntoView({block: 'center'})", heat_caption)
+        time.sleep(0.5)
         desk.save_screenshot(str(tmp_path / "desktop_heatmap.png"))
         desk.find_element(By.XPATH, "//button[contains(., 'Download report (HTML)')]").click()
         assert _wait_for_file(downloads, "_report.html", 60), "the report was not downloaded"

@@ -123,10 +123,11 @@ def show_result(predictor, name: str, data: bytes, explain: bool, rows: list, me
         with st.expander("Analyse anyway (unreliable)", expanded=False):
             result_card(pred)
         return
+    # the answer first: on a phone the columns stack, and the tier must be on the first screen
     left, right = st.columns([1, 1])
-    with left:
-        st.image(intake.image, caption=f"{intake.original_size[0]}x{intake.original_size[1]}", width="stretch")
     with right:
+        st.image(intake.image, caption=f"{intake.original_size[0]}x{intake.original_size[1]}", width="stretch")
+    with left:
         result_card(pred)
         st.download_button(
             "Download report (HTML)",
