@@ -58,6 +58,11 @@ def test_app_shows_diagnosis_seven_probabilities_and_notice(app_test):
     assert "Triage:" in text and "Prediction set (90 %): one of" in text
     assert "not a medical device" in text
     assert any("Model card" in str(h.value) for h in at.sidebar.header)
+    sidebar = " ".join(str(m.value) for m in at.sidebar.markdown)
+    from skinlesion.bundle import onnx_for
+
+    in_use = "onnx" if onnx_for("default") is not None else "torch"
+    assert "| accuracy |" in sidebar and f"Back end:** {in_use}" in sidebar  # the back end actually serving
     assert len(at.get("download_button")) == 2  # the CSV and the image's report
 
 

@@ -49,11 +49,9 @@ def sidebar(predictor) -> None:
     )
     m = cfg.metrics or {}
     keys = [k for k in ("accuracy", "balanced_accuracy", "auc_macro", "ece") if isinstance(m.get(k), (int, float))]
-    if keys:
-        import pandas as pd
-
-        st.sidebar.markdown(f"**Metrics ({m.get('evaluated_on', 'validation')})**")
-        st.sidebar.table(pd.DataFrame({"value": [f"{float(m[k]):.4f}" for k in keys]}, index=keys))
+    if keys:  # a markdown table: the first page needs no pandas (1.5 s of a cold start)
+        rows = "\n".join(f"| {k} | {float(m[k]):.4f} |" for k in keys)
+        st.sidebar.markdown(f"**Metrics ({m.get('evaluated_on', 'validation')})**\n\n| metric | value |\n| --- | --- |\n{rows}")
     st.sidebar.markdown(
         "**Training data:** HAM10000. Mostly fair-skinned patients from Austria and Australia; dermoscopic images only. "
         "Weights licensed CC BY-NC-SA 4.0."

@@ -94,7 +94,8 @@ class Predictor:
         if backend not in ("auto", "torch", "onnx"):
             raise SkinLesionError(f"Unknown backend {backend!r}; use auto, torch or onnx.")
         path = resolve_model_path(model)
-        onnx_path = Path(model).expanduser() if str(model).lower().endswith(".onnx") else onnx_for(model)
+        given_onnx = str(model).lower().endswith(".onnx")
+        onnx_path = Path(model).expanduser() if given_onnx else onnx_for(model)  # onnx_for returns only a current export
         if backend == "auto":
             backend = "onnx" if onnx_path is not None else "torch"
         self.config = load_config(path, check_backbones=backend == "torch")
@@ -111,7 +112,7 @@ class Predictor:
         if backend == "onnx":
             from .bundle import onnx_is_current
 
-            if onnx_path is None or not onnx_is_current(onnx_path, path):
+            if onnx_path is None or (given_onnx and not onnx_is_current(onnx_path, path)):
                 raise SkinLesionError(
                     f"No current ONNX export of {path.name}; run `skinlesion export {model}` first "
                     "(an export made from other weights is never used)."
