@@ -138,11 +138,11 @@ CASES = [
         "train-epochs-not-a-number",
         lambda c: ["train", c["data"], "-o", c["d"] / "tr8", "--split", c["split"], "--epochs", "ten"],
         2,
-        ["ten"],
+        ["--epochs"],
     ),
     ("split-fraction-too-big", lambda c: ["split", c["data"], "-o", c["d"] / "s1.csv", "--train", "1.5"], 2, ["1.5"]),
     ("prepare-size-too-small", lambda c: ["prepare", c["data"], "-o", c["d"] / "c1", "--size", "4"], 2, ["--size"]),
-    ("prepare-size-not-a-number", lambda c: ["prepare", c["data"], "-o", c["d"] / "c2", "--size", "abc"], 2, ["abc"]),
+    ("prepare-size-not-a-number", lambda c: ["prepare", c["data"], "-o", c["d"] / "c2", "--size", "abc"], 2, ["--size"]),
     ("app-port-out-of-range", lambda c: ["app", "--port", "0"], 2, ["--port"]),
     # output paths
     ("predict-out-is-a-folder", lambda c: ["predict", c["run"], c["img"], "--out", c["d"] / "folder.csv"], 2, ["folder.csv", "folder"]),
