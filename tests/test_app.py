@@ -216,7 +216,8 @@ def test_report_html_carries_the_image_probabilities_tier_and_model_version(tiny
 
 @pytest.mark.browser
 def test_real_browser_gating_several_uploads_heat_map_report_and_phone(default_model, tmp_path):
-    """In headless Chromium, as a clinician would use it: a cat photo gets no diagnosis until
+    """In headless Chromium, as a clinician would use it: the sample button gives a result with a
+    tier; a cat photo gets no diagnosis until
     "Analyse anyway"; four uploads put the summary table first; the heat map sits beside the
     original; the downloaded report names the model version; desktop and phone screenshots."""
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
@@ -240,7 +241,7 @@ def test_real_browser_gating_several_uploads_heat_map_report_and_phone(default_m
     port = _free_port()
     log = open(tmp_path / "server.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "skinlesion.cli", "app", "--port", str(port), "--address", "127.0.0.1"],
+        [sys.executable, "-m", "skinlesion.cli", "app", "--port", str(port), "--address", "127.0.0.1", "--sample", str(real)],
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -285,10 +286,13 @@ def test_real_browser_gating_several_uploads_heat_map_report_and_phone(default_m
         tier = phone.find_element(By.XPATH, "//*[contains(text(), 'Triage')]")
         assert tier.rect["y"] + tier.rect["height"] < 850, tier.rect  # the tier is on the phone's first screen
         phone.save_screenshot(str(tmp_path / "phone.png"))
-        # the desktop
+        # the desktop: the sample button first, as a visitor without an image of their own
         desk = browser_at(1400, 1000)
         browsers.append(desk)
         wait = WebDriverWait(desk, 120)
+        wait.until(lambda b: b.find_elements(By.XPATH, "//button[contains(., 'Try a sample')]"))[0].click()
+        wait.until(lambda b: "Triage" in body(b) and "Sample image: HAM10000" in body(b))
+        desk.refresh()
         upload(desk, wait, [cat], "No diagnosis is shown")
         text = body(desk)
         assert "Calibrated probability" not in text and "Analyse anyway (unreliable)" in text  # no diagnosis shown
@@ -339,3 +343,21 @@ def _wait_for_file(folder, suffix, timeout):
             return True
         time.sleep(0.2)
     return False
+
+
+def test_app_sample_button_analyses_the_configured_real_image_with_its_credit(default_model, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    real = shared("fullres", "ISIC_0024310.jpg")
+    monkeypatch.setenv("SKINLESION_SAMPLE", str(real))
+    monkeypatch.setenv("SKINLESION_SAMPLE_CREDIT", "HAM10000, CC BY-NC 4.0")
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    assert [b.label for b in at.button] == [f"Try a sample: {real.name}"]
+    assert "Calibrated probability" not in _texts(at)
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    text = _texts(at)
+    assert "Calibrated probability" in text and "Sample image: HAM10000, CC BY-NC 4.0" in text
+    assert any("Triage" in str(w.value) for w in [*at.warning, *at.error, *at.success])  # the tier banner

@@ -144,6 +144,7 @@ CASES = [
     ("prepare-size-too-small", lambda c: ["prepare", c["data"], "-o", c["d"] / "c1", "--size", "4"], 2, ["--size"]),
     ("prepare-size-not-a-number", lambda c: ["prepare", c["data"], "-o", c["d"] / "c2", "--size", "abc"], 2, ["--size"]),
     ("app-port-out-of-range", lambda c: ["app", "--port", "0"], 2, ["--port"]),
+    ("app-sample-not-an-image", lambda c: ["app", "--sample", c["d"] / "text.jpg"], 2, ["text.jpg"]),
     # output paths
     ("predict-out-is-a-folder", lambda c: ["predict", c["run"], c["img"], "--out", c["d"] / "folder.csv"], 2, ["folder.csv", "folder"]),
     ("predict-out-under-a-file", lambda c: ["predict", c["run"], c["img"], "--out", c["d"] / "a_file" / "p.csv"], 2, ["p.csv"]),

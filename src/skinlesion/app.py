@@ -26,11 +26,30 @@ from skinlesion.report import NOTICE, report_html
 TIER_STYLE = {"see a dermatologist soon": st.error, "unsure: refer": st.warning, "routine": st.success}
 
 
-def _model_arg() -> str:
+def _arg(flag: str, env: str, default: str | None = None) -> str | None:
     argv = sys.argv[1:]
-    if "--model" in argv and argv.index("--model") + 1 < len(argv):
-        return argv[argv.index("--model") + 1]
-    return os.environ.get("SKINLESION_MODEL", "default")
+    if flag in argv and argv.index(flag) + 1 < len(argv):
+        return argv[argv.index(flag) + 1]
+    return os.environ.get(env, default)
+
+
+def _model_arg() -> str:
+    return _arg("--model", "SKINLESION_MODEL", "default")
+
+
+def sample_button(predictor, explain: bool, meta: dict | None) -> bool:
+    """'Try a sample': analyse the real image the operator configured (``skinlesion app --sample``); True when shown."""
+    path = _arg("--sample", "SKINLESION_SAMPLE")
+    if not path or not Path(path).is_file():
+        return False
+    credit = _arg("--sample-credit", "SKINLESION_SAMPLE_CREDIT", "")
+    if not st.button(f"Try a sample: {Path(path).name}", key="sample"):
+        return False
+    st.subheader(f"Sample: {Path(path).name}")
+    st.caption(f"Sample image: {credit}" if credit else "Sample image")
+    rows: list = []
+    show_result(predictor, Path(path).name, Path(path).read_bytes(), explain, rows, meta)
+    return True
 
 
 @st.cache_resource(show_spinner="Loading the model ...")
@@ -161,7 +180,8 @@ def main() -> None:
     files = st.file_uploader("Upload dermoscopic images (JPEG or PNG)", type=["jpg", "jpeg", "png"], accept_multiple_files=True)
     explain = st.toggle("Show Grad-CAM heat map", value=False)
     if not files:
-        st.info("Upload one or several images to analyse them.")
+        if not sample_button(predictor, explain, meta):
+            st.info("Upload one or several images to analyse them.")
         return
     import pandas as pd
 

@@ -464,9 +464,23 @@ def app_cmd(
     model: str = typer.Option("default", "--model", "-m", help="Model to serve."),
     port: int = typer.Option(8501, "--port", help="Port to listen on."),
     address: str = typer.Option("localhost", "--address", help="Address to bind (0.0.0.0 to serve others)."),
+    sample: Optional[Path] = typer.Option(
+        None, "--sample", help="A real dermoscopic image the page offers as 'Try a sample' (e.g. one of your HAM10000 files)."
+    ),
+    sample_credit: str = typer.Option(
+        "HAM10000 (Tschandl, Rosendahl & Kittler, Sci Data 2018), CC BY-NC 4.0",
+        "--sample-credit",
+        help="Attribution shown under the sample.",
+    ),
 ) -> None:
     """Start the Streamlit web app (exporting the model to ONNX Runtime first, once, when it can)."""
     from importlib import resources
+
+    if sample is not None:
+        from .intake import open_image
+
+        sample = sample.expanduser().resolve()
+        open_image(sample)  # a sample that is not a readable image is refused here, in one sentence
 
     from .bundle import onnx_for, resolve_model_path
 
@@ -504,6 +518,7 @@ def app_cmd(
         "--",
         "--model",
         model,
+        *(["--sample", str(sample), "--sample-credit", sample_credit] if sample is not None else []),
     ]
     _say(f"skinlesion app on http://{address}:{port}")
     raise typer.Exit(_serve(cmd))
