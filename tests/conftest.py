@@ -118,3 +118,57 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class running_app:
+    """``skinlesion app`` on a free local port, healthy on entry, stopped (with its Streamlit child) on exit.
+
+    ``with running_app(tmp_path, "--sample", img) as (server, port): ...``; its log is ``tmp_path/server.log``.
+    """
+
+    def __init__(self, tmp_path: Path, *args: str, timeout: float = 60.0):
+        self.tmp_path, self.args, self.timeout = tmp_path, [str(a) for a in args], timeout
+
+    def __enter__(self):
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        self.port = free_port()
+        self.log = open(self.tmp_path / "server.log", "w")
+        cmd = [sys.executable, "-m", "skinlesion.cli", "app", "--port", str(self.port), "--address", "127.0.0.1", *self.args]
+        self.server = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        t0 = time.time()
+        while True:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{self.port}/_stcore/health", timeout=1).read() == b"ok":
+                    return self.server, self.port
+            except OSError:
+                pass
+            if self.server.poll() is not None or time.time() - t0 > self.timeout:
+                self.__exit__()
+                raise AssertionError(f"the app did not answer /_stcore/health:\n{(self.tmp_path / 'server.log').read_text()}")
+            time.sleep(0.2)
+
+    def __exit__(self, *exc):
+        import signal
+        import subprocess
+
+        try:
+            os.killpg(self.server.pid, signal.SIGTERM)  # the server and the Streamlit under it
+            self.server.wait(timeout=15)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.server.pid, signal.SIGKILL)
+        self.log.close()
+        return False

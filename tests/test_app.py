@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import io
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from importlib import resources
 
 import pytest
@@ -18,7 +12,7 @@ from PIL import Image
 
 from skinlesion.classes import CODES
 
-from .conftest import shared
+from .conftest import running_app, shared
 
 APP = str(resources.files("skinlesion") / "app.py")
 
@@ -120,12 +114,6 @@ def test_colour_scale_runs_from_blue_to_red_like_the_overlay():
     assert hot[0] > hot[2] and cold[2] > cold[0]  # the overlay uses the same colours
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.browser
 def test_real_browser_end_to_end(default_model, tmp_path):
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
@@ -137,67 +125,43 @@ def test_real_browser_end_to_end(default_model, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     real = shared("fullres", "ISIC_0024310.jpg")
-    port = _free_port()
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "skinlesion.cli", "app", "--port", str(port), "--address", "127.0.0.1"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
     browser = None
-    try:
-        t0 = time.time()
-        while True:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            assert server.poll() is None, (tmp_path / "server.log").read_text()
-            assert time.time() - t0 < 20, "no /_stcore/health answer within 20 s"
-            time.sleep(0.2)
-        opts = webdriver.ChromeOptions()
-        opts.binary_location = chromium
-        for flag in (
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--window-size=1400,2000",
-        ):
-            opts.add_argument(flag)
-        browser = webdriver.Chrome(service=Service(driver), options=opts)
-        browser.get(f"http://127.0.0.1:{port}/")
-        wait = WebDriverWait(browser, 120)
-        upload = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "input[type=file]"))[0]
-        upload.send_keys(str(real))
-        # the page streams in: wait for its last element, the CSV download
-        wait.until(lambda b: "Download results (CSV)" in b.find_element(By.TAG_NAME, "body").text)
-        wait.until(lambda b: "Calibrated probability" in b.find_element(By.TAG_NAME, "body").text)
-        body = browser.find_element(By.TAG_NAME, "body").text
-        assert "not a medical device" in body and "Malignant/benign summary" in body
-        assert all(code in body for code in CODES)
-        shot = tmp_path / "app.png"
-        browser.save_screenshot(str(shot))
-        assert shot.stat().st_size > 10_000
-        print(f"screenshot: {shot}")
-    finally:
-        if browser is not None:
-            browser.quit()
-        os.killpg(server.pid, signal.SIGTERM)  # stop the server (and streamlit under it) by its PID
+    with running_app(tmp_path) as (server, port):
         try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-        log.close()
-    assert server.returncode is not None
+            opts = webdriver.ChromeOptions()
+            opts.binary_location = chromium
+            for flag in (
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+                f"--user-data-dir={tmp_path / 'profile'}",
+                "--window-size=1400,2000",
+            ):
+                opts.add_argument(flag)
+            browser = webdriver.Chrome(service=Service(driver), options=opts)
+            browser.get(f"http://127.0.0.1:{port}/")
+            wait = WebDriverWait(browser, 120)
+            upload = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "input[type=file]"))[0]
+            upload.send_keys(str(real))
+            # the page streams in: wait for its last element, the CSV download
+            wait.until(lambda b: "Download results (CSV)" in b.find_element(By.TAG_NAME, "body").text)
+            wait.until(lambda b: "Calibrated probability" in b.find_element(By.TAG_NAME, "body").text)
+            body = browser.find_element(By.TAG_NAME, "body").text
+            assert "not a medical device" in body and "Malignant/benign summary" in body
+            assert all(code in body for code in CODES)
+            shot = tmp_path / "app.png"
+            browser.save_screenshot(str(shot))
+            assert shot.stat().st_size > 10_000
+            print(f"screenshot: {shot}")
+        finally:
+            if browser is not None:
+                browser.quit()
 
 
 def test_report_html_carries_the_image_probabilities_tier_and_model_version(tiny_run):
@@ -238,14 +202,6 @@ def test_real_browser_gating_several_uploads_heat_map_report_and_phone(default_m
     version = (load_config(resolve_model_path("default")).created_with or {}).get("skinlesion")
     downloads = tmp_path / "downloads"
     downloads.mkdir()
-    port = _free_port()
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "skinlesion.cli", "app", "--port", str(port), "--address", "127.0.0.1", "--sample", str(real)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
 
     def browser_at(width, height):
         opts = webdriver.ChromeOptions()
@@ -267,73 +223,59 @@ def test_real_browser_gating_several_uploads_heat_map_report_and_phone(default_m
         wait.until(lambda b: until in body(b))
 
     browsers = []
-    try:
-        t0 = time.time()
-        while True:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            assert server.poll() is None and time.time() - t0 < 30, (tmp_path / "server.log").read_text()
-            time.sleep(0.2)
-        # a phone: the notice is on the first screen, and the page works there too
-        phone = browser_at(400, 850)
-        browsers.append(phone)
-        wait = WebDriverWait(phone, 120)
-        wait.until(lambda b: "not a medical device" in body(b))
-        upload(phone, wait, [real], "Download results (CSV)")
-        tier = phone.find_element(By.XPATH, "//*[contains(text(), 'Triage')]")
-        assert tier.rect["y"] + tier.rect["height"] < 850, tier.rect  # the tier is on the phone's first screen
-        phone.save_screenshot(str(tmp_path / "phone.png"))
-        # the desktop: the sample button first, as a visitor without an image of their own
-        desk = browser_at(1400, 1000)
-        browsers.append(desk)
-        wait = WebDriverWait(desk, 120)
-        wait.until(lambda b: b.find_elements(By.XPATH, "//button[contains(., 'Try a sample')]"))[0].click()
-        wait.until(lambda b: "Triage" in body(b) and "Sample image: HAM10000" in body(b))
-        desk.refresh()
-        upload(desk, wait, [cat], "No diagnosis is shown")
-        text = body(desk)
-        assert "Calibrated probability" not in text and "Analyse anyway (unreliable)" in text  # no diagnosis shown
-        desk.find_element(By.XPATH, "//*[contains(text(), 'Analyse anyway (unreliable)')]").click()
-        wait.until(lambda b: "Calibrated probability" in body(b))  # only on request
-        desk.refresh()
-        upload(desk, wait, [real, *small], "Download results (CSV)")
-        text = body(desk)
-        first_detail = text.index(f"keyboard_arrow_right\n{real.name}")  # the first image's expander
-        assert text.index("Results") < first_detail  # several uploads: the summary first
-        desk.save_screenshot(str(tmp_path / "desktop_four.png"))
-        desk.refresh()
-        upload(desk, wait, [real], "Download report (HTML)")
-        desk.find_element(By.XPATH, "//*[contains(text(), 'Show Grad-CAM heat map')]").click()
-        wait.until(lambda b: "Grad-CAM for" in body(b))
-        captions = [
-            e.text for e in desk.find_elements(By.CSS_SELECTOR, "[data-testid='stImageCaption'], [data-testid='stCaptionContainer']")
-        ]
-        images = desk.find_elements(By.CSS_SELECTOR, "[data-testid='stImage'] img, img")
-        assert any("original" in c for c in captions) and any(c.startswith("Grad-CAM for") for c in captions), captions
-        assert len(images) >= 3  # the photo, the original beside the heat map, the heat map (and its colour scale)
-        heat_caption = desk.find_element(By.XPATH, "//*[starts-with(normalize-space(.), 'Grad-CAM for')]")
-        desk.execute_script("arguments[0].scrollIntoView({block: 'center'})", heat_caption)
-        time.sleep(0.5)
-        desk.save_screenshot(str(tmp_path / "desktop_heatmap.png"))
-        desk.find_element(By.XPATH, "//button[contains(., 'Download report (HTML)')]").click()
-        assert _wait_for_file(downloads, "_report.html", 60), "the report was not downloaded"
-        report = next(downloads.glob("*_report.html")).read_text()
-        assert version and version in report and "not a medical device" in report
-        for shot in ("phone.png", "desktop_four.png", "desktop_heatmap.png"):
-            assert (tmp_path / shot).stat().st_size > 10_000
-        print(f"screenshots in {tmp_path}")
-    finally:
-        for b in browsers:
-            b.quit()
-        os.killpg(server.pid, signal.SIGTERM)
+    with running_app(tmp_path, "--sample", real) as (server, port):
         try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-        log.close()
+            # a phone: the notice is on the first screen, and the page works there too
+            phone = browser_at(400, 850)
+            browsers.append(phone)
+            wait = WebDriverWait(phone, 120)
+            wait.until(lambda b: "not a medical device" in body(b))
+            upload(phone, wait, [real], "Download results (CSV)")
+            tier = phone.find_element(By.XPATH, "//*[contains(text(), 'Triage')]")
+            assert tier.rect["y"] + tier.rect["height"] < 850, tier.rect  # the tier is on the phone's first screen
+            phone.save_screenshot(str(tmp_path / "phone.png"))
+            # the desktop: the sample button first, as a visitor without an image of their own
+            desk = browser_at(1400, 1000)
+            browsers.append(desk)
+            wait = WebDriverWait(desk, 120)
+            wait.until(lambda b: b.find_elements(By.XPATH, "//button[contains(., 'Try a sample')]"))[0].click()
+            wait.until(lambda b: "Triage" in body(b) and "Sample image: HAM10000" in body(b))
+            desk.refresh()
+            upload(desk, wait, [cat], "No diagnosis is shown")
+            text = body(desk)
+            assert "Calibrated probability" not in text and "Analyse anyway (unreliable)" in text  # no diagnosis shown
+            desk.find_element(By.XPATH, "//*[contains(text(), 'Analyse anyway (unreliable)')]").click()
+            wait.until(lambda b: "Calibrated probability" in body(b))  # only on request
+            desk.refresh()
+            upload(desk, wait, [real, *small], "Download results (CSV)")
+            text = body(desk)
+            first_detail = text.index(f"keyboard_arrow_right\n{real.name}")  # the first image's expander
+            assert text.index("Results") < first_detail  # several uploads: the summary first
+            desk.save_screenshot(str(tmp_path / "desktop_four.png"))
+            desk.refresh()
+            upload(desk, wait, [real], "Download report (HTML)")
+            desk.find_element(By.XPATH, "//*[contains(text(), 'Show Grad-CAM heat map')]").click()
+            wait.until(lambda b: "Grad-CAM for" in body(b))
+            captions = [
+                e.text for e in desk.find_elements(By.CSS_SELECTOR, "[data-testid='stImageCaption'], [data-testid='stCaptionContainer']")
+            ]
+            images = desk.find_elements(By.CSS_SELECTOR, "[data-testid='stImage'] img, img")
+            assert any("original" in c for c in captions) and any(c.startswith("Grad-CAM for") for c in captions), captions
+            assert len(images) >= 3  # the photo, the original beside the heat map, the heat map (and its colour scale)
+            heat_caption = desk.find_element(By.XPATH, "//*[starts-with(normalize-space(.), 'Grad-CAM for')]")
+            desk.execute_script("arguments[0].scrollIntoView({block: 'center'})", heat_caption)
+            time.sleep(0.5)
+            desk.save_screenshot(str(tmp_path / "desktop_heatmap.png"))
+            desk.find_element(By.XPATH, "//button[contains(., 'Download report (HTML)')]").click()
+            assert _wait_for_file(downloads, "_report.html", 60), "the report was not downloaded"
+            report = next(downloads.glob("*_report.html")).read_text()
+            assert version and version in report and "not a medical device" in report
+            for shot in ("phone.png", "desktop_four.png", "desktop_heatmap.png"):
+                assert (tmp_path / shot).stat().st_size > 10_000
+            print(f"screenshots in {tmp_path}")
+        finally:
+            for b in browsers:
+                b.quit()
 
 
 def _wait_for_file(folder, suffix, timeout):

@@ -139,14 +139,6 @@ def test_prepare_on_a_real_full_tmpfs_exits_2_without_sigbus(big, tmp_path):
         subprocess.run(["umount", str(disk)], capture_output=True)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_app_on_a_port_in_use_exits_2_in_one_sentence(run_cli):
     import socket
 
@@ -163,22 +155,10 @@ def test_app_on_a_port_in_use_exits_2_in_one_sentence(run_cli):
 
 def test_sigterm_to_the_app_stops_the_streamlit_server_it_started(default_model, tmp_path):
     import socket
-    import urllib.request
 
-    port = _free_port()
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen(
-        [*CLI, "app", "--port", str(port), "--address", "127.0.0.1"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    from .conftest import running_app
 
-    def healthy():
-        try:
-            return urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1).read() == b"ok"
-        except OSError:
-            return server.poll() is not None
-
-    try:
-        assert _wait_for(healthy, 60) and server.poll() is None, (tmp_path / "server.log").read_text()
+    with running_app(tmp_path) as (server, port):
         server.send_signal(signal.SIGTERM)  # to skinlesion alone, as a service manager would
         assert server.wait(timeout=30) == 128 + signal.SIGTERM
 
@@ -187,12 +167,6 @@ def test_sigterm_to_the_app_stops_the_streamlit_server_it_started(default_model,
                 return s.connect_ex(("127.0.0.1", port)) != 0
 
         assert _wait_for(nobody_listens, 20), "the Streamlit server kept running after skinlesion app was stopped"
-    finally:
-        try:
-            os.killpg(server.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        log.close()
 
 
 def _tiny_cfg(data, split, out, **kw):
