@@ -95,9 +95,16 @@ def render(model: str | Path) -> str:
         ),
     ]
     if cfg.ood:
+        radii = cfg.ood.get("round_field_radii") or []
+        fields = (
+            f", each both plain and with a round dermatoscope field (radius {min(radii):.2f}-{max(radii):.2f}, as in training: "
+            "black corners alone are not out of distribution)"
+            if radii
+            else ""
+        )
         lines.append(
             f"- Out-of-distribution score: Mahalanobis distance of the first member's pooled stage features to one Gaussian per "
-            f"stage (Ledoit-Wolf), fitted on its training images; flagged above {cfg.ood['threshold']:.3f}, the "
+            f"stage (Ledoit-Wolf), fitted on its training images{fields}; flagged above {cfg.ood['threshold']:.3f}, the "
             f"{cfg.ood.get('percentile', 97.5)}th percentile of its held-out images. A flagged image is referred."
         )
     if cfg.refer:
@@ -285,7 +292,7 @@ def render(model: str | Path) -> str:
         if over:
             lines.append(
                 f"- The out-of-distribution score flags images the model still handles ({', '.join(over).replace('_', ' ')} at "
-                "middle severity): a dermoscopic photo with a round black field may be refused as 'not dermoscopy'."
+                "middle severity): such a dermoscopic image may be refused as out of distribution."
             )
         if under:
             lines.append(f"- It misses corruptions that do hurt the model ({', '.join(under).replace('_', ' ')} at middle severity).")

@@ -34,12 +34,14 @@ def dataset_outputs(
     device: str | None = None,
     num_workers: int | None = None,
     progress=None,
+    transform=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ONE inference loop over a dataset: (logits, pooled OOD features of ``stages``) for rows ``positions``.
 
     Evaluation, post-training (TTA choice, calibration), cross-validation and the OOD fit all use it.
     With ``tta`` the logits combine the 8 flips/rotations; the features are always those of the plain view.
-    ``progress(n)`` is called after each batch with the number of images it held.
+    ``progress(n)`` is called after each batch with the number of images it held. ``transform``
+    (PIL image -> tensor) replaces ``prep.eval_transform()``: the OOD fit uses it for round-field copies.
     """
     import torch
 
@@ -50,7 +52,7 @@ def dataset_outputs(
     positions = np.arange(len(ds)) if positions is None else np.asarray(positions, int)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     net = net.to(device).eval()
-    loader = make_loader(ImageSet(ds, positions, prep.eval_transform()), batch_size, num_workers=num_workers)
+    loader = make_loader(ImageSet(ds, positions, transform or prep.eval_transform()), batch_size, num_workers=num_workers)
     logits, feats = [], []
     with torch.inference_mode():
         for x, _, _ in loader:

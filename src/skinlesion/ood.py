@@ -8,6 +8,12 @@ val percentile; the score is the largest of those ratios, and its threshold is a
 percentile of the val images' scores, so about ``100 - percentile`` % of real val
 images are flagged while selfies, cats and phone photos land far outside.
 
+A round dermatoscope field (black corners) is how much real dermoscopy looks, and the
+model is trained to handle it (``Preprocess.vignette``). So where the model was trained
+with it, the Gaussians and thresholds are fitted on each image both as it is and with a
+round field (radii spread over the training range, :data:`FIELD_RADII`): black corners
+alone are not flagged, while what the model never saw still is.
+
 The fitted means and precisions travel inside the model's safetensors file (keys
 ``ood.*``); the JSON config holds the stages, their sizes and the thresholds.
 """
@@ -41,11 +47,38 @@ def stage_dims(net) -> list[int]:
     return [f["num_chs"] for f in info if f["num_chs"] <= MAX_CHANNELS]
 
 
-def dataset_features(net, prep, ds, positions, names, batch_size: int = 256) -> np.ndarray:
+FIELD_RADII = (0.55, 0.6375, 0.725, 0.8125, 0.9)  # the range Preprocess.train_transform draws round fields from
+
+
+def dataset_features(net, prep, ds, positions, names, batch_size: int = 256, transform=None) -> np.ndarray:
     """Pooled stage features of rows ``positions`` (through the one inference loop, skinlesion.evaluate)."""
     from .evaluate import dataset_outputs
 
-    return dataset_outputs(net, prep, ds, positions, stages=names, batch_size=batch_size, num_workers=0)[1]
+    return dataset_outputs(net, prep, ds, positions, stages=names, batch_size=batch_size, num_workers=0, transform=transform)[1]
+
+
+def field_transform(prep, radius: float):
+    """PIL image -> model input tensor, with a round dermatoscope field of ``radius`` (as in training)."""
+    import torch
+
+    from .preprocess import round_field
+
+    return lambda img: torch.from_numpy(prep.normalize(round_field(np.asarray(prep._resize(prep.to_source(img)), np.uint8), radius)))
+
+
+def features_with_fields(net, prep, ds, positions, names, radii=FIELD_RADII) -> np.ndarray:
+    """The features of ``positions`` as they are, then of the same images with a round field.
+
+    The images are dealt to the radii in turn, so every image appears twice: once plain, once
+    with one of the fields (no radii: plain only).
+    """
+    positions = np.asarray(positions)
+    feats = [dataset_features(net, prep, ds, positions, names)]
+    for k, r in enumerate(radii):
+        part = positions[k :: len(radii)]
+        if len(part):
+            feats.append(dataset_features(net, prep, ds, part, names, transform=field_transform(prep, r)))
+    return np.concatenate(feats)
 
 
 def _mahalanobis(x: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
@@ -97,6 +130,9 @@ def fit_for_model(net, prep, ds, train_positions, val_positions, max_train: int 
     if len(tr) > max_train:
         tr = rng.choice(tr, max_train, replace=False)
     dims = stage_dims(net)
-    tf = dataset_features(net, prep, ds, tr, names)
-    vf = dataset_features(net, prep, ds, np.asarray(val_positions), names)
-    return fit(tf, vf, names, dims)
+    radii = FIELD_RADII if getattr(prep, "vignette", 0) else ()
+    tf = features_with_fields(net, prep, ds, tr, names, radii)
+    vf = features_with_fields(net, prep, ds, np.asarray(val_positions), names, radii)
+    tensors, config = fit(tf, vf, names, dims)
+    config["round_field_radii"] = list(radii)  # the fields fitted as in distribution (empty: none)
+    return tensors, config
