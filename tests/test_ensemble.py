@@ -158,3 +158,24 @@ def test_broken_configs_are_refused_by_predict_and_evaluate(tiny_run, run_cli, t
         assert code == 2, (name, args[0], out, err)
         assert "invalid" in err and phrase in err and "unexpected" not in err and "Traceback" not in err, err
         assert len(err.strip().splitlines()) == 1, err
+
+
+def test_decision_rule_table_trades_accuracy_for_balanced_accuracy_on_the_shipped_oof(default_model):
+    """benchmarks/decision_rule.py: alpha 0 is the shipped rule (its cross-fitted accuracy as stored at assembly,
+    from fp32 members; the bundle's refreshed logits are the fp16 ones), and dividing by the priors moves
+    answers to rare classes: balanced accuracy up, accuracy down, monotonically."""
+    import importlib.util
+    from pathlib import Path
+
+    from skinlesion.bundle import load_config
+
+    spec = importlib.util.spec_from_file_location("decision_rule", Path(__file__).resolve().parents[1] / "benchmarks" / "decision_rule.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = mod.table("default")["rows"]
+    stored = load_config(default_model, check_backbones=False).metrics["cross_fitted"]
+    assert rows[0]["alpha"] == 0 and rows[0]["accuracy"] == pytest.approx(stored["accuracy"], abs=0.003)
+    assert rows[0]["balanced_accuracy"] == pytest.approx(stored["balanced_accuracy"], abs=0.005)
+    bal = [r["balanced_accuracy"] for r in rows]
+    acc = [r["accuracy"] for r in rows]
+    assert all(b2 > b1 for b1, b2 in zip(bal, bal[1:])) and all(a2 < a1 for a1, a2 in zip(acc, acc[1:])), rows

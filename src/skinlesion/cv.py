@@ -109,26 +109,31 @@ def oof_arrays(table: pd.DataFrame, tta: bool) -> tuple[np.ndarray, np.ndarray, 
     return table[cols].to_numpy(np.float64), table["label"].to_numpy(int), table["fold"].to_numpy(int)
 
 
+def crossfit_probs(
+    logits: np.ndarray, labels: np.ndarray, folds: np.ndarray, meta_x: np.ndarray | None = None, *, seed: int = 0
+) -> np.ndarray:
+    """The shipped post-hoc pipeline, cross-fitted: for each fold, the calibration (and, with ``meta_x``,
+    the metadata fusion) fitted on the other folds' OOF predictions and applied to it."""
+    from .posthoc import apply_metadata, calibrate, cross_fitted, fit_calibration, fit_metadata
+
+    def fit_apply(tr, te):
+        t, b = fit_calibration(logits[tr], labels[tr])
+        p = calibrate(logits, t, b)
+        if meta_x is None:
+            return p[te]
+        lp = np.log(np.clip(p, 1e-12, None))
+        return apply_metadata(lp[te], meta_x[te], fit_metadata(lp[tr], meta_x[tr], labels[tr], seed=seed))
+
+    return cross_fitted(fit_apply, len(labels), folds)
+
+
 def metadata_ablation(logits: np.ndarray, labels: np.ndarray, folds: np.ndarray, meta_x: np.ndarray) -> dict:
     """Image only vs image + metadata, both cross-fitted over the CV folds on the OOF predictions."""
     from .metrics import compute_metrics
-    from .posthoc import apply_metadata, calibrate, fit_calibration, fit_metadata
-
-    def image_only(tr, te):
-        t, b = fit_calibration(logits[tr], labels[tr])
-        return calibrate(logits[te], t, b)
-
-    def with_meta(tr, te):
-        t, b = fit_calibration(logits[tr], labels[tr])
-        lp = np.log(np.clip(calibrate(logits, t, b), 1e-12, None))
-        tensors = fit_metadata(lp[tr], meta_x[tr], labels[tr])
-        return apply_metadata(lp[te], meta_x[te], tensors)
-
-    from .posthoc import cross_fitted
 
     out = {}
-    for name, fn in (("image", image_only), ("image+metadata", with_meta)):
-        probs = cross_fitted(fn, len(labels), folds)
+    for name, mx in (("image", None), ("image+metadata", meta_x)):
+        probs = crossfit_probs(logits, labels, folds, mx)
         m = compute_metrics(probs, labels)
         out[name] = {k: m[k] for k in ("accuracy", "balanced_accuracy", "auc_macro", "f1_weighted", "nll", "malignant_auc")}
         out[name]["recall"] = {c: m["per_class"][c]["recall"] for c in CODES}
@@ -182,15 +187,7 @@ def assemble(out: str | Path, data, *, metadata: str = "auto", seed: int = 0) ->
         aux.update(fit_metadata(lp, meta_x, labels, seed=seed))
         probs = apply_metadata(lp, meta_x, aux)
 
-    def final_probs(tr, te):  # the shipped pipeline, fitted without the rows it is applied to
-        t, b = fit_calibration(logits[tr], labels[tr])
-        p = calibrate(logits, t, b)
-        if not use_meta:
-            return p[te]
-        lp = np.log(np.clip(p, 1e-12, None))
-        return apply_metadata(lp[te], meta_x[te], fit_metadata(lp[tr], meta_x[tr], labels[tr], seed=seed))
-
-    crossed = cross_fitted(final_probs, len(labels), folds)
+    crossed = crossfit_probs(logits, labels, folds, meta_x if use_meta else None, seed=seed)
     rules, rule_aux = fit_rules(crossed, labels)
     aux.update(rule_aux)
 
