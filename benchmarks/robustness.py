@@ -14,7 +14,9 @@ field, violet ink marks, hair-like dark lines, blur, Gaussian noise and JPEG com
 Severity 3 is the middle one (darker = brightness x0.7, as the issue that asked for this measured).
 
 ``--store`` records the table in the bundle's config (``metrics.robustness``), from where the
-model card shows it.
+model card shows it. A single model (not an ensemble) is measured on the held-out rows of its
+split with ``--split FILE [--subset val|test]``; ``--uncalibrated`` uses the softmax of the raw
+logits, to compare models whose calibrations were fitted differently.
 """
 
 from __future__ import annotations
@@ -118,7 +120,17 @@ CORRUPTIONS = {
 }
 
 
-def run(model: str, data: str, fold: int = 0, limit: int | None = None, batch: int = 256, seed: int = 0) -> dict:
+def run(
+    model: str,
+    data: str,
+    fold: int = 0,
+    limit: int | None = None,
+    batch: int = 256,
+    seed: int = 0,
+    split: str | None = None,
+    subset: str = "val",
+    calibrated: bool = True,
+) -> dict:
     import torch
 
     from skinlesion.bundle import load_model
@@ -134,8 +146,16 @@ def run(model: str, data: str, fold: int = 0, limit: int | None = None, batch: i
     if "oof.folds" in aux and len(aux["oof.folds"]) == len(ds) and np.array_equal(np.asarray(aux["oof.labels"]).astype(int), labels):
         folds = np.asarray(aux["oof.folds"]).astype(int)
         member = next(i for i, m in enumerate(cfg.members) if m.fold == fold)
-    else:  # a single model: every image (fold "all"); honest only on data it did not train on
+    elif split is None:  # a single model: every image (fold "all"); honest only on data it did not train on
         folds, member, fold = np.zeros(len(ds), int), 0, 0
+    if split is not None:  # a single model on the held-out rows of its split
+        import pandas as pd
+
+        if len(cfg.members) != 1:
+            raise SystemExit("--split is for a single model; an ensemble is measured on its own folds (--fold).")
+        rows = pd.read_csv(split, dtype={"image_id": str}).drop_duplicates("image_id").set_index("image_id")
+        folds = np.where(rows.reindex(ds.meta["image_id"])["split"].to_numpy() == subset, 0, -1)
+        member, fold = 0, 0
     pos = np.flatnonzero(folds == fold)
     if limit:
         pos = np.random.default_rng(seed).choice(pos, min(limit, len(pos)), replace=False)
@@ -154,7 +174,7 @@ def run(model: str, data: str, fold: int = 0, limit: int | None = None, batch: i
                 logits.append(lg.float().numpy())
                 feats.append(f.float().numpy())
         logits, feats = np.concatenate(logits), np.concatenate(feats)
-        probs = calibrate(logits, cfg.temperature, cfg.class_bias)
+        probs = calibrate(logits, cfg.temperature, cfg.class_bias) if calibrated else calibrate(logits)
         flagged = float(np.mean(score(feats, aux, cfg.ood) > cfg.ood["threshold"])) if stages else float("nan")
         return probs, flagged
 
@@ -218,11 +238,21 @@ def main(argv=None) -> dict:
     ap.add_argument("--model", default="default")
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "dermamnist28"))
     ap.add_argument("--fold", type=int, default=0)
+    ap.add_argument("--split", default=None, help="a single model: measure on this split manifest's --subset rows")
+    ap.add_argument("--subset", default="val", help="with --split: val (default) or test")
+    ap.add_argument("--uncalibrated", action="store_true", help="softmax of the raw logits: compares models whose calibrations differ")
     ap.add_argument("--limit", type=int, default=None, help="at most this many images (smoke runs)")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--store", action="store_true", help="record the results in the model bundle (metrics.robustness)")
     args = ap.parse_args(argv)
-    res = run(args.model, args.data, args.fold, args.limit)
+    res = run(args.model, args.data, args.fold, args.limit, split=args.split, subset=args.subset, calibrated=not args.uncalibrated)
+    res["calibrated"] = not args.uncalibrated
+    if args.split or args.model != "default":
+        res["command"] = (
+            f"python benchmarks/robustness.py --model {args.model}"
+            + (f" --split {args.split}" if args.split else "")
+            + (" --uncalibrated" if args.uncalibrated else "")
+        )
     print(table(res))
     w = res["worst_middle_exposure_contrast_corners"]
     print(

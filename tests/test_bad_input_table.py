@@ -135,6 +135,24 @@ CASES = [
     ("train-folds-1", lambda c: ["train", c["data"], "-o", c["d"] / "tr6", "--folds", "1"], 2, ["--folds"]),
     ("train-devices-99", lambda c: ["train", c["data"], "-o", c["d"] / "tr7", "--split", c["split"], "--devices", "99"], 2, ["--devices"]),
     (
+        "train-augment-unknown",
+        lambda c: ["train", c["data"], "-o", c["d"] / "tra1", "--split", c["split"], "--augment", "hue=0.1"],
+        2,
+        ["hue"],
+    ),
+    (
+        "train-augment-out-of-range",
+        lambda c: ["train", c["data"], "-o", c["d"] / "tra2", "--split", c["split"], "--augment", "contrast=2"],
+        2,
+        ["contrast=2", "0.9"],
+    ),
+    (
+        "train-augment-not-a-pair",
+        lambda c: ["train", c["data"], "-o", c["d"] / "tra3", "--split", c["split"], "--augment", "contrast"],
+        2,
+        ["NAME=NUMBER"],
+    ),
+    (
         "train-epochs-not-a-number",
         lambda c: ["train", c["data"], "-o", c["d"] / "tr8", "--split", c["split"], "--epochs", "ten"],
         2,

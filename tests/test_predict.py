@@ -260,3 +260,29 @@ def test_predict_and_evaluate_agree_on_real_images_with_the_shipped_model(defaul
         meta = {k: r[k] for k in ("age", "sex", "localization")}
         got = p.predict(r["path"], meta=meta).probabilities
         assert np.allclose([got[c] for c in CODES], ev.loc[r["image_id"], list(CODES)].to_numpy(float), atol=1e-4), r["image_id"]
+
+
+def test_robustness_benchmark_on_a_single_model_split_matches_the_predictor(tiny_run):
+    """benchmarks/robustness.py --split: every corruption x severity on the split's held-out rows; its clean row is
+    exactly what the product's Predictor says for those images (same preprocessing, calibration and OOD flag)."""
+    import importlib.util
+    from pathlib import Path
+
+    from skinlesion.data import load_dataset
+    from skinlesion.predict import Predictor
+
+    data, split, run = tiny_run
+    spec = importlib.util.spec_from_file_location("robustness", Path(__file__).resolve().parents[1] / "benchmarks" / "robustness.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = mod.run(str(run / "best.safetensors"), str(data), split=str(split), subset="test")
+    ds = load_dataset(data)
+    man = pd.read_csv(split).set_index("image_id").loc[ds.meta["image_id"], "split"].to_numpy()
+    test = np.flatnonzero(man == "test")
+    assert res["images"] == len(test)
+    assert len(res["rows"]) == 1 + len(mod.CORRUPTIONS) * len(mod.SEVERITIES)
+    preds = Predictor(run, tta=False, backend="torch").predict_images([ds.image(int(i)) for i in test], [str(i) for i in test])
+    clean = res["rows"][0]
+    assert clean["corruption"] == "none"
+    assert clean["accuracy"] == pytest.approx(np.mean([CODES.index(p.top) == ds.labels[i] for p, i in zip(preds, test)]))
+    assert clean["ood_flagged"] == pytest.approx(np.mean([p.out_of_distribution for p in preds]))

@@ -327,3 +327,34 @@ def test_preprocessing_resolver_decides_from_backbone_data_and_overrides():
     assert (r.input_size, r.source_size, r.crop) == (224, None, "none") and r.mean == (0.485, 0.456, 0.406)
     with pytest.raises(SkinLesionError, match="Unknown crop"):
         resolve_preprocess("resnet50", crop="middle")
+
+
+def test_augment_strengths_reach_the_model_bundle_and_a_rerun(tmp_path, synth_kaggle, run_cli):
+    """`--augment contrast=0.6 --augment vignette=0`: recorded in config.json and in the bundle's preprocessing
+    (which owns the training transform); `--config` reruns keep them unless overridden."""
+    split = tmp_path / "split.csv"
+    run_cli("split", synth_kaggle, "--out", split)
+    run = tmp_path / "run"
+    code, out, err = run_cli(
+        "train",
+        synth_kaggle,
+        "--split",
+        split,
+        "--out",
+        run,
+        "--epochs",
+        "1",
+        *TINY,
+        "--augment",
+        "contrast=0.6",
+        "--augment",
+        "vignette=0",
+    )
+    assert code == 0, err
+    assert json.loads((run / "config.json").read_text())["augment"] == {"contrast": 0.6, "vignette": 0.0}
+    prep = json.loads((run / "best.json").read_text())["preprocess"]
+    assert (prep["contrast"], prep["vignette"], prep["brightness"]) == (0.6, 0.0, 0.4)
+    from skinlesion.train import config_from
+
+    again = config_from(run / "config.json", augment={"vignette": 0.5})
+    assert again.augment == {"contrast": 0.6, "vignette": 0.5}

@@ -206,6 +206,20 @@ def download(
     _say(f"downloaded {source.value} to {path}; check it with `skinlesion info {path}`")
 
 
+def _augment_pairs(items: list[str]) -> dict:
+    """``["contrast=0.6", ...]`` -> ``{"contrast": 0.6}``; the names and ranges are checked with the config."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise SkinLesionError(f"--augment {item!r} is not NAME=NUMBER; write e.g. --augment contrast=0.6.")
+    return out
+
+
 @app.command()
 def train(
     data: Optional[Path] = typer.Argument(None, help="Dataset (folder, CSV, .npz or prepared cache); default: the --config run's."),
@@ -252,6 +266,12 @@ def train(
     record_shards: bool = typer.Option(
         False, "--record-shards", help="Write the image positions each rank trains on in epoch 0 (checks DDP sharding)."
     ),
+    augment: Optional[list[str]] = typer.Option(
+        None,
+        "--augment",
+        help="Training augmentation strength NAME=VALUE, repeatable: brightness, contrast (0-0.9), jitter (0-0.5), "
+        "vignette (0-1) [default: 0.4, 0.4, 0.1, 0.25].",
+    ),
 ) -> None:
     """Train a model on a split, or a cross-validated ensemble with --folds; writes models, config, manifest and metrics into --out.
 
@@ -289,6 +309,8 @@ def train(
         ).items()
         if v is not None
     }
+    if augment:
+        given["augment"] = _augment_pairs(augment)
     cfg = config_from(config, out=str(out), progress=progress, extra={"record_shards": record_shards}, **given)
     if not cfg.data:
         raise SkinLesionError("Pass the dataset (DATA), or --config RUN/config.json of an earlier run.")

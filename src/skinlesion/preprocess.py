@@ -148,6 +148,30 @@ class Preprocess:
         return transform
 
 
+# the training augmentation's strengths that `skinlesion train --augment NAME=VALUE` may set: (low, high, meaning)
+AUGMENT = {
+    "brightness": (0.0, 0.9, "ColorJitter brightness: factors 1 -/+ this"),
+    "contrast": (0.0, 0.9, "ColorJitter contrast: factors 1 -/+ this"),
+    "jitter": (0.0, 0.5, "ColorJitter saturation (hue: a quarter of it)"),
+    "vignette": (0.0, 1.0, "probability of a round dermatoscope field"),
+}
+
+
+def with_augment(prep: Preprocess, overrides: dict) -> Preprocess:
+    """``prep`` with the augmentation strengths in ``overrides`` (names of :data:`AUGMENT`), each checked."""
+    from dataclasses import replace
+
+    from .errors import SkinLesionError
+
+    for name, value in overrides.items():
+        if name not in AUGMENT:
+            raise SkinLesionError(f"Unknown --augment {name!r}; use {', '.join(AUGMENT)} (NAME=VALUE).")
+        lo, hi, _ = AUGMENT[name]
+        if not isinstance(value, (int, float)) or not lo <= float(value) <= hi:
+            raise SkinLesionError(f"--augment {name}={value} is out of range; use a number from {lo} to {hi}.")
+    return replace(prep, **{k: float(v) for k, v in overrides.items()})
+
+
 def round_field(hwc_uint8: np.ndarray, radius: float = 0.7) -> np.ndarray:
     """Black out what lies outside a centred circle: a round dermatoscope field.
 

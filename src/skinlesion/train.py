@@ -29,6 +29,7 @@ from .classes import CODES
 from .errors import SkinLesionError, atomic_text, atomic_write, lock_folder
 from .metrics import compute_metrics
 from .models import create_model
+from .preprocess import Preprocess, with_augment
 
 MONITOR = "val_balanced_accuracy"
 
@@ -64,6 +65,7 @@ class TrainConfig:
     strategy: str = "auto"
     precision: str | None = None  # default: bf16-mixed on GPU, 32-true on CPU
     progress: bool = True
+    augment: dict = field(default_factory=dict)  # training augmentation strengths (skinlesion.preprocess.AUGMENT)
     extra: dict = field(default_factory=dict)
 
 
@@ -87,7 +89,8 @@ def config_from(path: str | Path | None = None, **overrides) -> TrainConfig:
             )
         base.update({k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__})
     extra = {**base.get("extra", {}), **overrides.pop("extra", {})}
-    return TrainConfig(**{**base, **overrides, "extra": extra})
+    augment = {**base.get("augment", {}), **overrides.pop("augment", {})}
+    return TrainConfig(**{**base, **overrides, "extra": extra, "augment": augment})
 
 
 def check_config(cfg: TrainConfig) -> TrainConfig:
@@ -108,6 +111,7 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     need(cfg.num_workers is None or cfg.num_workers >= 0, f"--num-workers {cfg.num_workers} must be zero or more.")
     need(cfg.num_nodes >= 1, f"--num-nodes {cfg.num_nodes} must be at least 1.")
     need(cfg.balance in ("sqrt", "weights", "sampler", "none"), f"Unknown --balance {cfg.balance!r}; use sqrt, weights, sampler or none.")
+    with_augment(Preprocess(), cfg.augment)  # names and ranges, before any work starts
     if str(cfg.devices).isdigit():
         import torch
 
@@ -355,6 +359,7 @@ def build_loaders(cfg: TrainConfig, ds, manifest, start_epoch: int = 0):
         crop=cfg.crop,
         source_jpeg_quality=cfg.source_jpeg_quality or cfg.extra.get("source_jpeg_quality"),
     )
+    prep = with_augment(prep, cfg.augment)
     cfg = replace(
         cfg, input_size=prep.input_size, source_size=prep.source_size, crop=prep.crop, source_jpeg_quality=prep.source_jpeg_quality
     )
