@@ -207,7 +207,7 @@ def run(
         key=lambda r: r["balanced_accuracy"],
     )
     return {
-        "command": "python benchmarks/robustness.py --model default --data ../shared/data/dermamnist28 --store",
+        "calibrated": calibrated,
         "images": int(len(pos)),
         "fold": int(fold),
         "member": int(member),
@@ -246,13 +246,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--store", action="store_true", help="record the results in the model bundle (metrics.robustness)")
     args = ap.parse_args(argv)
     res = run(args.model, args.data, args.fold, args.limit, split=args.split, subset=args.subset, calibrated=not args.uncalibrated)
-    res["calibrated"] = not args.uncalibrated
-    if args.split or args.model != "default":
-        res["command"] = (
-            f"python benchmarks/robustness.py --model {args.model}"
-            + (f" --split {args.split}" if args.split else "")
-            + (" --uncalibrated" if args.uncalibrated else "")
-        )
+    res["command"] = (  # the shipped model's table is stored with the command that rebuilds it
+        "python benchmarks/robustness.py --model default --data ../shared/data/dermamnist28 --store"
+        if args.model == "default" and not (args.split or args.uncalibrated)
+        else f"python benchmarks/robustness.py --model {args.model}"
+        + (f" --split {args.split}" if args.split else "")
+        + (" --uncalibrated" if args.uncalibrated else "")
+    )
     print(table(res))
     w = res["worst_middle_exposure_contrast_corners"]
     print(

@@ -11,6 +11,16 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SKINLESION_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+def benchmark(name: str):
+    """The script ``benchmarks/NAME.py`` imported as a module (the folder is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def shared(*parts: str) -> Path:
     """A path under ../shared/data, or skip the test with the reason."""
     p = SHARED.joinpath(*parts)

@@ -164,15 +164,11 @@ def test_decision_rule_table_trades_accuracy_for_balanced_accuracy_on_the_shippe
     """benchmarks/decision_rule.py: alpha 0 is the shipped rule (its cross-fitted accuracy as stored at assembly,
     from fp32 members; the bundle's refreshed logits are the fp16 ones), and dividing by the priors moves
     answers to rare classes: balanced accuracy up, accuracy down, monotonically."""
-    import importlib.util
-    from pathlib import Path
-
     from skinlesion.bundle import load_config
 
-    spec = importlib.util.spec_from_file_location("decision_rule", Path(__file__).resolve().parents[1] / "benchmarks" / "decision_rule.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    rows = mod.table("default")["rows"]
+    from .conftest import benchmark
+
+    rows = benchmark("decision_rule").table("default")["rows"]
     stored = load_config(default_model, check_backbones=False).metrics["cross_fitted"]
     assert rows[0]["alpha"] == 0 and rows[0]["accuracy"] == pytest.approx(stored["accuracy"], abs=0.003)
     assert rows[0]["balanced_accuracy"] == pytest.approx(stored["balanced_accuracy"], abs=0.005)

@@ -221,12 +221,9 @@ def test_train_killed_between_metrics_row_and_checkpoint_resumes_to_the_uninterr
 
 def test_app_load_benchmark_two_sessions_get_their_own_answers(default_model, tmp_path):
     """benchmarks/app_load.py over the real websocket protocol: two sessions, different images, no mix-up."""
-    import importlib.util
+    from .conftest import benchmark, shared
 
-    spec = importlib.util.spec_from_file_location("app_load", Path(__file__).resolve().parents[1] / "benchmarks" / "app_load.py")
-    app_load = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(app_load)
-    from .conftest import shared
+    app_load = benchmark("app_load")
 
     images = [str(shared("fullres", "ISIC_0024310.jpg")), str(sorted(shared("dermamnist28", "images").glob("*.jpg"))[0])]
     r = app_load.main(["--sessions", "2", "--seconds", "4", "--images", *images, "--json", str(tmp_path / "load.json")])

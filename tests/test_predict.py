@@ -265,16 +265,13 @@ def test_predict_and_evaluate_agree_on_real_images_with_the_shipped_model(defaul
 def test_robustness_benchmark_on_a_single_model_split_matches_the_predictor(tiny_run):
     """benchmarks/robustness.py --split: every corruption x severity on the split's held-out rows; its clean row is
     exactly what the product's Predictor says for those images (same preprocessing, calibration and OOD flag)."""
-    import importlib.util
-    from pathlib import Path
-
     from skinlesion.data import load_dataset
     from skinlesion.predict import Predictor
 
+    from .conftest import benchmark
+
     data, split, run = tiny_run
-    spec = importlib.util.spec_from_file_location("robustness", Path(__file__).resolve().parents[1] / "benchmarks" / "robustness.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = benchmark("robustness")
     res = mod.run(str(run / "best.safetensors"), str(data), split=str(split), subset="test")
     ds = load_dataset(data)
     man = pd.read_csv(split).set_index("image_id").loc[ds.meta["image_id"], "split"].to_numpy()

@@ -210,13 +210,11 @@ def _augment_pairs(items: list[str]) -> dict:
     """``["contrast=0.6", ...]`` -> ``{"contrast": 0.6}``; the names and ranges are checked with the config."""
     out = {}
     for item in items:
-        name, sep, value = item.partition("=")
+        name, _, value = item.partition("=")
         try:
             out[name.strip()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise SkinLesionError(f"--augment {item!r} is not NAME=NUMBER; write e.g. --augment contrast=0.6.")
+        except ValueError:  # no "=" leaves value empty, which float() refuses too
+            raise SkinLesionError(f"--augment {item!r} is not NAME=NUMBER; write e.g. --augment contrast=0.6.") from None
     return out
 
 

@@ -54,7 +54,6 @@ def gradcam(net, prep, image: Image.Image, target: int | None = None) -> np.ndar
     # points at the complement of the evidence, so the plain map is kept then
     if plain.std() > 0 and (heat.std() == 0 or np.corrcoef(plain.ravel(), heat.ravel())[0, 1] < 0):
         heat = plain
-    heat = np.nan_to_num(heat)
     return (heat - heat.min()) / (heat.max() - heat.min() + 1e-8)
 
 

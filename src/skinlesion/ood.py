@@ -47,7 +47,13 @@ def stage_dims(net) -> list[int]:
     return [f["num_chs"] for f in info if f["num_chs"] <= MAX_CHANNELS]
 
 
-FIELD_RADII = (0.55, 0.6375, 0.725, 0.8125, 0.9)  # the range Preprocess.train_transform draws round fields from
+def _field_radii() -> tuple[float, ...]:
+    from .preprocess import FIELD_RADIUS_RANGE
+
+    return tuple(float(r) for r in np.linspace(*FIELD_RADIUS_RANGE, 5))  # spread over the range training draws from
+
+
+FIELD_RADII = _field_radii()
 
 
 def dataset_features(net, prep, ds, positions, names, batch_size: int = 256, transform=None) -> np.ndarray:
@@ -63,7 +69,7 @@ def field_transform(prep, radius: float):
 
     from .preprocess import round_field
 
-    return lambda img: torch.from_numpy(prep.normalize(round_field(np.asarray(prep._resize(prep.to_source(img)), np.uint8), radius)))
+    return lambda img: torch.from_numpy(prep.normalize(round_field(prep.to_pixels(img), radius)))
 
 
 def features_with_fields(net, prep, ds, positions, names, radii=FIELD_RADII) -> np.ndarray:

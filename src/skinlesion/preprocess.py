@@ -96,9 +96,13 @@ class Preprocess:
             img = img.resize((self.input_size, self.input_size), _RESAMPLE[self.interpolation])
         return img
 
+    def to_pixels(self, img: Image.Image) -> np.ndarray:
+        """Steps 1-2 for one image: uint8 array (input_size, input_size, 3), before normalisation."""
+        return np.asarray(self._resize(self.to_source(img)), dtype=np.uint8)
+
     def to_array(self, img: Image.Image) -> np.ndarray:
         """Steps 1-3 for one image: float32 array (3, input_size, input_size)."""
-        return self.normalize(np.asarray(self._resize(self.to_source(img)), dtype=np.uint8))
+        return self.normalize(self.to_pixels(img))
 
     def normalize(self, hwc_uint8: np.ndarray) -> np.ndarray:
         x = hwc_uint8.astype(np.float32) / 255.0
@@ -142,7 +146,8 @@ class Preprocess:
                 img = img.rotate(90 * k)  # the 90-degree rotations: dermoscopy has no "up"
             arr = np.asarray(img, dtype=np.uint8)
             if self.vignette and float(torch.rand(())) < self.vignette:
-                arr = round_field(arr, radius=0.55 + 0.35 * float(torch.rand(())))
+                lo, hi = FIELD_RADIUS_RANGE
+                arr = round_field(arr, radius=lo + (hi - lo) * float(torch.rand(())))
             return torch.from_numpy(self.normalize(arr))
 
         return transform
@@ -170,6 +175,9 @@ def with_augment(prep: Preprocess, overrides: dict) -> Preprocess:
         if not isinstance(value, (int, float)) or not lo <= float(value) <= hi:
             raise SkinLesionError(f"--augment {name}={value} is out of range; use a number from {lo} to {hi}.")
     return replace(prep, **{k: float(v) for k, v in overrides.items()})
+
+
+FIELD_RADIUS_RANGE = (0.55, 0.90)  # the round fields training draws (Preprocess.vignette); the OOD fit accepts them
 
 
 def round_field(hwc_uint8: np.ndarray, radius: float = 0.7) -> np.ndarray:
