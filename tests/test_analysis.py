@@ -121,7 +121,11 @@ def test_analyse_gives_refer_set_and_tier_from_the_bundle_rules():
     r = analyse(np.vstack([sure_nv, sure_mel, flat, sure_nv]), cfg, aux, ood_flags=[False, False, False, True])
     assert r[0]["tier"] == TIER_ROUTINE and not r[0]["refer"] and r[0]["prediction_set"] == ["nv"]
     assert r[1]["tier"] == TIER_SOON and r[1]["prediction_set"] == ["mel"]
-    assert r[2]["refer"] and r[2]["tier"] == TIER_REFER and "confidence" in r[2]["refer_reason"]
+    # a flat answer is unsure, but its malignant probability (3/7) is above the threshold: "soon" wins, the reason is kept
+    assert r[2]["refer"] and r[2]["tier"] == TIER_SOON and "confidence" in r[2]["refer_reason"]
+    unsure_benign = np.full((1, K), 0.001)
+    unsure_benign[0, CODES.index("nv")], unsure_benign[0, CODES.index("bkl")] = 0.5, 0.495
+    assert analyse(unsure_benign, cfg, aux)[0]["tier"] == TIER_REFER
     assert len(r[2]["prediction_set"]) != 1  # a flat answer never becomes one confident class (empty or wide set)
     assert r[3]["refer"] and "out of distribution" in r[3]["refer_reason"]  # an OOD image is always referred
 

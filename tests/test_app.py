@@ -44,11 +44,14 @@ def test_app_shows_diagnosis_seven_probabilities_and_notice(app_test):
     at.run()
     assert not at.exception, at.exception
     text = _texts(at)
-    assert "Calibrated probability:" in text and "Malignant/benign summary" in text
-    table = at.table[0].value
-    assert sorted(table.index) == sorted(CODES) and table["probability"].str.endswith("%").all()
-    values = table["probability"].str.rstrip("%").astype(float).tolist()
-    assert values == sorted(values, reverse=True)  # ranked, most likely first
+    assert "calibrated probability" in text and "at which it advises a dermatologist soon" in text
+    assert not at.table  # one probability display, not a chart and a table
+    chart = next(str(m.value) for m in at.markdown if 'class="sl-prob"' in str(m.value))
+    import re
+
+    assert sorted(re.findall(r"\((\w+)\)</span>", chart)) == sorted(CODES)
+    values = [float(v) for v in re.findall(r">([\d.]+) %</span></div>", chart)]
+    assert len(values) == len(CODES) and values == sorted(values, reverse=True)  # ranked, with their values
     assert "Triage:" in text and "Prediction set (90 %): one of" in text
     assert "not a medical device" in text
     assert any("Model card" in str(h.value) for h in at.sidebar.header)
@@ -81,7 +84,8 @@ def test_app_warns_on_a_cat_and_survives_a_corrupt_file(app_test):
     real = shared("fullres", "ISIC_0024310.jpg").read_bytes()
     at.file_uploader[0].set_value(("ISIC_0024310.jpg", real, "image/jpeg"))
     at.run()
-    assert not at.exception and "Calibrated probability:" in _texts(at) and not at.error
+    assert not at.exception and "calibrated probability" in _texts(at)
+    assert not [e for e in at.error if "Could not analyse" in str(e.value)]
 
 
 def test_app_gradcam_toggle(app_test):
@@ -151,9 +155,9 @@ def test_real_browser_end_to_end(default_model, tmp_path):
             upload.send_keys(str(real))
             # the page streams in: wait for its last element, the CSV download
             wait.until(lambda b: "Download results (CSV)" in b.find_element(By.TAG_NAME, "body").text)
-            wait.until(lambda b: "Calibrated probability" in b.find_element(By.TAG_NAME, "body").text)
+            wait.until(lambda b: "calibrated probability" in b.find_element(By.TAG_NAME, "body").text)
             body = browser.find_element(By.TAG_NAME, "body").text
-            assert "not a medical device" in body and "Malignant/benign summary" in body
+            assert "not a medical device" in body and "at which it advises a dermatologist soon" in body
             assert all(code in body for code in CODES)
             shot = tmp_path / "app.png"
             browser.save_screenshot(str(shot))
@@ -180,8 +184,8 @@ def test_report_html_carries_the_image_probabilities_tier_and_model_version(tiny
 
 @pytest.mark.browser
 def test_real_browser_gating_several_uploads_heat_map_report_and_phone(default_model, tmp_path):
-    """In headless Chromium, as a clinician would use it: the sample button gives a result with a
-    tier; a cat photo gets no diagnosis until
+    """In headless Chromium, as a clinician would use it: the bundled sample button gives a result with a
+    tier and its ground truth; a cat photo gets no diagnosis until
     "Analyse anyway"; four uploads put the summary table first; the heat map sits beside the
     original; the downloaded report names the model version; desktop and phone screenshots."""
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
@@ -223,7 +227,7 @@ def test_real_browser_gating_several_uploads_heat_map_report_and_phone(default_m
         wait.until(lambda b: until in body(b))
 
     browsers = []
-    with running_app(tmp_path, "--sample", real) as (server, port):
+    with running_app(tmp_path) as (server, port):
         try:
             # a phone: the notice is on the first screen, and the page works there too
             phone = browser_at(400, 850)
@@ -239,13 +243,14 @@ def test_real_browser_gating_several_uploads_heat_map_report_and_phone(default_m
             browsers.append(desk)
             wait = WebDriverWait(desk, 120)
             wait.until(lambda b: b.find_elements(By.XPATH, "//button[contains(., 'Try a sample')]"))[0].click()
-            wait.until(lambda b: "Triage" in body(b) and "Sample image: HAM10000" in body(b))
+            wait.until(lambda b: "Triage" in body(b) and "Ground truth: Melanoma (mel), confirmed by histopathology" in body(b))
+            assert "Sample image: HAM10000" in body(desk) and "CC BY-NC-SA 4.0" in body(desk)
             desk.refresh()
             upload(desk, wait, [cat], "No diagnosis is shown")
             text = body(desk)
-            assert "Calibrated probability" not in text and "Analyse anyway (unreliable)" in text  # no diagnosis shown
+            assert "calibrated probability" not in text and "Analyse anyway (unreliable)" in text  # no diagnosis shown
             desk.find_element(By.XPATH, "//*[contains(text(), 'Analyse anyway (unreliable)')]").click()
-            wait.until(lambda b: "Calibrated probability" in body(b))  # only on request
+            wait.until(lambda b: "calibrated probability" in body(b))  # only on request
             desk.refresh()
             upload(desk, wait, [real, *small], "Download results (CSV)")
             text = body(desk)
@@ -287,19 +292,54 @@ def _wait_for_file(folder, suffix, timeout):
     return False
 
 
-def test_app_sample_button_analyses_the_configured_real_image_with_its_credit(default_model, monkeypatch):
+def test_app_sample_button_analyses_the_bundled_melanoma_with_its_credit_and_ground_truth(default_model):
     from streamlit.testing.v1 import AppTest
 
-    real = shared("fullres", "ISIC_0024310.jpg")
-    monkeypatch.setenv("SKINLESION_SAMPLE", str(real))
-    monkeypatch.setenv("SKINLESION_SAMPLE_CREDIT", "HAM10000, CC BY-NC 4.0")
+    from skinlesion.sample import bundled_path
+
+    assert bundled_path().is_file() and bundled_path().with_name("README.md").is_file()  # the license and credit beside it
     at = AppTest.from_file(APP, default_timeout=120)
     at.run()
     assert not at.exception, at.exception
-    assert [b.label for b in at.button] == [f"Try a sample: {real.name}"]
-    assert "Calibrated probability" not in _texts(at)
+    assert [b.label for b in at.button] == ["Try a sample: ISIC_0024310.jpg"]
+    assert "calibrated probability" not in _texts(at)
     at.button[0].click().run()
     assert not at.exception, at.exception
     text = _texts(at)
-    assert "Calibrated probability" in text and "Sample image: HAM10000, CC BY-NC 4.0" in text
+    assert "calibrated probability" in text and "Sample image: HAM10000: Tschandl, Rosendahl & Kittler" in text
+    assert "License: CC BY-NC-SA 4.0" in text
+    assert "Ground truth: Melanoma (mel), confirmed by histopathology." in text
+    assert "4 of its 5 members trained on it" in text  # the sample is no test of the shipped model, and says so
     assert any("Triage" in str(w.value) for w in [*at.warning, *at.error, *at.success])  # the tier banner
+
+
+def test_app_sample_can_be_another_real_image_with_its_own_credit(default_model, monkeypatch, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    real = tmp_path / "mine.jpg"
+    shutil.copy(shared("fullres", "ISIC_0024310.jpg"), real)
+    monkeypatch.setenv("SKINLESION_SAMPLE", str(real))
+    monkeypatch.setenv("SKINLESION_SAMPLE_CREDIT", "my clinic, CC BY 4.0")
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert [b.label for b in at.button] == ["Try a sample: mine.jpg"]
+    at.button[0].click().run()
+    text = _texts(at)
+    assert "Sample image: my clinic, CC BY 4.0" in text and "Ground truth" not in text  # no JSON beside it: no truth claimed
+
+
+def test_a_crafted_upload_name_is_one_sentence_and_the_uploader_stays(app_test):
+    """Streamlit's own type filter raised StreamlitAPIException on a .heic name and lost the uploader for the session."""
+    at = app_test
+    at.file_uploader[0].set_value(("photo.heic", b"\x00\x00\x00\x18ftypheic" + bytes(64), "image/heic"))
+    at.run()
+    assert not at.exception, at.exception
+    errors = [str(e.value) for e in at.error]
+    assert errors == [
+        "Could not analyse photo.heic: photo.heic is a .heic file, not a JPEG or PNG image; export it as JPEG or PNG and upload it again."
+    ]
+    assert len(at.file_uploader) == 1  # still there: the next upload works
+    real = shared("fullres", "ISIC_0024310.jpg").read_bytes()
+    at.file_uploader[0].set_value(("ISIC_0024310.jpg", real, "image/jpeg"))
+    at.run()
+    assert not at.exception and "calibrated probability" in _texts(at)

@@ -231,3 +231,125 @@ def test_app_load_benchmark_two_sessions_get_their_own_answers(default_model, tm
     assert r["answers_differing_from_single_session"] == 0
     assert all(n >= 5 for n in r["reference_answer_lines"].values())  # the page showed an analysis for each image
     assert r["server_rss_peak_mib"] > 50
+
+
+# ---- issue 18: resume before the first checkpoint, full disks, Ctrl-C, a second evaluate, read-only --out ----
+
+
+def test_train_killed_after_epoch_0s_row_before_any_checkpoint_resumes_from_epoch_0_once(tiny_run, tmp_path, monkeypatch, capsys):
+    """The first kill window: epoch 0's metrics row is written, no checkpoint exists yet. The resume says so,
+    runs epoch 0 again, and metrics.csv ends with epochs 0, 1 once each; the weights equal an uninterrupted run's."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from skinlesion.train import train
+
+    data, split, _ = tiny_run
+    ref = train(_tiny_cfg(data, split, tmp_path / "ref"), finish_model=False)
+
+    class Killed(BaseException):
+        pass
+
+    real = ModelCheckpoint._save_checkpoint
+
+    def die(self, trainer, filepath):
+        raise Killed  # epoch 0's row and bundles are written; last.ckpt never is
+
+    monkeypatch.setattr(ModelCheckpoint, "_save_checkpoint", die)
+    run = tmp_path / "run"
+    with pytest.raises(Killed):
+        train(_tiny_cfg(data, split, run), finish_model=False)
+    assert list(pd.read_csv(run / "metrics.csv")["epoch"]) == [0] and not (run / "checkpoints" / "last.ckpt").exists()
+    monkeypatch.setattr(ModelCheckpoint, "_save_checkpoint", real)
+    capsys.readouterr()
+    train(_tiny_cfg(data, split, run), resume=True, finish_model=False)
+    assert "no checkpoint yet: starting from epoch 0" in capsys.readouterr().out
+    assert list(pd.read_csv(run / "metrics.csv")["epoch"]) == [0, 1]
+    a, b = _weights(ref / "last.safetensors"), _weights(run / "last.safetensors")
+    worst = max(float(np.abs(a[k].astype(np.float64) - b[k]).max()) for k in a)
+    assert worst < 1e-5, f"resumed weights differ from the uninterrupted run's by {worst}"
+
+
+def _train_args(data, split, out, epochs=2):
+    return ["train", data, "--split", split, "--out", out, "--backbone", "resnet18", "--input-size", "32", "--epochs", str(epochs)] + [
+        "--batch-size", "16", "--lr", "3e-3", "--patience", "10", "--no-progress", "--num-workers", "0",
+    ]  # fmt: skip
+
+
+def test_train_on_a_full_disk_is_one_sentence_and_resumes_once_space_is_freed(tiny_run, tmp_path, run_cli):
+    data, split, _ = tiny_run
+    disk = tmp_path / "disk"
+    _tmpfs(disk, "150m")  # one resnet18 bundle is 45 MB, a checkpoint with its optimiser 134 MB: epoch 0 cannot be saved whole
+    try:
+        out = disk / "run"
+        code, _, err = run_cli(*_train_args(data, split, out))
+        assert code == 2, err
+        assert "Training stopped: could not write into" in err and "No space left on device" in err, err
+        assert f"skinlesion train --resume --out {out}" in err and "Traceback" not in err and "unexpected" not in err
+        assert not [p for p in out.rglob("*.tmp")], "a half-written file was left behind"
+        subprocess.run(["mount", "-o", "remount,size=1g", str(disk)], check=True)  # space is freed
+        code, out_text, err = run_cli("train", "--resume", "--out", out)
+        assert code == 0, err
+        assert list(pd.read_csv(out / "metrics.csv")["epoch"]) == [0, 1]  # every epoch once
+        assert (out / "best.safetensors").exists() and (out / "val_metrics.json").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_export_on_a_full_disk_is_one_sentence_and_leaves_nothing(tiny_run, tmp_path, run_cli):
+    data, _, run = tiny_run
+    disk = tmp_path / "disk"
+    _tmpfs(disk, "20m")  # the resnet18 export is 45 MB
+    try:
+        code, _, err = run_cli("export", run, "--out", disk / "model.onnx")
+        assert code == 2, err
+        assert f"Could not write {disk / 'model.onnx'}" in err and "free some space or choose another --out" in err
+        assert "Traceback" not in err and "unexpected" not in err
+        assert list(disk.iterdir()) == [], "a partial export was left behind"
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_read_only_out_is_told_it_cannot_be_written(tiny_run, tmp_path, run_cli):
+    data, split, run = tiny_run
+    ro = tmp_path / "ro"
+    _tmpfs(ro, "1m")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+        code, _, err = run_cli("split", data, "--out", ro / "split.csv")
+        assert code == 2 and "the file system is read-only" in err and "free some space" not in err, err
+        img = sorted((data / "images").glob("*.jpg"))[0]
+        code, _, err = run_cli("predict", run, img, "--out", ro / "p.csv")
+        assert code == 2 and "read-only" in err and "free some space" not in err, err
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], capture_output=True)
+
+
+def test_ctrl_c_during_train_exits_130_and_resume_completes(tiny_run, tmp_path):
+    data, split, _ = tiny_run
+    out = tmp_path / "run"
+    env = {**os.environ, "SKINLESION_TEST_HOLD_AFTER_EPOCH": "0"}  # epoch 0 is saved, epoch 1 waits: a state, not a moment
+    proc = subprocess.Popen([*CLI, *map(str, _train_args(data, split, out, epochs=3))], stderr=subprocess.PIPE, text=True, env=env)
+    assert _wait_for(lambda: (out / ".held").exists() or proc.poll() is not None, 300), "training never reached the hold point"
+    assert proc.poll() is None, proc.stderr.read()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted; continue with `skinlesion train --resume --out" in err and "Traceback" not in err, err
+    assert list(pd.read_csv(out / "metrics.csv")["epoch"]) == [0]
+    r = subprocess.run([*CLI, "train", "--resume", "--out", str(out), "--no-progress"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert list(pd.read_csv(out / "metrics.csv")["epoch"]) == [0, 1, 2]
+
+
+def test_a_second_evaluate_into_a_folder_being_written_is_refused(tiny_run, tmp_path, run_cli):
+    from skinlesion.errors import lock_folder
+
+    data, split, run = tiny_run
+    held = lock_folder(tmp_path / "ev", "evaluation")  # as a running evaluate holds it
+    try:
+        code, _, err = run_cli("evaluate", "-m", run, "-d", data, "--split", split, "-o", tmp_path / "ev")
+        assert code == 2 and "Another skinlesion evaluation is writing into" in err, err
+    finally:
+        held.release()
+    code, _, err = run_cli("evaluate", "-m", run, "-d", data, "--split", split, "-o", tmp_path / "ev")
+    assert code == 0, err

@@ -2,29 +2,35 @@
 
 Read top-down:
 
-- :mod:`skinlesion.classes`     the seven diagnoses (codes, names, descriptions, malignancy)
+- :mod:`skinlesion.classes`     the registry of diagnoses (names, plain and neutral descriptions, malignancy) and
+                                label sets (a model's classes, carried in its bundle; HAM10000's seven)
 - :mod:`skinlesion.data`        reading HAM10000 / DermaMNIST and prepared caches, splits and CV folds, the leakage
                                 audit (shared lesions, near-duplicates), synthetic data, downloads
 - :mod:`skinlesion.errors`      the one user-facing error, one writer per folder, atomic files, link-safe scans
 - :mod:`skinlesion.intake`      opening one image file safely (EXIF, modes, bombs, corrupt files)
 - :mod:`skinlesion.preprocess`  the ONE definition of image preprocessing and augmentation
+- :mod:`skinlesion.corruptions` what real photos get wrong, at five severities (robustness benchmark, quality fit)
 - :mod:`skinlesion.models`      timm backbones, their ImageNet weights, the preprocessing resolver, stage features
 - :mod:`skinlesion.bundle`      the model on disk (safetensors + validated JSON; members, rules); its only writer
 - :mod:`skinlesion.train`       Lightning training (``LesionModule``, ``ExportModels``) of one network
 - :mod:`skinlesion.finish`      a single run's post-training step (TTA choice, calibration, rules, OOD) on val
 - :mod:`skinlesion.cv`          cross-validated ensembles: members, out-of-fold predictions, assembly
 - :mod:`skinlesion.posthoc`     fitted after training: calibration with prior correction, metadata fusion,
-                                refer threshold, conformal sets (crepes), triage tier
+                                refer threshold, conformal sets (crepes), triage tier, decision rules
 - :mod:`skinlesion.calibration` temperature scaling and expected calibration error
-- :mod:`skinlesion.metrics`     classification, calibration, risk-coverage and conformal metrics
+- :mod:`skinlesion.metrics`     classification, calibration, risk-coverage, conformal and subgroup metrics
 - :mod:`skinlesion.evaluate`    the inference loop over a dataset, the evaluation report
 - :mod:`skinlesion.predict`     the predictor used by the CLI, the API and the app (PyTorch or ONNX Runtime)
-- :mod:`skinlesion.ood`         out-of-distribution score fitted on the training features
+- :mod:`skinlesion.ood`         out-of-distribution score fitted on the training features ("is this dermoscopy")
+- :mod:`skinlesion.quality`     photo quality: what is wrong with a dermoscopic photo and how to retake it
+- :mod:`skinlesion.verdict`     the words of a result (tier, malignant summary, named class): app, report, CSV, API
+- :mod:`skinlesion.runtime`     thread pools sized to the usable cores, no spin-waiting
 - :mod:`skinlesion.explain`     Grad-CAM heat maps
 - :mod:`skinlesion.export`      ONNX export with a parity check
 - :mod:`skinlesion.isic`        the ISIC 2018 Task 3 files: submission CSV, ground truth
 - :mod:`skinlesion.card`        the model card, generated from a bundle
 - :mod:`skinlesion.report`      the one-page HTML report of one analysed image
+- :mod:`skinlesion.sample`      the app's bundled sample image (a HAM10000 melanoma) with its ground truth
 - :mod:`skinlesion.app`         the Streamlit web app
 - :mod:`skinlesion.cli`         the ``skinlesion`` command
 

@@ -18,9 +18,13 @@ import os
 import sys
 from pathlib import Path
 
-import streamlit as st
+from skinlesion.runtime import passive_waits
 
-from skinlesion.report import NOTICE, report_html
+passive_waits()  # before torch is imported: no spinning threads beside other sessions and processes
+
+import streamlit as st  # noqa: E402
+
+from skinlesion.report import NOTICE, report_html  # noqa: E402
 
 
 TIER_STYLE = {"see a dermatologist soon": st.error, "unsure: refer": st.warning, "routine": st.success}
@@ -38,17 +42,26 @@ def _model_arg() -> str:
 
 
 def sample_button(predictor, explain: bool, meta: dict | None) -> bool:
-    """'Try a sample': analyse the real image the operator configured (``skinlesion app --sample``); True when shown."""
-    path = _arg("--sample", "SKINLESION_SAMPLE")
-    if not path or not Path(path).is_file():
+    """'Try a sample': analyse a real image (the bundled HAM10000 melanoma, or the one ``skinlesion app --sample``
+    names), with its credit and license, and after the analysis its ground truth; True when shown."""
+    from skinlesion.sample import load_sample
+
+    sample = load_sample(_arg("--sample", "SKINLESION_SAMPLE"), _arg("--sample-credit", "SKINLESION_SAMPLE_CREDIT"))
+    if not sample.path.is_file():
         return False
-    credit = _arg("--sample-credit", "SKINLESION_SAMPLE_CREDIT", "")
-    if not st.button(f"Try a sample: {Path(path).name}", key="sample"):
+    if not st.button(f"Try a sample: {sample.path.name}", key="sample"):
         return False
-    st.subheader(f"Sample: {Path(path).name}")
-    st.caption(f"Sample image: {credit}" if credit else "Sample image")
+    st.subheader(f"Sample: {sample.path.name}")
+    st.caption(f"Sample image: {sample.credit}" + (f". License: {sample.license}." if sample.license else ""))
+    if meta is not None and not any(v for v in meta.values()):  # no patient data entered: the sample's own, where known
+        meta = {k: sample.patient.get(k) for k in ("age", "sex", "localization")}
     rows: list = []
-    show_result(predictor, Path(path).name, Path(path).read_bytes(), explain, rows, meta)
+    show_result(predictor, sample.path.name, sample.path.read_bytes(), explain, rows, meta)
+    truth = sample.truth()
+    if truth:
+        st.info(truth)
+    if sample.seen_in_training_by and sample.seen_in_training_by == _model_arg():
+        st.caption(sample.seen_in_training_note)
     return True
 
 
@@ -56,7 +69,7 @@ def sample_button(predictor, explain: bool, meta: dict | None) -> bool:
 def get_predictor(model: str):
     from skinlesion.predict import Predictor
 
-    return Predictor(model)
+    return Predictor(model, concurrency=2)  # sessions run at once: a thread each on two cores, none spinning
 
 
 def sidebar(predictor) -> None:
@@ -78,37 +91,45 @@ def sidebar(predictor) -> None:
     st.sidebar.caption(NOTICE)
 
 
-def result_card(pred) -> None:
-    """Top diagnosis, ranked top three, prediction set, tier banner, and one ranked chart."""
-    import pandas as pd
+def probability_chart(pred) -> str:
+    """The one probability display: every class ranked, a bar and its value (HTML, no chart library)."""
+    import html
 
-    from skinlesion.classes import get
+    rows = []
+    for code, p in pred.ranked():
+        name = html.escape(f"{pred.verdict.names[code]} ({code})")
+        rows.append(
+            '<div class="sl-prob" style="display:flex;align-items:center;gap:.5em;margin:.15em 0">'
+            f'<span style="flex:0 0 45%">{name}</span>'
+            f'<span style="flex:1 1 auto;background:#eee;height:.9em"><span style="display:block;background:#4c78a8;height:.9em;'
+            f'width:{100 * p:.1f}%"></span></span>'
+            f'<span style="flex:0 0 4.5em;text-align:right">{100 * p:.1f} %</span></div>'
+        )
+    return "".join(rows)
 
-    d = pred.diagnosis
-    if pred.tier:
-        TIER_STYLE.get(pred.tier, st.info)(f"Triage: **{pred.tier}**" + (f" ({pred.refer_reason})" if pred.refer_reason else ""))
-    st.markdown(f"### {d.name} ({d.code})")
-    st.markdown(f"Calibrated probability: **{pred.top_probability:.1%}**")
-    st.caption(d.description)
-    ranked = pred.ranked()
-    st.markdown("Most likely: " + ", ".join(f"{get(c).name} **{p:.1%}**" for c, p in ranked[:3]))
-    if pred.prediction_set:
-        st.markdown("Prediction set (90 %): one of " + ", ".join(get(c).name for c in pred.prediction_set))
-    label = "malignant or pre-malignant" if pred.malignant_probability >= 0.5 else "benign"
-    st.markdown(f"Malignant/benign summary: **{label}** (probability malignant or pre-malignant: {pred.malignant_probability:.1%})")
-    chart = pd.DataFrame({"diagnosis": [f"{get(c).name} ({c})" for c, _ in ranked], "probability": [p for _, p in ranked]})
-    st.bar_chart(chart, x="diagnosis", y="probability", horizontal=True, sort="-probability")
-    st.table(pd.DataFrame({"probability": [f"{p:.1%}" for _, p in ranked]}, index=[c for c, _ in ranked]))
+
+def result_card(pred, labels) -> None:
+    """The verdict's words in order (skinlesion.verdict): tier and why, the malignant summary against the
+    tier's threshold, the named class and its decision rule, the top three, the prediction set, and one
+    ranked chart of all probabilities with their values."""
+    v = pred.verdict
+    TIER_STYLE.get(v.tier, st.info)(f"Triage: **{v.headline}**" + (f" ({v.reason})" if v.reason else ""))
+    st.markdown(v.summary)
+    st.markdown(f"### {v.names[pred.top]} ({pred.top})")
+    st.markdown(v.decision)
+    st.caption(v.description)
+    st.markdown(v.top_three)
+    st.markdown(v.prediction_set)
+    st.markdown(probability_chart(pred), unsafe_allow_html=True)
 
 
 def explanation(predictor, image, pred) -> None:
-    from skinlesion.classes import CODES
     from skinlesion.explain import colour_scale, overlay
 
     top3 = [c for c, _ in pred.ranked()[:3]]
     target = st.selectbox("Explain the class", top3, key=f"explain-{pred.name}")
     with st.spinner("Computing the heat map ..."):
-        heat = predictor.explain(image, target=CODES.index(target))
+        heat = predictor.explain(image, target=predictor.labels.index(target))
     left, right = st.columns(2)
     left.image(image, caption="original", width="stretch")
     right.image(overlay(image, heat), caption=f"Grad-CAM for {target} (LayerCAM; red: most evidence, blue: least)", width="stretch")
@@ -117,35 +138,42 @@ def explanation(predictor, image, pred) -> None:
 
 def show_result(predictor, name: str, data: bytes, explain: bool, rows: list, meta: dict | None) -> None:
     from skinlesion.errors import SkinLesionError
-    from skinlesion.intake import open_image
-    from skinlesion.predict import OOD_EXPLAINED, ROW_COLUMNS
+    from skinlesion.intake import check_upload_name, open_image
+    from skinlesion.predict import OOD_EXPLAINED, error_row
 
     try:
+        check_upload_name(name)
         intake = open_image(data, name)
         pred = predictor.predict_images([intake.image], [name], [intake.warnings], [meta or {}])[0]
     except SkinLesionError as exc:
         st.error(f"Could not analyse {name}: {exc}")
-        rows.append({**{c: None for c in ROW_COLUMNS}, "image": name, "error": str(exc)})
+        rows.append(error_row(name, str(exc), predictor.labels.codes))
         return
     rows.append(pred.row())
     for w in pred.warnings:
         if not w.startswith("out of distribution"):
             st.warning(w)
+    for advice in pred.quality_advice:  # photo quality first; the analysis is still shown below
+        st.warning(advice)
     if pred.out_of_distribution:
-        st.warning(
-            OOD_EXPLAINED.format(score=pred.ood_score, threshold=predictor.ood[1]["threshold"])
-            + " No diagnosis is shown: upload a dermoscopic image of a skin lesion."
+        from skinlesion.predict import COLOURLESS_WARNING
+
+        why = (
+            "This image has almost no colour, and skin has colour: it does not look like the dermoscopic images the model was trained on."
+            if COLOURLESS_WARNING in pred.warnings
+            else OOD_EXPLAINED.format(score=pred.ood_score, threshold=predictor.ood[1]["threshold"])
         )
+        st.warning(why + " No diagnosis is shown: upload a dermoscopic image of a skin lesion.")
         st.image(intake.image, caption=name, width=320)
         with st.expander("Analyse anyway (unreliable)", expanded=False):
-            result_card(pred)
+            result_card(pred, predictor.labels)
         return
     # the answer first: on a phone the columns stack, and the tier must be on the first screen
     left, right = st.columns([1, 1])
     with right:
         st.image(intake.image, caption=f"{intake.original_size[0]}x{intake.original_size[1]}", width="stretch")
     with left:
-        result_card(pred)
+        result_card(pred, predictor.labels)
         st.download_button(
             "Download report (HTML)",
             report_html(predictor, pred, intake.image),
@@ -177,7 +205,8 @@ def main() -> None:
     predictor = get_predictor(_model_arg())
     sidebar(predictor)
     meta = patient_data(predictor)
-    files = st.file_uploader("Upload dermoscopic images (JPEG or PNG)", type=["jpg", "jpeg", "png"], accept_multiple_files=True)
+    # no type=[...]: Streamlit would raise on a crafted name (and drop the uploader); skinlesion.intake refuses it in one sentence
+    files = st.file_uploader("Upload dermoscopic images (JPEG or PNG)", accept_multiple_files=True)
     explain = st.toggle("Show Grad-CAM heat map", value=False)
     if not files:
         if not sample_button(predictor, explain, meta):
@@ -185,7 +214,7 @@ def main() -> None:
         return
     import pandas as pd
 
-    from skinlesion.predict import ROW_COLUMNS
+    from skinlesion.predict import row_columns
 
     rows: list = []
     summary = st.container()
@@ -196,14 +225,16 @@ def main() -> None:
         for f in files:
             with st.expander(f.name, expanded=False):
                 show_result(predictor, f.name, f.getvalue(), explain, rows, meta)
-    table = pd.DataFrame(rows).reindex(columns=ROW_COLUMNS)
+    table = pd.DataFrame(rows).reindex(columns=row_columns(predictor.labels.codes))
     table.insert(1, "model", predictor.config.name)
     table.insert(2, "model_version", (predictor.config.created_with or {}).get("skinlesion"))
     table.insert(3, "model_hash", predictor.model_hash)
     with summary:
         st.subheader("Results")
         st.dataframe(
-            table[["image", "top_class", "probability", "tier", "prediction_set", "warnings", "error"]], width="stretch", hide_index=True
+            table[["image", "tier", "top_class", "probability", "decision_rule", "malignant_probability", "quality", "warnings", "error"]],
+            width="stretch",
+            hide_index=True,
         )
         buf = io.StringIO()
         table.to_csv(buf, index=False)

@@ -5,7 +5,8 @@ A model is two files side by side, written together and atomically by :func:`sav
 ``NAME.safetensors``
     Every tensor: member ``i``'s weights under ``members.{i}.``; the out-of-distribution
     score under ``ood.*``; the metadata fusion under ``meta.*``; the conformal calibration
-    scores under ``conformal.*``. Loading it never unpickles anything.
+    scores under ``conformal.*``; the photo-quality check under ``quality.*``. Loading it never
+    unpickles anything.
 ``NAME.json``
     The :class:`ModelConfig`, validated on load (:func:`validate`): a wrong field is refused
     in one sentence naming it. Format version 2::
@@ -18,6 +19,8 @@ A model is two files side by side, written together and atomically by :func:`sav
          "tta": bool, "low_res": "upsample" | "none",
          "ood": {...} | null, "metadata": {...} | null,     # tabular inputs: age, sex, site
          "refer": {...} | null, "conformal": {...} | null, "tier": {...} | null,
+         "decision": {"default": rule, "rules": {"most-probable": {...}, "balanced": {"weights": [7], ...}}} | null,
+         "quality": {"problems": {name: {"threshold", ...}}, ...} | null,   # photo quality (skinlesion.quality)
          "metrics": {...}, "train": {...},
          "created_with": {"skinlesion", "torch", "timm", "python"}}
 
@@ -79,6 +82,8 @@ class ModelConfig:
     refer: dict | None = None
     conformal: dict | None = None
     tier: dict | None = None
+    decision: dict | None = None  # the decision rules (skinlesion.posthoc): which class is named first
+    quality: dict | None = None  # the photo-quality check (skinlesion.quality): problems and their thresholds
     metrics: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
     created_with: dict = field(default_factory=dict)
@@ -87,6 +92,18 @@ class ModelConfig:
     @property
     def prep(self) -> Preprocess:
         return Preprocess.from_dict(self.preprocess)
+
+    @property
+    def labels(self):
+        """The model's :class:`~skinlesion.classes.LabelSet`."""
+        from .classes import label_set
+
+        return label_set(tuple(self.classes))
+
+    @property
+    def rule(self) -> str:
+        """The decision rule the model names its top class by, unless told otherwise."""
+        return (self.decision or {}).get("default", "most-probable")
 
     @property
     def backbone(self) -> str:
@@ -187,9 +204,10 @@ def validate(d, name: str = "model.json", *, check_backbones: bool = True) -> Mo
     ood = d.get("ood")
     if ood is not None and (not isinstance(ood, dict) or not _finite(ood.get("threshold")) or ood["threshold"] <= 0):
         raise _bad(name, "ood.threshold", "must be a positive number")
-    for opt in ("metadata", "refer", "conformal", "tier", "metrics", "train", "created_with"):
+    for opt in ("metadata", "refer", "conformal", "tier", "decision", "quality", "metrics", "train", "created_with"):
         if d.get(opt) is not None and not isinstance(d[opt], dict):
             raise _bad(name, opt, "must be an object or null")
+    _check_decision(d.get("decision"), name, len(d.get("classes", CODES)))
     fields = set(ModelConfig.__dataclass_fields__)
     cfg = ModelConfig(
         **{k: v for k, v in d.items() if k in fields and k != "members"},
@@ -197,6 +215,23 @@ def validate(d, name: str = "model.json", *, check_backbones: bool = True) -> Mo
     )
     cfg.preprocess = Preprocess.from_dict(prep).to_dict()
     return cfg
+
+
+def _check_decision(dec, name: str, k: int) -> None:
+    """The decision block: a default among its rules; a weighted rule has one positive weight per class."""
+    if dec is None:
+        return
+    rules = dec.get("rules")
+    if not isinstance(rules, dict) or "most-probable" not in rules:
+        raise _bad(name, "decision.rules", "must be an object holding at least most-probable")
+    if dec.get("default", "most-probable") not in rules:
+        raise _bad(name, "decision.default", f"is {dec.get('default')!r}, which is not one of its rules ({', '.join(rules)})")
+    for rule, spec in rules.items():
+        if rule == "most-probable":
+            continue
+        w = spec.get("weights") if isinstance(spec, dict) else None
+        if not isinstance(w, list) or len(w) != k or not all(_finite(x) and x > 0 for x in w):
+            raise _bad(name, f"decision.rules.{rule}.weights", f"must be {k} positive numbers")
 
 
 # ---- paths -------------------------------------------------------------------------------
@@ -281,7 +316,7 @@ def read_tensors(weights_path: str | Path) -> dict[str, np.ndarray]:
     except Exception as exc:
         raise SkinLesionError(f"{path.name} is not a readable safetensors file ({exc}); use the file skinlesion train wrote.") from None
     out = {}
-    aux = ("ood.", "meta.", "conformal.", "oof.")
+    aux = ("ood.", "meta.", "conformal.", "oof.", "quality.")
     v1 = not any(k.startswith(MEMBER_PREFIX) for k in raw)
     for k, v in raw.items():
         key = f"{MEMBER_PREFIX}0.{k}" if v1 and not k.startswith(aux) else k
@@ -366,7 +401,7 @@ def save_bundle(nets, config: ModelConfig, path: str | Path, *, half: bool = Fal
     (``ood.*``, ``meta.*``, ``conformal.*``). Records the library versions in the config.
     """
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save as to_bytes
 
     path = Path(path)
     if path.suffix in (".safetensors", ".json"):
@@ -392,7 +427,9 @@ def save_bundle(nets, config: ModelConfig, path: str | Path, *, half: bool = Fal
     config.created_with = library_versions()
     d = validate(json.loads(json.dumps(config.to_dict(), default=float)), path.name + ".json", check_backbones=False).to_dict()
     weights = path.with_suffix(".safetensors")
-    _atomic_write(weights, lambda t: save_file(sd, str(t), metadata={"format": "pt", "skinlesion_format": str(FORMAT_VERSION)}))
+    # serialised in memory, written by Python: a full disk is an OSError (one sentence), never a SafetensorError
+    blob = to_bytes(sd, metadata={"format": "pt", "skinlesion_format": str(FORMAT_VERSION)})
+    _atomic_write(weights, lambda t: t.write_bytes(blob))
     _atomic_write(path.with_suffix(".json"), lambda t: t.write_text(json.dumps(d, indent=2, default=float) + "\n"))
     return weights
 

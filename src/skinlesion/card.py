@@ -17,20 +17,28 @@ from .classes import CODES, DIAGNOSES
 NOTICE = "**Research and education only. Not a medical device; its output is not a diagnosis.**"
 
 
+def oof_probabilities(cfg, aux: dict) -> np.ndarray:
+    """The OOF probabilities through the bundle's own calibration and fusion, from its stored OOF logits."""
+    from .posthoc import apply_metadata, calibrate
+
+    probs = calibrate(np.asarray(aux["oof.logits"], np.float64), cfg.temperature, cfg.class_bias)
+    if cfg.metadata and "meta.coef" in aux:
+        probs = apply_metadata(np.log(np.clip(probs, 1e-12, None)), np.asarray(aux["oof.meta"], np.float64), aux)
+    return probs
+
+
 def oof_metrics(cfg, aux: dict) -> dict | None:
     """The OOF metrics recomputed from the bundle's stored OOF logits (None for a bundle without them)."""
     if "oof.logits" not in aux:
         return None
     from .evaluate import analysis_metrics
     from .metrics import compute_metrics
-    from .posthoc import apply_metadata, calibrate
+    from .posthoc import calibrate, decide
 
     logits = np.asarray(aux["oof.logits"], np.float64)
     labels = np.asarray(aux["oof.labels"]).astype(int)
-    probs = calibrate(logits, cfg.temperature, cfg.class_bias)
-    if cfg.metadata and "meta.coef" in aux:
-        probs = apply_metadata(np.log(np.clip(probs, 1e-12, None)), np.asarray(aux["oof.meta"], np.float64), aux)
-    m = compute_metrics(probs, labels)
+    probs = oof_probabilities(cfg, aux)
+    m = compute_metrics(probs, labels, decide(probs, cfg.decision))
     m.update(analysis_metrics(probs, labels, cfg, aux))
     m["class_calibration_uncalibrated"] = analysis_metrics(calibrate(logits), labels)["class_calibration"]
     return m
@@ -43,7 +51,7 @@ def _f(x, nd=4) -> str:
 def render(model: str | Path) -> str:
     """The model card of ``model`` as Markdown."""
     from .bundle import load_config, read_tensors, resolve_model_path
-    from .evaluate import analysis_lines, metric_lines
+    from .evaluate import analysis_lines, metric_lines, subgroup_lines
 
     path = resolve_model_path(model)
     cfg = load_config(path, check_backbones=False)
@@ -96,16 +104,44 @@ def render(model: str | Path) -> str:
     ]
     if cfg.ood:
         radii = cfg.ood.get("round_field_radii") or []
+        photometric = cfg.ood.get("photometric") or []
+        variants = ([f"a round dermatoscope field (radius {min(radii):.2f}-{max(radii):.2f}, as in training)"] if radii else []) + (
+            ["an exposure or contrast change of the robustness benchmark up to severity 3"] if photometric else []
+        )
         fields = (
-            f", each both plain and with a round dermatoscope field (radius {min(radii):.2f}-{max(radii):.2f}, as in training: "
-            "black corners alone are not out of distribution)"
-            if radii
+            f", each both plain and under one of: {'; '.join(variants)} (black corners, a darker or a washed-out photo alone are "
+            "not out of distribution; the photo-quality check names them)"
+            if variants
             else ""
         )
         lines.append(
             f"- Out-of-distribution score: Mahalanobis distance of the first member's pooled stage features to one Gaussian per "
             f"stage (Ledoit-Wolf), fitted on its training images{fields}; flagged above {cfg.ood['threshold']:.3f}, the "
             f"{cfg.ood.get('percentile', 97.5)}th percentile of its held-out images. A flagged image is referred."
+        )
+    if cfg.quality:
+        q = cfg.quality
+        lines.append(
+            "- Photo quality: "
+            + ", ".join(p.replace("_", " ") for p in q["problems"])
+            + " are each named with advice to retake (the analysis is still shown), by a logistic score on the image's exposure, "
+            "contrast, sharpness and lesion-geometry statistics"
+            + (" and the first member's pooled stage features" if q.get("uses_network_features") else "")
+            + f", trained on its training images against their corruptions (severities {', '.join(map(str, q['fit_severities']))}); "
+            f"each threshold flags {q['target_false_alarm']:.1%} of clean held-out images "
+            f"(any problem, measured on other held-out images: {q['any_false_alarm_held_out']:.1%})."
+        )
+    if cfg.decision:
+        bal = cfg.decision["rules"].get("balanced")
+        lines.append(
+            f"- Decision rule: the named class is the `{cfg.rule}` one"
+            + (
+                f"; `balanced` (argmax of p / prior^{bal['alpha']:.2f}, the exponent with the best balanced accuracy on "
+                f"{cfg.decision['fitted_on']} predictions) is stored too (`skinlesion predict --rule balanced`)"
+                if bal and cfg.rule != "balanced"
+                else ""
+            )
+            + ". The probabilities, the tier and the prediction sets do not depend on it."
         )
     if cfg.refer:
         lines.append(
@@ -119,9 +155,10 @@ def render(model: str | Path) -> str:
         )
     if cfg.tier:
         lines.append(
-            f'- Triage tier: "see a dermatologist soon" when the malignant/pre-malignant probability (akiec + bcc + mel) '
-            f"is at least {cfg.tier['malignant_threshold']:.3f} (chosen for {cfg.tier['target_sensitivity']:.0%} sensitivity on "
-            f'{cfg.tier["fitted_on"]} predictions), "unsure: refer" when referred, "routine" otherwise.'
+            f'- Triage tier: "see a dermatologist soon" whenever the malignant/pre-malignant probability '
+            f"({' + '.join(cfg.labels.malignant)}) is at least {cfg.tier['malignant_threshold']:.3f} (chosen for "
+            f"{cfg.tier['target_sensitivity']:.0%} sensitivity on {cfg.tier['fitted_on']} predictions), unsure or not; "
+            '"unsure: refer" when referred, "routine" otherwise. The malignant summary is always stated against that threshold.'
         )
     v = cfg.created_with or {}
     lines += [f"- Made with skinlesion {v.get('skinlesion')}, torch {v.get('torch')}, timm {v.get('timm')}, Python {v.get('python')}.", ""]
@@ -248,6 +285,10 @@ def render(model: str | Path) -> str:
     else:
         lines += ["## Validation metrics", "", "| metric | value |", "| --- | --- |"]
         lines += [f"| {k} | {_f(v) if isinstance(v, float) else v} |" for k, v in (cfg.metrics or {}).items() if not isinstance(v, dict)]
+    sub = (cfg.metrics or {}).get("subgroups")
+    if sub:
+        lines += ["", "## Subgroups (out of fold)", ""]
+        lines += subgroup_lines(sub)[1:]
     rob = (cfg.metrics or {}).get("robustness")
     if rob:
         lines += [

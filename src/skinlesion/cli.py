@@ -104,8 +104,11 @@ def split(
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Drop metadata rows whose image is missing."),
     dedup: bool = typer.Option(False, "--dedup", help="Keep near-duplicate images (perceptual hash) together, as one lesion."),
     max_distance: int = typer.Option(2, "--max-distance", help="With --dedup: pHash bits two near-duplicates may differ in."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing manifest at --out (runs may have been trained on it)."),
 ) -> None:
-    """Write a split manifest (image_id,lesion_id,dx,split); lesion-grouped and stratified by default."""
+    """Write a split manifest (image_id,lesion_id,dx,split); lesion-grouped and stratified by default.
+
+    An existing manifest at --out is kept unless --force (or the new one is identical)."""
     from .data.ham10000 import load_dataset, read_metadata, with_official_split
     from .data.split import make_split
 
@@ -132,6 +135,15 @@ def split(
                 f"({merged} lesion id(s) merged into others) and kept in one split"
             )
     report = make_split(meta, kind=kind.value, fractions=(train, val, test), seed=seed, groups=groups)
+    if out.is_file() and not force:
+        if out.read_text() == report.manifest.to_csv(index=False):
+            _say(report.table())
+            _say(f"\n{out} already holds this manifest ({len(report.manifest)} images, kind={report.kind}, seed={seed}); unchanged")
+            return
+        raise SkinLesionError(
+            f"{out} already holds another split manifest, and runs may have been trained on it; "
+            "pass --force to replace it, or choose another --out."
+        )
     write_csv(report.manifest, out)
     _say(report.table())
     _say(f"\nwrote {out} ({len(report.manifest)} images, kind={report.kind}, seed={seed})")
@@ -270,6 +282,17 @@ def train(
         help="Training augmentation strength NAME=VALUE, repeatable: brightness, contrast (0-0.9), jitter (0-0.5), "
         "vignette (0-1) [default: 0.4, 0.4, 0.1, 0.25].",
     ),
+    loss: Optional[str] = typer.Option(
+        None,
+        "--loss",
+        help="cross-entropy (default; class weights from --balance) or logit-adjusted (Menon et al. 2021; with --balance none).",
+    ),
+    decision_rule: Optional[str] = typer.Option(
+        None,
+        "--decision-rule",
+        help="The rule the model names its top class by: most-probable (accuracy, default) or balanced (balanced accuracy); "
+        "both are fitted and stored, predict --rule switches.",
+    ),
 ) -> None:
     """Train a model on a split, or a cross-validated ensemble with --folds; writes models, config, manifest and metrics into --out.
 
@@ -304,6 +327,8 @@ def train(
             num_nodes=num_nodes,
             strategy=strategy,
             precision=precision,
+            decision_rule=decision_rule,
+            loss=loss,
         ).items()
         if v is not None
     }
@@ -344,18 +369,32 @@ def evaluate(
     labels: Optional[Path] = typer.Option(
         None, "--labels", help="ISIC 2018 ground-truth CSV (image,MEL,NV,BCC,AKIEC,BKL,DF,VASC): evaluate its images with its labels."
     ),
+    rule: Optional[str] = typer.Option(
+        None, "--rule", help="Decision rule naming each image's class: most-probable or balanced (default: the model's own)."
+    ),
 ) -> None:
     """Evaluate a model: metrics.json, confusion matrix, ROC, reliability diagram and report.md."""
     from .evaluate import evaluate_model
 
     with _progress("evaluating") as progress:
         m = evaluate_model(
-            model, data, out, split=split, subset=subset, ids=ids, tta=tta, allow_missing=allow_missing, truth=labels, progress=progress
+            model,
+            data,
+            out,
+            split=split,
+            subset=subset,
+            ids=ids,
+            tta=tta,
+            allow_missing=allow_missing,
+            truth=labels,
+            progress=progress,
+            rule=rule,
         )
     for w in m["warnings"]:
         _warn(w)
     _say(
-        f"images {m['n_images']}: accuracy {m['accuracy']:.4f}, balanced accuracy {m['balanced_accuracy']:.4f}, "
+        f"images {m['n_images']} (decision rule {m['decision_rule']}): accuracy {m['accuracy']:.4f}, "
+        f"balanced accuracy {m['balanced_accuracy']:.4f}, "
         f"macro AUC {m['auc_macro']:.4f}, malignant AUC {m['malignant_auc']:.4f}, "
         f"ECE {m['ece_uncalibrated']:.4f} -> {m['ece']:.4f} (T={m['temperature']:.3f})"
     )
@@ -405,6 +444,9 @@ def predict(
     fmt: str = typer.Option("skinlesion", "--format", help="skinlesion (every field) or isic2018 (image,MEL,NV,BCC,AKIEC,BKL,DF,VASC)."),
     tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Average the 8 flips/rotations (default: the model's own setting)."),
     backend: str = typer.Option("auto", help="auto (ONNX Runtime when a current export of the model exists), torch or onnx."),
+    rule: Optional[str] = typer.Option(
+        None, "--rule", help="Decision rule naming the top class: most-probable or balanced (default: the model's own, in its card)."
+    ),
 ) -> None:
     """Predict images: one row each (top class, probabilities, prediction set, tier, refer, warnings, errors).
 
@@ -412,7 +454,7 @@ def predict(
     """
     import pandas as pd
 
-    from .predict import ROW_COLUMNS, Predictor, expand_inputs, predict_files
+    from .predict import Predictor, expand_inputs, predict_files, row_columns
 
     if fmt not in ("skinlesion", "isic2018"):
         raise SkinLesionError(f"Unknown --format {fmt!r}; use skinlesion or isic2018.")
@@ -420,19 +462,19 @@ def predict(
     if not paths:
         raise SkinLesionError("No files to predict; pass image files, folders or globs.")
     meta_rows = read_meta_csv(meta) if meta else None
-    predictor = Predictor(model, backend=backend, tta=tta)
+    predictor = Predictor(model, backend=backend, tta=tta, rule=rule)
     if meta_rows is not None and not predictor.uses_metadata:
         _warn("this model does not use patient data; --meta is ignored.")
     with _progress("predicting") as progress:
         rows = predict_files(predictor, paths, meta=meta_rows, progress=lambda n: progress(n, len(paths)))
-    table = pd.DataFrame(rows).reindex(columns=ROW_COLUMNS)
+    codes = predictor.labels.codes
+    table = pd.DataFrame(rows).reindex(columns=row_columns(codes))
     failed = table["error"].fillna("").astype(bool)
     if fmt == "isic2018":
-        from .classes import CODES
         from .isic import submission
 
         good = table[~failed]
-        sub = submission(good["image"], good[list(CODES)].to_numpy(float))
+        sub = submission(good["image"], good[list(codes)].to_numpy(float))
         if out:
             write_csv(sub, out)
     elif out:
@@ -485,12 +527,15 @@ def app_cmd(
     port: int = typer.Option(8501, "--port", help="Port to listen on."),
     address: str = typer.Option("localhost", "--address", help="Address to bind (0.0.0.0 to serve others)."),
     sample: Optional[Path] = typer.Option(
-        None, "--sample", help="A real dermoscopic image the page offers as 'Try a sample' (e.g. one of your HAM10000 files)."
+        None,
+        "--sample",
+        help="A real dermoscopic image the page offers as 'Try a sample' [default: the bundled HAM10000 melanoma]; "
+        "a JSON beside it (as skinlesion/samples/ISIC_0024310.json) gives its ground truth and credit.",
     ),
-    sample_credit: str = typer.Option(
-        "HAM10000 (Tschandl, Rosendahl & Kittler, Sci Data 2018), CC BY-NC 4.0",
+    sample_credit: Optional[str] = typer.Option(
+        None,
         "--sample-credit",
-        help="Attribution shown under the sample.",
+        help="Attribution shown under the sample [default: the credit in the JSON beside it].",
     ),
 ) -> None:
     """Start the Streamlit web app (exporting the model to ONNX Runtime first, once, when it can)."""
@@ -538,7 +583,8 @@ def app_cmd(
         "--",
         "--model",
         model,
-        *(["--sample", str(sample), "--sample-credit", sample_credit] if sample is not None else []),
+        *(["--sample", str(sample)] if sample is not None else []),
+        *(["--sample-credit", sample_credit] if sample_credit else []),
     ]
     _say(f"skinlesion app on http://{address}:{port}")
     raise typer.Exit(_serve(cmd))
@@ -625,6 +671,9 @@ def _click_exceptions():
 
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point: user errors become one sentence and exit code 2, never a traceback."""
+    from .runtime import passive_waits
+
+    passive_waits()  # before any verb imports torch: its thread pool sleeps instead of spinning on shared cores
     usage, abort = _click_exceptions()
     try:
         rc = app(args=argv, standalone_mode=False)  # a verb's typer.Exit(n) comes back as n here
@@ -635,8 +684,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     except SkinLesionError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except (KeyboardInterrupt, *abort):
-        typer.echo("interrupted", err=True)
+    except (KeyboardInterrupt, *abort) as exc:
+        from .errors import Interrupted
+
+        typer.echo(f"interrupted; {exc}" if isinstance(exc, Interrupted) and str(exc) else "interrupted", err=True)
         sys.exit(130)
     except typer.Exit as exc:  # typer's own exits (--help, a verb's exit code; typer turns Ctrl-C into Exit(130))
         if exc.exit_code == 130:

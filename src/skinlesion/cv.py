@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .classes import CODES
-from .errors import SkinLesionError, atomic_text, atomic_write, lock_folder
+from .errors import Interrupted, SkinLesionError, atomic_text, atomic_write, lock_folder
 
 DONE = "MEMBER_DONE"
 
@@ -72,7 +72,13 @@ def train_members(cfg, k: int) -> tuple[Path, np.ndarray]:
             f"({int((folds == i).sum())} images)",
             flush=True,
         )
-        train(mcfg, resume=(member / "checkpoints" / "last.ckpt").exists(), finish_model=False)
+        try:
+            train(mcfg, resume=(member / "metrics.csv").exists() or (member / "checkpoints" / "last.ckpt").exists(), finish_model=False)
+        except Interrupted:
+            raise Interrupted(
+                f"continue with the same `skinlesion train ... --folds {k} --out {out}`: finished members are kept, "
+                f"member {i + 1} continues from its last finished epoch"
+            ) from None
         (member / DONE).write_text("")
     return out, folds
 
@@ -154,8 +160,17 @@ def assemble(out: str | Path, data, *, metadata: str = "auto", seed: int = 0) ->
     from .data.ham10000 import load_dataset
     from .evaluate import analysis_metrics, write_report
     from .metrics import compute_metrics
-    from .ood import fit_for_model
-    from .posthoc import apply_metadata, calibrate, cross_fitted, encode_metadata, fit_calibration, fit_metadata, fit_rules, prediction_sets
+    from .posthoc import (
+        apply_metadata,
+        calibrate,
+        cross_fitted,
+        decide,
+        encode_metadata,
+        fit_calibration,
+        fit_metadata,
+        fit_rules,
+        prediction_sets,
+    )
 
     out = Path(out)
     ds = load_dataset(data)
@@ -188,7 +203,8 @@ def assemble(out: str | Path, data, *, metadata: str = "auto", seed: int = 0) ->
         probs = apply_metadata(lp, meta_x, aux)
 
     crossed = crossfit_probs(logits, labels, folds, meta_x if use_meta else None, seed=seed)
-    rules, rule_aux = fit_rules(crossed, labels)
+    cv_config = json.loads((out / "cv_config.json").read_text())
+    rules, rule_aux = fit_rules(crossed, labels, rule=cv_config.get("decision_rule", "most-probable"))
     aux.update(rule_aux)
 
     # conformal coverage, honestly: calibration scores from the other folds only
@@ -209,11 +225,9 @@ def assemble(out: str | Path, data, *, metadata: str = "auto", seed: int = 0) ->
             Member(mcfg.members[0].backbone, mcfg.members[0].pretrained, fold=i, seed=(mcfg.train or {}).get("seed"), metrics=mcfg.metrics)
         )
     prep = mcfg.prep
-    # OOD score on the first member: Gaussians of its training images' features, threshold on its held-out fold
-    ood_tensors, ood_cfg = fit_for_model(nets[0], prep, ds, np.flatnonzero(folds != 0), np.flatnonzero(folds == 0))
-    if ood_cfg:
-        ood_cfg["stages"] = [f"members.0.{s}" for s in ood_cfg["stages"]]
-        aux.update(ood_tensors)
+    # OOD score and photo quality on the first member: fitted on its training images, thresholds on its held-out fold
+    check_tensors, ood_cfg, quality_cfg = _image_checks(nets[0], prep, ds, folds)
+    aux.update(check_tensors)
 
     cfg = ModelConfig(
         preprocess=prep.to_dict(),
@@ -224,6 +238,7 @@ def assemble(out: str | Path, data, *, metadata: str = "auto", seed: int = 0) ->
         tta=tta,
         low_res=mcfg.low_res,
         ood=ood_cfg,
+        quality=quality_cfg,
         metadata={
             "fields": list(("age", "sex", "localization")),
             "encoding": "skinlesion.posthoc.encode_metadata",
@@ -231,19 +246,19 @@ def assemble(out: str | Path, data, *, metadata: str = "auto", seed: int = 0) ->
         }
         if use_meta
         else None,
-        train=json.loads((out / "cv_config.json").read_text()),
+        train=cv_config,
         **rules,
     )
     final_aux = dict(aux)
-    metrics = compute_metrics(probs, labels)
+    metrics = compute_metrics(probs, labels, decide(probs, cfg.decision))
     metrics.update(analysis_metrics(probs, labels, cfg, final_aux))
-    metrics["cross_fitted"] = {
-        kk: compute_metrics(crossed, labels)[kk] for kk in ("accuracy", "balanced_accuracy", "auc_macro", "f1_weighted", "nll")
-    }
+    crossed_m = compute_metrics(crossed, labels, decide(crossed, cfg.decision))
+    metrics["cross_fitted"] = {kk: crossed_m[kk] for kk in ("accuracy", "balanced_accuracy", "auc_macro", "f1_weighted", "nll")}
     metrics["cross_fitted"].update(
         {kk: v for kk, v in analysis_metrics(crossed, labels, cfg, final_aux).items() if kk != "class_calibration"}
     )
     metrics["cross_fitted"]["conformal"] = rules["conformal"]["cross_fitted"]
+    metrics["subgroups"] = oof_subgroups(probs, labels, ds, cfg)
     metrics.update(
         {
             "evaluated_on": "out-of-fold",
@@ -275,6 +290,7 @@ def assemble(out: str | Path, data, *, metadata: str = "auto", seed: int = 0) ->
             "metadata",
             "metadata_ablation",
             "cross_fitted",
+            "subgroups",
         )
     }
     write_report(
@@ -291,6 +307,74 @@ def assemble(out: str | Path, data, *, metadata: str = "auto", seed: int = 0) ->
     final_aux["oof.folds"] = folds.astype(np.int64)
     final_aux["oof.meta"] = meta_x.astype(np.float32)
     return save_bundle(nets, cfg, out / "model", extra=final_aux)
+
+
+def _image_checks(member, prep, ds, folds: np.ndarray):
+    """The OOD score and quality check of an ensemble, on its first member (the one whose features the predictor reads)."""
+    from .finish import fit_image_checks
+
+    tensors, ood_cfg, quality_cfg = fit_image_checks(member, prep, ds, np.flatnonzero(folds != 0), np.flatnonzero(folds == 0))
+    if ood_cfg:
+        ood_cfg["stages"] = [f"members.0.{s}" for s in ood_cfg["stages"]]
+    if quality_cfg:
+        quality_cfg["stages"] = [f"members.0.{s}" for s in quality_cfg["stages"]]
+    return tensors, ood_cfg, quality_cfg
+
+
+def oof_subgroups(probs: np.ndarray, labels: np.ndarray, ds, cfg) -> dict:
+    """Subgroup metrics (age band, sex, body site) of the OOF predictions, lesion-clustered bootstrap."""
+    from .metrics import subgroup_metrics
+    from .posthoc import decide
+
+    return subgroup_metrics(
+        probs,
+        labels,
+        ds.meta,
+        pred=decide(probs, cfg.decision),
+        malignant_threshold=(cfg.tier or {}).get("malignant_threshold"),
+        groups=ds.meta["lesion_id"].to_numpy(),
+        malignant_mask=cfg.labels.malignant_mask,
+    )
+
+
+def refit(model: str | Path, data, *, parts=("decision", "checks", "subgroups")) -> Path:
+    """Refit an assembled ensemble's post-hoc parts in place, from its own members and stored OOF predictions.
+
+    ``decision``: the decision rules on the cross-fitted OOF probabilities; ``checks``: the OOD score and the
+    photo-quality check on the first member (its training folds, thresholds on its held-out fold);
+    ``subgroups``: the OOF subgroup metrics the card shows. The members, calibration, fusion and the
+    other rules are kept. Writes the bundle in the precision it has.
+    """
+    from .card import oof_probabilities
+    from safetensors import safe_open
+
+    from .bundle import load_model, resolve_model_path, save_bundle
+    from .data.ham10000 import load_dataset
+    from .posthoc import fit_decision
+
+    path = resolve_model_path(model)
+    net, cfg, aux = load_model(path, with_extra=True)
+    if "oof.logits" not in aux:
+        raise SkinLesionError(f"{path.name} holds no out-of-fold predictions; it is not a cross-validated ensemble.")
+    ds = load_dataset(data)
+    labels = np.asarray(aux["oof.labels"]).astype(int)
+    if not np.array_equal(labels, ds.labels):
+        raise SkinLesionError(f"{data} is not the dataset {path.name} was cross-validated on (labels differ).")
+    folds = np.asarray(aux["oof.folds"]).astype(int)
+    if "decision" in parts:
+        meta = np.asarray(aux["oof.meta"], np.float64) if cfg.metadata and "meta.coef" in aux else None
+        crossed = crossfit_probs(np.asarray(aux["oof.logits"], np.float64), labels, folds, meta)
+        cfg.decision = fit_decision(crossed, labels, default=(cfg.train or {}).get("decision_rule", "most-probable"))
+    if "checks" in parts:
+        first = next(i for i, m in enumerate(cfg.members) if m.fold == 0)
+        aux = {k: v for k, v in aux.items() if not k.startswith(("ood.", "quality."))}
+        tensors, cfg.ood, cfg.quality = _image_checks(net.members[first], cfg.prep, ds, folds)
+        aux.update(tensors)
+    if "subgroups" in parts:
+        cfg.metrics = {**cfg.metrics, "subgroups": oof_subgroups(oof_probabilities(cfg, aux), labels, ds, cfg)}
+    with safe_open(str(path), framework="numpy") as f:  # re-save the members in the precision they were shipped in
+        half = f.get_tensor(next(k for k in f.keys() if k.startswith("members."))).dtype == np.float16
+    return save_bundle(net, cfg, path, half=half, extra=aux)
 
 
 def train_cv(cfg, k: int, *, metadata: str = "auto") -> Path:

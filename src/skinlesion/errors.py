@@ -11,6 +11,10 @@ class SkinLesionError(Exception):
     """
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped a run; the message says how to continue it (the CLI prints it and exits 130)."""
+
+
 def lock_folder(folder, what: str = "run"):
     """Hold an exclusive lock on ``folder`` (the ``filelock`` package) for one writer; refuse a second one.
 
@@ -57,11 +61,49 @@ def atomic_write(path, write, *, what: str = "--out"):
         os.replace(tmp, path)
     except OSError as exc:
         _remove(tmp)
-        raise SkinLesionError(f"Could not write {path} ({exc.strerror or exc}); free some space or choose another {what}.") from None
+        raise SkinLesionError(write_failure(path, exc, what)) from None
     except BaseException:
         _remove(tmp)
         raise
     return path
+
+
+def write_failure(path, exc: OSError, what: str = "--out") -> str:
+    """The one sentence for a file that could not be written: what happened, and what to do about it."""
+    import errno
+
+    why = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"Could not write {path} ({why}); free some space or choose another {what}."
+    if exc.errno == errno.EROFS:
+        return f"Could not write {path}: the file system is read-only; choose another {what}."
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"Could not write {path}: permission denied, it cannot be written; choose another {what}."
+    return f"Could not write {path} ({why}); choose another {what}."
+
+
+def os_error_in(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc``: itself, one in its cause/context chain, or one a library reported only in words
+    (torch's and safetensors' writers say "No space left on device" in a RuntimeError). None when there is none."""
+    import errno
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return exc
+        text = str(exc)
+        for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            if os_strerror(code) in text:
+                return OSError(code, os_strerror(code))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def os_strerror(code: int) -> str:
+    import os
+
+    return os.strerror(code)
 
 
 def _remove(path) -> None:

@@ -145,16 +145,19 @@ def model_probabilities(logits: np.ndarray, cfg, aux: dict, meta=None) -> np.nda
     return probs
 
 
-def analysis_metrics(probs: np.ndarray, labels: np.ndarray, cfg=None, aux: dict | None = None) -> dict:
-    """Per-class calibration, risk-coverage and (when the model has them) conformal sets, refer and tier."""
+def analysis_metrics(probs: np.ndarray, labels: np.ndarray, cfg=None, aux: dict | None = None, rule: str | None = None) -> dict:
+    """Per-class calibration, risk-coverage and (when the model has them) conformal sets, refer, tier and
+    the decision rules (each rule's accuracy, balanced accuracy and per-class recall)."""
     from .metrics import class_calibration, conformal_metrics, risk_coverage
 
-    out = {"class_calibration": class_calibration(probs, labels), "risk_coverage": risk_coverage(probs, labels)}
     if cfg is None:
-        return out
+        return {"class_calibration": class_calibration(probs, labels), "risk_coverage": risk_coverage(probs, labels)}
     from .classes import MALIGNANT_MASK
-    from .posthoc import TIER_ROUTINE, analyse
+    from .posthoc import TIER_ROUTINE, analyse, decide, rule_metrics
 
+    pred = decide(probs, cfg.decision, rule)
+    out = {"class_calibration": class_calibration(probs, labels), "risk_coverage": risk_coverage(probs, labels, pred=pred)}
+    out["decision_rules"] = rule_metrics(probs, labels, cfg.decision, cfg.labels.codes)
     rules = analyse(probs, cfg, aux or {})
     if cfg.conformal and "conformal.alphas" in (aux or {}):
         sets = np.array([[c in r["prediction_set"] for c in CODES] for r in rules])
@@ -165,7 +168,7 @@ def analysis_metrics(probs: np.ndarray, labels: np.ndarray, cfg=None, aux: dict 
         out["refer"] = {
             "rate": float(refer.mean()),
             "threshold": cfg.refer["confidence_threshold"],
-            "accuracy_kept": float((probs[kept].argmax(1) == labels[kept]).mean()) if kept.any() else float("nan"),
+            "accuracy_kept": float((pred[kept] == labels[kept]).mean()) if kept.any() else float("nan"),
         }
     if cfg.tier:
         mal = np.asarray(MALIGNANT_MASK)[labels]
@@ -191,6 +194,7 @@ def evaluate_model(
     use_metadata: bool = True,
     truth=None,
     progress=None,
+    rule: str | None = None,
 ) -> dict:
     """Evaluate ``model`` on ``data``; write metrics.json, plots and report.md into ``out``.
 
@@ -198,11 +202,20 @@ def evaluate_model(
     ``use_metadata=False`` evaluates it as if every field were missing. ``truth``: an ISIC 2018
     ground-truth CSV whose images and labels are evaluated (instead of the dataset's labels).
     ``progress``: ``(images done, images in all)``, called as the network works through them.
+    ``rule``: the decision rule naming each image's class (default: the model's own); the report
+    also shows every rule the model holds.
     """
     from .bundle import load_model
     from .data.ham10000 import load_dataset
+    from .errors import lock_folder
+    from .posthoc import decide, rule_log_weights
 
+    if Path(out).exists() and not Path(out).is_dir():
+        raise SkinLesionError(f"--out {out} is a file; pass a folder for the report (it is created if missing).")
+    lock = lock_folder(out, "evaluation")  # noqa: F841 (one writer of the report folder, held until this returns)
     net, cfg, aux = load_model(model, with_extra=True)
+    rule = rule or cfg.rule
+    rule_log_weights(cfg.decision, rule, len(cfg.labels))  # an unknown rule is refused before any work
     ds = load_dataset(data, allow_missing=allow_missing)
     if truth is not None:  # an ISIC 2018 ground-truth CSV chooses the images and gives their labels
         if split is not None or ids is not None or subset is not None:
@@ -232,7 +245,9 @@ def evaluate_model(
     logits = dataset_logits(net, cfg.prep, ds, pos, tta=tta, progress=step)
     meta = ds.meta.iloc[pos] if use_metadata else None
     probs = model_probabilities(logits, cfg, aux, meta)
-    metrics = compute_metrics(probs, labels)
+    pred = decide(probs, cfg.decision, rule)
+    metrics = compute_metrics(probs, labels, pred)
+    metrics["decision_rule"] = rule
     metrics["ece_uncalibrated"] = ece(softmax(logits, 1.0), labels)
     metrics["temperature"] = cfg.temperature
     metrics["tta"] = tta
@@ -241,12 +256,26 @@ def evaluate_model(
     metrics["data"] = str(data)
     metrics["subset"] = subset if truth is None else f"the images of {Path(truth).name}"
     metrics["warnings"] = warnings
-    metrics.update(analysis_metrics(probs, labels, cfg, aux))
-    write_report(metrics, probs, labels, Path(out), ids=ds.meta["image_id"].to_numpy()[pos])
+    metrics.update(analysis_metrics(probs, labels, cfg, aux, rule))
+    sub_meta = ds.meta.iloc[pos]
+    if any(c in sub_meta.columns for c in ("age", "sex", "localization")):
+        from .metrics import subgroup_metrics
+
+        metrics["subgroups"] = subgroup_metrics(
+            probs,
+            labels,
+            sub_meta,
+            pred=pred,
+            malignant_threshold=(cfg.tier or {}).get("malignant_threshold"),
+            groups=sub_meta["lesion_id"].to_numpy() if "lesion_id" in sub_meta.columns else None,
+            malignant_mask=cfg.labels.malignant_mask,
+        )
+    write_report(metrics, probs, labels, Path(out), ids=ds.meta["image_id"].to_numpy()[pos], pred=pred)
     return metrics
 
 
-def write_report(metrics: dict, probs: np.ndarray, labels: np.ndarray, out: Path, ids=None) -> None:
+def write_report(metrics: dict, probs: np.ndarray, labels: np.ndarray, out: Path, ids=None, pred=None) -> None:
+    """metrics.json, predictions.csv (``pred``: the named classes, default the most probable), the plots and report.md."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -259,11 +288,11 @@ def write_report(metrics: dict, probs: np.ndarray, labels: np.ndarray, out: Path
         raise SkinLesionError(f"--out {out} is a file; pass a folder for the report (it is created if missing).")
     atomic_text(out / "metrics.json", json.dumps(metrics, indent=2, default=float))
     if ids is not None:
-        pred = pd.DataFrame(probs, columns=list(CODES))
-        pred.insert(0, "image_id", ids)
-        pred.insert(1, "label", [CODES[i] for i in labels])
-        pred.insert(2, "pred", [CODES[i] for i in probs.argmax(1)])
-        atomic_write(out / "predictions.csv", lambda t: pred.to_csv(t, index=False))
+        pred_df = pd.DataFrame(probs, columns=list(CODES))
+        pred_df.insert(0, "image_id", ids)
+        pred_df.insert(1, "label", [CODES[i] for i in labels])
+        pred_df.insert(2, "pred", [CODES[i] for i in (probs.argmax(1) if pred is None else pred)])
+        atomic_write(out / "predictions.csv", lambda t: pred_df.to_csv(t, index=False))
 
     cm = np.asarray(metrics["confusion_matrix"])
     fig, ax = plt.subplots(figsize=(6, 5))
@@ -331,12 +360,14 @@ def write_report(metrics: dict, probs: np.ndarray, labels: np.ndarray, out: Path
         "",
         f"Model: `{m.get('model', '')}`  ",
         f"Data: `{m.get('data', '')}`, subset: {m.get('subset') or 'all'}, images: {m['n_images']}, "
-        f"TTA: {m.get('tta', False)}, temperature: {m.get('temperature', 1.0):.3f}",
+        f"TTA: {m.get('tta', False)}, temperature: {m.get('temperature', 1.0):.3f}"
+        + (f", decision rule: {m['decision_rule']}" if m.get("decision_rule") else ""),
         "",
     ]
     lines += [f"**Warning:** {w}  " for w in m.get("warnings", [])] + ([""] if m.get("warnings") else [])
     lines += metric_lines(m)
     lines += analysis_lines(m)
+    lines += subgroup_lines(m.get("subgroups"))
     lines += [
         "",
         "![confusion matrix](confusion_matrix.png)",
@@ -367,9 +398,54 @@ def metric_lines(m: dict, keys=METRIC_KEYS) -> list[str]:
     return lines
 
 
+def subgroup_lines(sub: dict | None) -> list[str]:
+    """Markdown tables of the subgroup metrics (age band, sex, body site), with their 95 % intervals."""
+    if not sub:
+        return []
+
+    def cell(v, ci):
+        return "n/a" if v is None or v != v else f"{v:.3f} ({ci[0]:.3f}-{ci[1]:.3f})"
+
+    t = sub.get("malignant_threshold")
+    sens = f"malignant sensitivity (probability >= {t:.3f})" if t is not None else "malignant sensitivity (named class)"
+    lines = [
+        "",
+        f"Subgroups (95 % bootstrap intervals over {sub['bootstrap']} resamples of {sub['resampled']}; "
+        f"* marks groups under {sub['small_group']} images, too few to compare):",
+    ]
+    for attr, rows in sub["attributes"].items():
+        lines += [
+            "",
+            f"| {attr.replace('localization', 'body site')} | images | accuracy | balanced accuracy | malignant | {sens} |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in rows:
+            lines.append(
+                f"| {r['group']}{' *' if r['small'] else ''} | {r['n']} | {cell(r['accuracy'], r['accuracy_ci'])} | "
+                f"{cell(r['balanced_accuracy'], r['balanced_accuracy_ci'])} | {r['n_malignant']} | "
+                f"{cell(r['malignant_sensitivity'], r['malignant_sensitivity_ci'])} |"
+            )
+    return lines
+
+
 def analysis_lines(m: dict) -> list[str]:
     """Markdown tables for per-class calibration, risk-coverage, conformal sets, refer and tier."""
     lines = []
+    if "decision_rules" in m:
+        codes = list(next(iter(m["decision_rules"].values()))["recall"])
+        lines += [
+            "",
+            "Decision rules (which class is named first; the probabilities are the same):",
+            "",
+            "| rule | accuracy | balanced accuracy | " + " | ".join(f"recall {c}" for c in codes) + " |",
+            "| --- " * (3 + len(codes)) + "|",
+        ]
+        for rule, r in m["decision_rules"].items():
+            lines.append(
+                f"| {rule} | {r['accuracy']:.4f} | {r['balanced_accuracy']:.4f} | "
+                + " | ".join(f"{r['recall'][c]:.3f}" for c in codes)
+                + " |"
+            )
     if "class_calibration" in m:
         lines += [
             "",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SkinLesionError, make_folder
+from .errors import SkinLesionError, make_folder, os_error_in, write_failure
 
 TOLERANCE = 1e-4  # max absolute difference in calibrated probability
 
@@ -82,6 +82,7 @@ def export_onnx(model: str | Path, out: str | Path | None = None, *, check_image
     dummy = torch.zeros(1, 3, prep.input_size, prep.input_size)
     make_folder(out.parent)
     tmp = out.with_name(f".{out.name}.tmp")
+    parts = [out.with_name(f".{out.stem}{suffix}.tmp") for suffix in (".safetensors", ".json")]
     try:
         torch.onnx.export(
             wrapped,
@@ -108,18 +109,24 @@ def export_onnx(model: str | Path, out: str | Path | None = None, *, check_image
                 f"The ONNX export disagrees with PyTorch (max probability difference {diff:.2e} > {tolerance:.0e}); "
                 "it was not written. Try another opset or report the backbone."
             )
-        if out.with_suffix(".safetensors") != src:  # keep the bundle beside its export
-            for suffix in (".safetensors", ".json"):
-                part = out.with_name(f".{out.stem}{suffix}.tmp")
-                shutil.copyfile(src.with_suffix(suffix), part)
-                part.replace(out.with_suffix(suffix))
         proto = onnx.load(str(tmp))
         entry = proto.metadata_props.add()
         entry.key, entry.value = ONNX_HASH_KEY, bundle_hash(src)
         onnx.save(proto, str(tmp))
+        if out.with_suffix(".safetensors") != src:  # keep the bundle beside its export (written whole, then renamed)
+            for suffix, part in zip((".safetensors", ".json"), parts):
+                shutil.copyfile(src.with_suffix(suffix), part)
+            for suffix, part in zip((".safetensors", ".json"), parts):
+                part.replace(out.with_suffix(suffix))
         tmp.replace(out)
+    except (OSError, RuntimeError) as exc:  # a full or read-only disk: one sentence, nothing half-written left behind
+        err = os_error_in(exc)
+        if err is None:
+            raise
+        raise SkinLesionError(write_failure(out, err, "--out")) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        for leftover in (tmp, *parts):
+            leftover.unlink(missing_ok=True)
     return {
         "path": str(out),
         "max_probability_difference": diff,

@@ -1,11 +1,27 @@
-"""The post-training step of a single run: TTA choice, calibration, analysis rules and OOD fit on its val set.
+"""The post-training step of a single run: TTA choice, calibration, analysis rules, OOD and quality fits on its val set.
 
 ``skinlesion train`` calls :func:`finish_run` on the best model when training ends; a
 cross-validated ensemble does the same on its out-of-fold predictions instead
-(:func:`skinlesion.cv.assemble`). Both fit the rules of :mod:`skinlesion.posthoc`.
+(:func:`skinlesion.cv.assemble`). Both fit the rules of :mod:`skinlesion.posthoc` and the two
+image checks of :func:`fit_image_checks` (is it dermoscopy; is it a good photo).
 """
 
 from __future__ import annotations
+
+
+def fit_image_checks(net, prep, ds, train_positions, val_positions) -> tuple[dict, dict | None, dict | None]:
+    """The OOD score (:mod:`skinlesion.ood`) and the photo-quality check (:mod:`skinlesion.quality`) of one network:
+    fitted on its training images, thresholds on its held-out ones. Returns (tensors, ood config, quality config)."""
+    from .ood import fit_for_model, stages
+    from .quality import fit as fit_quality
+
+    tensors, ood_cfg = fit_for_model(net, prep, ds, train_positions, val_positions)
+    names = stages(net) if ood_cfg else []
+    use_net = bool(names) and bool(prep.source_size) and prep.source_size <= 128  # the check sees the model's own input
+    q_tensors, q_cfg = fit_quality(net, prep, ds, train_positions, val_positions, names if use_net else [])
+    if q_cfg:
+        q_cfg["uses_network_features"] = use_net
+    return {**(tensors or {}), **q_tensors}, ood_cfg, q_cfg
 
 
 def finish_run(out, ds, train_positions, val_positions) -> dict:
@@ -22,8 +38,7 @@ def finish_run(out, ds, train_positions, val_positions) -> dict:
     from .errors import atomic_text
     from .evaluate import analysis_metrics, dataset_logits
     from .metrics import compute_metrics
-    from .ood import fit_for_model
-    from .posthoc import calibrate, fit_calibration, fit_rules
+    from .posthoc import calibrate, decide, fit_calibration, fit_rules
 
     out = Path(out)
     net, mcfg = load_model(out / "best.safetensors")
@@ -37,11 +52,12 @@ def finish_run(out, ds, train_positions, val_positions) -> dict:
     _, logits, t, bias = candidates[tta]
     before = ece(calibrate(logits), labels)
     probs = calibrate(logits, t, bias)
-    rules, aux = fit_rules(probs, labels, source="val (in-sample)")
-    ood_tensors, ood_cfg = fit_for_model(net, mcfg.prep, ds, train_positions, val_positions)
-    aux.update(ood_tensors or {})
-    mcfg = replace(mcfg, temperature=t, class_bias=bias, tta=tta, ood=ood_cfg, **rules)
-    metrics = compute_metrics(probs, labels)
+    rule = json.loads((out / "config.json").read_text()).get("decision_rule", "most-probable") if (out / "config.json").exists() else None
+    rules, aux = fit_rules(probs, labels, source="val (in-sample)", rule=rule or "most-probable")
+    check_tensors, ood_cfg, quality_cfg = fit_image_checks(net, mcfg.prep, ds, train_positions, val_positions)
+    aux.update(check_tensors)
+    mcfg = replace(mcfg, temperature=t, class_bias=bias, tta=tta, ood=ood_cfg, quality=quality_cfg, **rules)
+    metrics = compute_metrics(probs, labels, decide(probs, mcfg.decision))
     metrics.update(analysis_metrics(probs, labels, mcfg, aux))
     metrics.update({"temperature": t, "class_bias": bias, "ece_uncalibrated": before, "subset": "val", "tta": tta})
     mcfg.metrics = {

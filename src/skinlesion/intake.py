@@ -61,6 +61,14 @@ def _to_rgb(img: Image.Image, name: str, notes: list[str]) -> Image.Image:
     return img.convert("RGB")
 
 
+def check_upload_name(name: str) -> None:
+    """Refuse, in one sentence, an upload whose name is not a JPEG or PNG name (the app and the API accept those)."""
+    suffix = Path(str(name)).suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        kind = f"a {suffix} file" if suffix else "a file without an extension"
+        raise SkinLesionError(f"{name} is {kind}, not a JPEG or PNG image; export it as JPEG or PNG and upload it again.")
+
+
 def open_image(source: str | Path | bytes, name: str | None = None, *, warn_tiny: bool = True) -> Intake:
     """Decode ``source`` (a path or the bytes of an upload) into an upright RGB image.
 

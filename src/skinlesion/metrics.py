@@ -34,7 +34,8 @@ def _renormalized(probs: np.ndarray) -> np.ndarray:
     return p / p.sum(axis=1, keepdims=True)
 
 
-def compute_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
+def compute_metrics(probs: np.ndarray, labels: np.ndarray, pred: np.ndarray | None = None) -> dict:
+    """Metrics of calibrated ``probs`` against ``labels``; ``pred``: the named classes (default: the most probable)."""
     from sklearn.metrics import (
         accuracy_score,
         balanced_accuracy_score,
@@ -48,7 +49,7 @@ def compute_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
     probs = np.asarray(probs, np.float64)
     labels = np.asarray(labels, int)
     k = len(CODES)
-    pred = probs.argmax(axis=1)
+    pred = probs.argmax(axis=1) if pred is None else np.asarray(pred, int)
     present = sorted(set(labels.tolist()))
     prec, rec, f1, support = precision_recall_fscore_support(labels, pred, labels=list(range(k)), zero_division=0)
     cm = confusion_matrix(labels, pred, labels=list(range(k)))
@@ -122,16 +123,17 @@ def class_calibration(probs: np.ndarray, labels: np.ndarray) -> dict:
     return out
 
 
-def risk_coverage(probs: np.ndarray, labels: np.ndarray, coverages=COVERAGES) -> list[dict]:
-    """Accuracy and malignant sensitivity (top class malignant) on the most confident ``coverage`` of images."""
+def risk_coverage(probs: np.ndarray, labels: np.ndarray, coverages=COVERAGES, pred: np.ndarray | None = None) -> list[dict]:
+    """Accuracy and malignant sensitivity (named class malignant) on the most confident ``coverage`` of images."""
     probs = np.asarray(probs, np.float64)
     labels = np.asarray(labels, int)
+    named = probs.argmax(axis=1) if pred is None else np.asarray(pred, int)
     order = np.argsort(-probs.max(axis=1), kind="stable")
     mal = np.asarray(MALIGNANT_MASK)
     rows = []
     for c in coverages:
         keep = order[: max(1, int(round(c * len(labels))))]
-        pred = probs[keep].argmax(axis=1)
+        pred = named[keep]
         pos = mal[labels[keep]]
         rows.append(
             {
@@ -157,3 +159,123 @@ def conformal_metrics(sets: np.ndarray, labels: np.ndarray) -> dict:
         if m.any():
             per[code] = {"coverage": float(covered[m].mean()), "mean_size": float(size[m].mean()), "n": int(m.sum())}
     return {"coverage": float(covered.mean()), "mean_size": float(size.mean()), "per_class": per}
+
+
+# ---- subgroups ---------------------------------------------------------------------------
+
+AGE_BANDS = ((0, 30, "under 30"), (30, 45, "30-44"), (45, 60, "45-59"), (60, 75, "60-74"), (75, 200, "75 and over"))
+SMALL_GROUP = 30  # groups with fewer images are marked: their numbers are too uncertain to compare
+
+
+def subgroup_labels(meta) -> dict[str, np.ndarray]:
+    """Per attribute (age band, sex, body site), each image's group name ("unknown" where missing)."""
+    import pandas as pd
+
+    df = meta if isinstance(meta, pd.DataFrame) else pd.DataFrame(list(meta))
+    n = len(df)
+    out = {}
+    age = pd.to_numeric(df["age"], errors="coerce").to_numpy(float) if "age" in df.columns else np.full(n, np.nan)
+    band = np.full(n, "unknown", dtype=object)
+    for lo, hi, name in AGE_BANDS:
+        band[(age >= lo) & (age < hi)] = name
+    out["age"] = band
+    for col in ("sex", "localization"):
+        if col in df.columns:
+            v = df[col].astype(object).where(df[col].notna(), "unknown").astype(str).str.strip().str.lower()
+            v = v.where(~v.isin(["", "nan", "none", "unknown"]), "unknown")
+            out[col] = v.to_numpy(object)
+        else:
+            out[col] = np.full(n, "unknown", dtype=object)
+    return out
+
+
+def _cluster_counts(clusters, correct, labels, mal_true, mal_hit, k):
+    """Per cluster (lesion or image): images and correct ones per true class, malignant ones and those caught."""
+    ids, inv = np.unique(clusters, return_inverse=True)
+    c = len(ids)
+    per_class = np.zeros((c, k))
+    right = np.zeros((c, k))
+    np.add.at(per_class, (inv, labels), 1)
+    np.add.at(right, (inv, labels), correct.astype(float))
+    mal = np.bincount(inv, weights=mal_true.astype(float), minlength=c)
+    caught = np.bincount(inv, weights=(mal_true & mal_hit).astype(float), minlength=c)
+    return np.hstack([per_class, right, mal[:, None], caught[:, None]])
+
+
+def _stats_from_counts(t, k):
+    """(accuracy, balanced accuracy, malignant sensitivity) from summed counts (rows: resamples)."""
+    per_class, right, mal, caught = t[..., :k], t[..., k : 2 * k], t[..., 2 * k], t[..., 2 * k + 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = right.sum(-1) / per_class.sum(-1)
+        recall = np.where(per_class > 0, right / np.where(per_class > 0, per_class, 1), np.nan)
+        bal = np.nanmean(recall, axis=-1) if recall.ndim > 1 else np.nanmean(recall)
+        sens = np.where(mal > 0, caught / np.where(mal > 0, mal, 1), np.nan)
+    return acc, bal, sens
+
+
+def subgroup_metrics(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    meta,
+    *,
+    pred: np.ndarray | None = None,
+    malignant_threshold: float | None = None,
+    groups=None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    malignant_mask=MALIGNANT_MASK,
+) -> dict:
+    """Accuracy, balanced accuracy and malignant sensitivity (malignant probability at or above the tier's
+    threshold) per age band, sex and body site, with bootstrap 95 % intervals.
+
+    ``groups`` (e.g. lesion ids): the bootstrap resamples whole groups, because images of one lesion are
+    not independent; without it, images. Groups under :data:`SMALL_GROUP` images are marked ``small``.
+    """
+    probs = np.asarray(probs, np.float64)
+    labels = np.asarray(labels, int)
+    k = probs.shape[1]
+    pred = probs.argmax(1) if pred is None else np.asarray(pred, int)
+    mask = np.asarray(malignant_mask, bool)
+    mal_true = mask[labels]
+    mal_p = probs[:, mask].sum(1)
+    mal_hit = mal_p >= malignant_threshold if malignant_threshold is not None else mask[pred]
+    correct = pred == labels
+    clusters = np.asarray(groups) if groups is not None else np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    out = {
+        "malignant_threshold": malignant_threshold,
+        "small_group": SMALL_GROUP,
+        "bootstrap": n_boot,
+        "resampled": "lesions" if groups is not None else "images",
+        "attributes": {},
+    }
+    for attr, names in subgroup_labels(meta).items():
+        rows = []
+        for name in sorted(set(names), key=lambda s: (s == "unknown", s)):
+            idx = np.flatnonzero(names == name)
+            counts = _cluster_counts(clusters[idx], correct[idx], labels[idx], mal_true[idx], mal_hit[idx], k)
+            acc, bal, sens = _stats_from_counts(counts.sum(0), k)
+            # each resample draws as many clusters as there are, with replacement: multinomial weights on the clusters
+            weights = rng.multinomial(len(counts), np.full(len(counts), 1 / len(counts)), size=n_boot)
+            boots = np.stack(_stats_from_counts(weights @ counts, k), 1)
+
+            def ci(col):
+                v = boots[:, col][np.isfinite(boots[:, col])]
+                return [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if len(v) else [float("nan")] * 2
+
+            rows.append(
+                {
+                    "group": str(name),
+                    "n": int(len(idx)),
+                    "small": bool(len(idx) < SMALL_GROUP),
+                    "accuracy": float(acc),
+                    "accuracy_ci": ci(0),
+                    "balanced_accuracy": float(bal),
+                    "balanced_accuracy_ci": ci(1),
+                    "n_malignant": int(mal_true[idx].sum()),
+                    "malignant_sensitivity": float(sens),
+                    "malignant_sensitivity_ci": ci(2),
+                }
+            )
+        out["attributes"][attr] = rows
+    return out

@@ -9,13 +9,21 @@ percentile of the val images' scores, so about ``100 - percentile`` % of real va
 images are flagged while selfies, cats and phone photos land far outside.
 
 A round dermatoscope field (black corners) is how much real dermoscopy looks, and the
-model is trained to handle it (``Preprocess.vignette``). So where the model was trained
-with it, the Gaussians and thresholds are fitted on each image both as it is and with a
-round field (radii spread over the training range, :data:`FIELD_RADII`): black corners
-alone are not flagged, while what the model never saw still is.
+model is trained to handle it (``Preprocess.vignette``); so are exposure and contrast changes
+(``Preprocess.brightness``/``contrast``). The score answers "is this a dermoscopic image at all",
+not "is this a good photo" (that is :mod:`skinlesion.quality`). So where the model was trained
+with them, the Gaussians and thresholds are fitted on each image both as it is and under one
+variant: a round field (radii spread over the training range, :data:`FIELD_RADII`) or an exposure
+or contrast change of the robustness benchmark up to its middle severity (:data:`PHOTOMETRIC`).
+Black corners, a darker or a washed-out photo alone are not flagged; what the model never saw
+(a cat, a face, a document) still is.
+
+Skin has colour: an image with (almost) none, a greyscale photo, a document or an X-ray, is not
+dermoscopy whatever its features say. So the score also has a colour floor (``min_chroma``): a
+quarter of the mean chroma of the least colourful training image; below it an image is flagged.
 
 The fitted means and precisions travel inside the model's safetensors file (keys
-``ood.*``); the JSON config holds the stages, their sizes and the thresholds.
+``ood.*``); the JSON config holds the stages, their sizes, the thresholds and the colour floor.
 """
 
 from __future__ import annotations
@@ -54,6 +62,8 @@ def _field_radii() -> tuple[float, ...]:
 
 
 FIELD_RADII = _field_radii()
+# (corruption, severity) of skinlesion.corruptions the score accepts: the exposure and contrast changes up to severity 3
+PHOTOMETRIC = tuple((c, s) for c in ("brighter", "darker", "lower_contrast", "higher_contrast") for s in (1, 2, 3))
 
 
 def dataset_features(net, prep, ds, positions, names, batch_size: int = 256, transform=None) -> np.ndarray:
@@ -72,19 +82,46 @@ def field_transform(prep, radius: float):
     return lambda img: torch.from_numpy(prep.normalize(round_field(prep.to_pixels(img), radius)))
 
 
-def features_with_fields(net, prep, ds, positions, names, radii=FIELD_RADII) -> np.ndarray:
-    """The features of ``positions`` as they are, then of the same images with a round field.
+def photometric_transform(prep, corruption: str, severity: int):
+    """PIL image -> model input tensor, with an exposure or contrast change applied at the source resolution."""
+    import torch
 
-    The images are dealt to the radii in turn, so every image appears twice: once plain, once
-    with one of the fields (no radii: plain only).
+    from .corruptions import CORRUPTIONS
+
+    change = CORRUPTIONS[corruption](severity)
+    rng = np.random.default_rng(0)
+    return lambda img: torch.from_numpy(prep.to_array(change(prep.to_source(img), rng)))
+
+
+def features_with_fields(net, prep, ds, positions, names, radii=FIELD_RADII, photometric=()) -> np.ndarray:
+    """The features of ``positions`` as they are, then of the same images under one variant each.
+
+    The variants are the round fields of ``radii`` and the (corruption, severity) changes of
+    ``photometric``; the images are dealt to them in turn, so every image appears twice: once
+    plain, once changed (no variants: plain only).
     """
     positions = np.asarray(positions)
+    variants = [field_transform(prep, r) for r in radii] + [photometric_transform(prep, c, s) for c, s in photometric]
     feats = [dataset_features(net, prep, ds, positions, names)]
-    for k, r in enumerate(radii):
-        part = positions[k :: len(radii)]
+    for k, tf in enumerate(variants):
+        part = positions[k :: len(variants)]
         if len(part):
-            feats.append(dataset_features(net, prep, ds, part, names, transform=field_transform(prep, r)))
+            feats.append(dataset_features(net, prep, ds, part, names, transform=tf))
     return np.concatenate(feats)
+
+
+def chroma(img) -> float:
+    """Mean colourfulness of an image: the spread between its channels, 0 (grey) to 1."""
+    a = np.asarray(img.convert("RGB"), np.int16)
+    return float((a.max(-1) - a.min(-1)).mean() / 255.0)
+
+
+def colourless(images, config: dict) -> np.ndarray:
+    """Which source images fall below the colour floor (a model fitted without one flags none)."""
+    floor = (config or {}).get("min_chroma")
+    if not floor:
+        return np.zeros(len(images), bool)
+    return np.array([chroma(im) < floor for im in images], bool)
 
 
 def _mahalanobis(x: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
@@ -127,6 +164,11 @@ def fit(
     return tensors, config
 
 
+def fit_min_chroma(prep, ds, positions) -> float:
+    """The colour floor: a quarter of the least colourful training image's mean chroma (at the source resolution)."""
+    return 0.25 * min(chroma(prep.to_source(ds.image(int(i)))) for i in positions)
+
+
 def fit_for_model(net, prep, ds, train_positions, val_positions, max_train: int = 8000, seed: int = 0):
     names = stages(net)
     if not names:
@@ -137,8 +179,11 @@ def fit_for_model(net, prep, ds, train_positions, val_positions, max_train: int 
         tr = rng.choice(tr, max_train, replace=False)
     dims = stage_dims(net)
     radii = FIELD_RADII if getattr(prep, "vignette", 0) else ()
-    tf = features_with_fields(net, prep, ds, tr, names, radii)
-    vf = features_with_fields(net, prep, ds, np.asarray(val_positions), names, radii)
+    photometric = PHOTOMETRIC if getattr(prep, "brightness", 0) or getattr(prep, "contrast", 0) else ()
+    tf = features_with_fields(net, prep, ds, tr, names, radii, photometric)
+    vf = features_with_fields(net, prep, ds, np.asarray(val_positions), names, radii, photometric)
     tensors, config = fit(tf, vf, names, dims)
     config["round_field_radii"] = list(radii)  # the fields fitted as in distribution (empty: none)
+    config["min_chroma"] = fit_min_chroma(prep, ds, tr)
+    config["photometric"] = [f"{c} {s}" for c, s in photometric]  # the exposure/contrast changes fitted as in distribution
     return tensors, config

@@ -16,9 +16,13 @@ exactly the same rules:
   chosen for a target coverage; an out-of-distribution upload is always referred.
 - **conformal prediction sets** from ``crepes`` (split conformal, hinge nonconformity
   ``1 - p(true class)``): "one of: mel, nv" with marginal coverage >= the chosen confidence.
-- **triage tier**: "see a dermatologist soon" when the malignant/pre-malignant probability
-  reaches a threshold chosen for a target sensitivity, "unsure: refer" when referred,
-  "routine" otherwise.
+- **triage tier**: "see a dermatologist soon" whenever the malignant/pre-malignant probability
+  reaches a threshold chosen for a target sensitivity (unsure or not: the unsure reason is kept
+  beside it), else "unsure: refer" when referred, "routine" otherwise.
+- **decision rules**: which class is named first. ``most-probable`` (the argmax of the calibrated
+  probabilities: expected accuracy) and ``balanced`` (the argmax of ``p / prior ** alpha``, the
+  prior-divided rule that balanced accuracy rewards, ``alpha`` chosen on held-out predictions).
+  Both are stored with the model, one of them as its default; the probabilities never change.
 """
 
 from __future__ import annotations
@@ -255,10 +259,98 @@ def analyse(probs: np.ndarray, cfg, aux: dict, ood_flags=None) -> list[dict]:
             reasons.append("no diagnosis fits (empty prediction set)")
         refer = bool(reasons)
         tier = None
-        if mal_t is not None:
-            tier = TIER_REFER if refer else (TIER_SOON if mal[i] >= mal_t else TIER_ROUTINE)
+        if mal_t is not None:  # a malignant probability at the "soon" threshold is never "unsure" or "routine"
+            tier = TIER_SOON if mal[i] >= mal_t else (TIER_REFER if refer else TIER_ROUTINE)
         out.append({"refer": refer, "refer_reason": "; ".join(reasons), "prediction_set": members, "tier": tier})
     return out
+
+
+# ---- decision rules ------------------------------------------------------------------------
+
+RULE_MOST_PROBABLE = "most-probable"
+RULE_BALANCED = "balanced"
+RULES = (RULE_MOST_PROBABLE, RULE_BALANCED)
+BALANCED_ALPHAS = tuple(round(a, 2) for a in np.arange(0.0, 1.0001, 0.05))
+
+
+def rule_log_weights(decision: dict | None, rule: str, k: int) -> np.ndarray:
+    """The log class weights of ``rule`` (zeros for the most probable class)."""
+    if rule == RULE_MOST_PROBABLE:
+        return np.zeros(k)
+    rules = (decision or {}).get("rules") or {}
+    if rule not in rules:
+        from .errors import SkinLesionError
+
+        have = ", ".join([RULE_MOST_PROBABLE, *[r for r in rules if r != RULE_MOST_PROBABLE]])
+        raise SkinLesionError(f"This model has no {rule!r} decision rule; use one of {have}.")
+    return np.log(np.asarray(rules[rule]["weights"], np.float64))
+
+
+def default_rule(decision: dict | None) -> str:
+    return (decision or {}).get("default", RULE_MOST_PROBABLE)
+
+
+def decide(probs: np.ndarray, decision: dict | None = None, rule: str | None = None) -> np.ndarray:
+    """The class each row names first under ``rule`` (default: the model's own): argmax of ``log p + log w``."""
+    probs = np.asarray(probs, np.float64)
+    rule = rule or default_rule(decision)
+    w = rule_log_weights(decision, rule, probs.shape[1])
+    return (np.log(np.clip(probs, 1e-300, None)) + w).argmax(axis=1)
+
+
+def _balanced_accuracy(labels: np.ndarray, pred: np.ndarray, k: int) -> float:
+    present = np.unique(labels)
+    return float(np.mean([(pred[labels == c] == c).mean() for c in present])) if len(present) else float("nan")
+
+
+def rule_metrics(probs: np.ndarray, labels: np.ndarray, decision: dict | None, codes) -> dict:
+    """Per rule: accuracy, balanced accuracy and per-class recall of the class it names first."""
+    labels = np.asarray(labels, int)
+    out = {}
+    names = [RULE_MOST_PROBABLE, *[r for r in ((decision or {}).get("rules") or {}) if r != RULE_MOST_PROBABLE]]
+    for rule in names:
+        pred = decide(probs, decision, rule)
+        out[rule] = {
+            "accuracy": float((pred == labels).mean()),
+            "balanced_accuracy": _balanced_accuracy(labels, pred, len(codes)),
+            "recall": {c: float((pred[labels == i] == i).mean()) if (labels == i).any() else float("nan") for i, c in enumerate(codes)},
+        }
+    return out
+
+
+def fit_decision(probs: np.ndarray, labels: np.ndarray, *, default: str = RULE_MOST_PROBABLE, source: str = "out-of-fold") -> dict:
+    """The stored decision rules, fitted on held-out calibrated probabilities.
+
+    ``balanced``: weights ``prior ** -alpha`` with the prior the labels' class shares (what the
+    calibrated probabilities are calibrated to) and ``alpha`` in 0..1 the one with the highest
+    balanced accuracy on ``probs`` (the smallest such). ``default``: the rule named first.
+    """
+    if default not in RULES:
+        from .errors import SkinLesionError
+
+        raise SkinLesionError(f"Unknown decision rule {default!r}; use {' or '.join(RULES)}.")
+    probs = np.asarray(probs, np.float64)
+    labels = np.asarray(labels, int)
+    k = probs.shape[1]
+    prior = np.maximum(np.bincount(labels, minlength=k) / len(labels), 1.0 / len(labels))
+    logp = np.log(np.clip(probs, 1e-300, None))
+    scores = [(_balanced_accuracy(labels, (logp - a * np.log(prior)).argmax(1), k), -a) for a in BALANCED_ALPHAS]
+    best, neg_alpha = max(scores)
+    alpha = -neg_alpha
+    w = prior**-alpha
+    return {
+        "default": default,
+        "rules": {
+            RULE_MOST_PROBABLE: {"description": "the most probable class (maximises expected accuracy)"},
+            RULE_BALANCED: {
+                "description": "the argmax of p / prior ** alpha (the prior-divided rule balanced accuracy rewards)",
+                "alpha": float(alpha),
+                "prior": [float(v) for v in prior],
+                "weights": [float(v) for v in w / w.min()],
+            },
+        },
+        "fitted_on": source,
+    }
 
 
 # ---- fitting everything at once ----------------------------------------------------------
@@ -276,10 +368,12 @@ def fit_rules(
     confidence: float = CONFORMAL_CONFIDENCE,
     sensitivity: float = TIER_SENSITIVITY,
     source: str = "out-of-fold",
+    rule: str = RULE_MOST_PROBABLE,
 ) -> tuple[dict, dict]:
-    """The refer, conformal and tier rules fitted on held-out calibrated probabilities.
+    """The refer, conformal, tier and decision rules fitted on held-out calibrated probabilities.
 
-    Returns (config fields ``refer``/``conformal``/``tier``, auxiliary tensors ``conformal.alphas``).
+    Returns (config fields ``refer``/``conformal``/``tier``/``decision``, auxiliary tensors ``conformal.alphas``).
+    ``rule``: the decision rule the model names its top class by (:func:`fit_decision`).
     """
     probs = np.asarray(probs, np.float64)
     labels = np.asarray(labels, int)
@@ -307,6 +401,7 @@ def fit_rules(
             "fitted_on": source,
             "tiers": [TIER_SOON, TIER_REFER, TIER_ROUTINE],
         },
+        "decision": fit_decision(probs, labels, default=rule, source=source),
     }
     return fields, {"conformal.alphas": fit_conformal(probs, labels)}
 

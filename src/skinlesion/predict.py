@@ -2,11 +2,13 @@
 
 Loads a model bundle once (run directory, model file or ``default``; a single network or an
 ensemble), applies its stored preprocessing, and returns per image: calibrated probabilities
-for the seven classes (after the bundle's calibration and, when it uses them, the patient's
-age, sex and body site), the top class, the malignant/pre-malignant probability, the
-out-of-distribution score, and the analysis rules of :mod:`skinlesion.posthoc`: refer when
-unsure, the conformal prediction set and the triage tier. Runs on PyTorch or, when a current
-ONNX export of the bundle exists, on ONNX Runtime. Safe to share between threads.
+for the model's classes (after the bundle's calibration and, when it uses them, the patient's
+age, sex and body site), the class its decision rule names, the malignant/pre-malignant
+probability, the out-of-distribution score, the analysis rules of :mod:`skinlesion.posthoc`
+(refer when unsure, the conformal prediction set, the triage tier) and the words of
+:func:`skinlesion.verdict.verdict`. Runs on PyTorch or, when a current ONNX export of the
+bundle exists, on ONNX Runtime; the decision rule and every rule after the network are
+applied here, in one place, whichever runs the network. Safe to share between threads.
 """
 
 from __future__ import annotations
@@ -17,29 +19,38 @@ from pathlib import Path
 
 import numpy as np
 
-from .classes import CODES, DIAGNOSES, MALIGNANT_MASK
+from .classes import CODES, get
 from .errors import SkinLesionError, walk_files
 from .intake import open_image
 
 OOD_WARNING = "out of distribution: score {score:.2f} > threshold {threshold:.2f}"
+COLOURLESS_WARNING = "out of distribution: the image has almost no colour (a greyscale photo?), and skin has colour"
 OOD_EXPLAINED = (
     "This image does not look like the dermoscopic images the model was trained on "
     "(out-of-distribution score {score:.2f} > threshold {threshold:.2f})."
 )
-ROW_COLUMNS = [
-    "image",
-    "top_class",
-    "probability",
-    "malignant_probability",
-    *CODES,
+ROW_FIRST = ["image", "top_class", "probability", "decision_rule", "malignant_probability"]
+ROW_LAST = [
     "prediction_set",
     "tier",
+    "verdict",
+    "summary",
     "refer",
     "refer_reason",
+    "quality",
+    "quality_advice",
     "ood_score",
     "warnings",
     "error",
 ]
+
+
+def row_columns(codes=CODES) -> list[str]:
+    """The columns of ``predict``'s CSV for a model with classes ``codes`` (one probability column each)."""
+    return [*ROW_FIRST, *codes, *ROW_LAST]
+
+
+ROW_COLUMNS = row_columns()  # a HAM10000 model's
 
 
 @dataclass
@@ -56,10 +67,14 @@ class Prediction:
     refer_reason: str = ""
     prediction_set: list[str] = field(default_factory=list)
     tier: str | None = None
+    rule: str = "most-probable"  # the decision rule that named ``top``
+    quality: list[str] = field(default_factory=list)  # photo-quality problems (skinlesion.quality codes)
+    quality_advice: list[str] = field(default_factory=list)  # one sentence each: what is wrong, how to retake
+    verdict: object = None  # skinlesion.verdict.Verdict: the words every view shows
 
     @property
     def diagnosis(self):
-        return DIAGNOSES[CODES.index(self.top)]
+        return get(self.top)
 
     def ranked(self) -> list[tuple[str, float]]:
         """(code, probability) from the most to the least likely."""
@@ -70,12 +85,17 @@ class Prediction:
             "image": self.name,
             "top_class": self.top,
             "probability": round(self.top_probability, 6),
+            "decision_rule": self.rule,
             "malignant_probability": round(self.malignant_probability, 6),
             **{c: round(p, 6) for c, p in self.probabilities.items()},
             "prediction_set": "|".join(self.prediction_set),
             "tier": self.tier or "",
+            "verdict": self.verdict.line if self.verdict else "",
+            "summary": self.verdict.summary if self.verdict else "",
             "refer": self.refer,
             "refer_reason": self.refer_reason,
+            "quality": "|".join(self.quality),
+            "quality_advice": " ".join(self.quality_advice),
             "ood_score": None if self.ood_score is None else round(self.ood_score, 2),
             "warnings": " | ".join(self.warnings),
             "error": "",
@@ -86,9 +106,22 @@ class Predictor:
     """Load once, predict many; safe to share between threads (the app's sessions).
 
     ``backend``: auto (ONNX Runtime when a current export of this bundle exists), torch or onnx.
+    ``rule``: the decision rule that names the top class (default: the model's own, see
+    :mod:`skinlesion.posthoc`); the probabilities, tier and sets do not depend on it.
+    ``threads``: intra-op threads per call; default: the usable cores divided by ``concurrency``, the
+    number of calls served at once (:mod:`skinlesion.runtime`; ONNX Runtime never spin-waits).
     """
 
-    def __init__(self, model: str | Path = "default", *, backend: str = "auto", tta: bool | None = None, threads: int | None = None):
+    def __init__(
+        self,
+        model: str | Path = "default",
+        *,
+        backend: str = "auto",
+        tta: bool | None = None,
+        threads: int | None = None,
+        rule: str | None = None,
+        concurrency: int = 1,
+    ):
         from .bundle import load_config, onnx_for, resolve_model_path
 
         if backend not in ("auto", "torch", "onnx"):
@@ -100,12 +133,20 @@ class Predictor:
             backend = "onnx" if onnx_path is not None else "torch"
         self.config = load_config(path, check_backbones=backend == "torch")
         self.prep = self.config.prep
+        self.labels = self.config.labels
+        self.rule = rule or self.config.rule
+        from .posthoc import rule_log_weights
+
+        rule_log_weights(self.config.decision, self.rule, len(self.labels))  # an unknown rule is refused here, in one sentence
         self.tta = self.config.tta if tta is None else tta  # None: the model's own choice, made on held-out data
         self.backend = backend
         self.model_path = path
         from .bundle import bundle_hash
 
         self.model_hash = bundle_hash(path)[:12]  # which exact model answered: in the app's CSV and reports
+        from .runtime import threads_for
+
+        self.threads = int(threads) if threads else threads_for(concurrency)
         self._lock = threading.Lock()  # PyTorch forward hooks (OOD features, Grad-CAM) are per module, not per call
         self.net = None
         self.session = None
@@ -119,21 +160,25 @@ class Predictor:
                 )
             import onnxruntime as ort
 
-            opts = ort.SessionOptions()
-            if threads:
-                opts.intra_op_num_threads = threads
-            self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+            from .runtime import ort_session_options
+
+            self.session = ort.InferenceSession(str(onnx_path), ort_session_options(self.threads), providers=["CPUExecutionProvider"])
             self.aux = read_aux(path)
         else:
             import torch
 
             from .bundle import load_model
 
-            if threads:
-                torch.set_num_threads(threads)
+            torch.set_num_threads(self.threads)
             self.net, _, self.aux = load_model(path, with_extra=True)
         self.ood = (self.aux, self.config.ood) if self.config.ood and "ood.mean.0" in self.aux else None
         self.ood_stages = self.config.ood["stages"] if self.ood else []
+        q = self.config.quality
+        self.quality = (self.aux, q) if q and "quality.coef" in self.aux else None
+        if self.quality and q.get("uses_network_features") and list(q.get("stages", [])) != list(self.ood_stages):
+            raise SkinLesionError(
+                f"The quality check of {path.name} reads other network features than its OOD score; refit it (skinlesion.cv.refit)."
+            )
 
     @property
     def uses_metadata(self) -> bool:
@@ -182,6 +227,16 @@ class Predictor:
             raise SkinLesionError("The model produced non-finite probabilities for this image; its weights may be damaged.")
         return probs, feats
 
+    def quality_problems(self, images, feats: np.ndarray) -> list[list[str]]:
+        """The photo-quality problems of each image (:mod:`skinlesion.quality`); none where the model has no check."""
+        if self.quality is None:
+            return [[] for _ in images]
+        from .quality import check, features, working_image
+
+        work = [working_image(self.prep, im) for im in images]
+        x = features(work, feats if self.quality[1].get("uses_network_features") else None)
+        return check(x, [im.size for im in images], *self.quality)
+
     def ood_scores(self, feats: np.ndarray) -> np.ndarray | None:
         if self.ood is None:
             return None
@@ -197,7 +252,9 @@ class Predictor:
 
     def predict_images(self, images, names, warnings=None, meta=None) -> list[Prediction]:
         """Predict PIL images; ``meta``: one dict (age, sex, localization; any may be missing) per image."""
-        from .posthoc import analyse, encode_metadata
+        from .posthoc import analyse, decide, encode_metadata
+        from .quality import advice as quality_advice
+        from .verdict import verdict
 
         batch = self.prep.batch(images)
         meta_x = None
@@ -210,36 +267,54 @@ class Predictor:
         scores = self.ood_scores(feats)
         threshold = self.ood[1]["threshold"] if self.ood else None
         flags = np.zeros(len(names), bool) if scores is None else scores > threshold
+        grey = np.zeros(len(names), bool)
+        if self.ood:
+            from .ood import colourless
+
+            grey = colourless([self.prep.to_source(im) for im in images], self.ood[1])
+            flags = flags | grey
         rules = analyse(probs, self.config, self.aux, flags)
+        named = decide(probs, self.config.decision, self.rule)
+        problems = self.quality_problems(images, feats)
+        codes = self.labels.codes
+        mal_mask = np.asarray(self.labels.malignant_mask)
         out = []
         for i, name in enumerate(names):
             p = probs[i]
-            top = int(p.argmax())
+            top = int(named[i])
             notes = list(warnings[i]) if warnings else []
             score = None if scores is None else float(scores[i])
-            if flags[i]:
+            if grey[i]:
+                notes.insert(0, COLOURLESS_WARNING)
+            elif flags[i]:
                 notes.insert(0, OOD_WARNING.format(score=score, threshold=threshold))
-            out.append(
-                Prediction(
-                    name=name,
-                    probabilities={c: float(v) for c, v in zip(CODES, p)},
-                    top=CODES[top],
-                    top_probability=float(p[top]),
-                    malignant_probability=float(p[np.asarray(MALIGNANT_MASK)].sum()),
-                    ood_score=score,
-                    out_of_distribution=bool(flags[i]),
-                    warnings=notes,
-                    **rules[i],
-                )
+            pred = Prediction(
+                name=name,
+                probabilities={c: float(v) for c, v in zip(codes, p)},
+                top=codes[top],
+                top_probability=float(p[top]),
+                malignant_probability=float(p[mal_mask].sum()),
+                ood_score=score,
+                out_of_distribution=bool(flags[i]),
+                warnings=notes,
+                rule=self.rule,
+                quality=problems[i],
+                quality_advice=[quality_advice(q) for q in problems[i]],
+                **rules[i],
             )
+            pred.verdict = verdict(pred, self.config)
+            out.append(pred)
         return out
 
     def _torch_net(self):
         if self.net is None:
             with self._lock:
                 if self.net is None:
+                    import torch
+
                     from .bundle import load_model
 
+                    torch.set_num_threads(self.threads)  # the heat map's pool, sized like the prediction's
                     self.net, _ = load_model(self.model_path)
         return self.net
 
@@ -287,6 +362,11 @@ def expand_inputs(inputs) -> list[Path]:
     return paths
 
 
+def error_row(name: str, error: str, codes=CODES) -> dict:
+    """The row of a file that could not be analysed: its name and error, every other column empty."""
+    return {**{c: None for c in row_columns(codes)}, "image": name, "top_class": "", "error": error}
+
+
 def predict_files(predictor: Predictor, paths, batch_size: int = 32, meta: dict | None = None, progress=None) -> list[dict]:
     """One row per file; a bad file gets a row with its error and the batch carries on.
 
@@ -309,7 +389,7 @@ def predict_files(predictor: Predictor, paths, batch_size: int = 32, meta: dict 
             intake = open_image(path, str(path))
         except SkinLesionError as exc:
             flush()
-            rows.append({**{c: None for c in ROW_COLUMNS}, "image": str(path), "top_class": "", "error": str(exc)})
+            rows.append(error_row(str(path), str(exc), predictor.labels.codes))
             continue
         good.append(intake.image), names.append(str(path)), notes.append(intake.warnings)
         if len(good) >= batch_size:

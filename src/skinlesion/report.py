@@ -1,4 +1,8 @@
-"""A one-page HTML report of one analysed image, for the app's "Download report" button."""
+"""A one-page HTML report of one analysed image, for the app's "Download report" button.
+
+Its sentences are the verdict's (:func:`skinlesion.verdict.verdict`), the same the app, the CSV
+and the API show.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,9 @@ NOTICE = (
 
 
 def report_html(predictor, pred, image) -> str:
-    """A one-page HTML report of one image: the image, probabilities, set, tier, model version and the notice."""
+    """A one-page HTML report of one image: advice, tier, summary, named class, probabilities, set, model version, notice."""
     import base64
     import html
-
-    from .classes import get
 
     buf = io.BytesIO()
     thumb = image.copy()
@@ -23,18 +25,24 @@ def report_html(predictor, pred, image) -> str:
     thumb.save(buf, "PNG")
     img64 = base64.b64encode(buf.getvalue()).decode()
     cfg = predictor.config
-    rows = "".join(f"<tr><td>{html.escape(get(c).name)} ({c})</td><td>{p:.1%}</td></tr>" for c, p in pred.ranked())
+    v = pred.verdict
+    e = html.escape
+    rows = "".join(f"<tr><td>{e(v.names[c])} ({c})</td><td>{p:.1%}</td></tr>" for c, p in pred.ranked())
+    advice = "".join(f'<p style="background:#ffd;padding:.4em">{e(a)}</p>' for a in v.advice)
     version = (cfg.created_with or {}).get("skinlesion", "?")
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>skinlesion report: {html.escape(pred.name)}</title></head>
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>skinlesion report: {e(pred.name)}</title></head>
 <body style="font-family:sans-serif;max-width:760px;margin:2em auto">
-<h1>Skin lesion analysis: {html.escape(pred.name)}</h1>
-<p style="background:#fee;padding:.5em"><b>{html.escape(NOTICE)}</b></p>
+<h1>Skin lesion analysis: {e(pred.name)}</h1>
+<p style="background:#fee;padding:.5em"><b>{e(NOTICE)}</b></p>
+{advice}
+<h2>Triage: {e(v.headline)}</h2>
+<p>{e(v.reason)}</p>
+<p><b>{e(v.summary)}</b></p>
 <img src="data:image/png;base64,{img64}" alt="the analysed image" style="max-width:400px">
-<h2>{html.escape(pred.diagnosis.name)} ({pred.top}): {pred.top_probability:.1%}</h2>
-<p>Triage: <b>{html.escape(pred.tier or "n/a")}</b>{(" (" + html.escape(pred.refer_reason) + ")") if pred.refer_reason else ""}<br>
-Prediction set (90 %): {html.escape(", ".join(get(c).name for c in pred.prediction_set) or "n/a")}<br>
-Malignant or pre-malignant probability: {pred.malignant_probability:.1%}<br>
-Warnings: {html.escape(" | ".join(pred.warnings) or "none")}</p>
+<h2>{e(v.names[pred.top])} ({pred.top})</h2>
+<p>{e(v.decision)}<br>{e(v.description)}</p>
+<p>{e(v.top_three)}<br>{e(v.prediction_set)}<br>
+Warnings: {e(" | ".join(pred.warnings) or "none")}</p>
 <table border="1" cellpadding="4" style="border-collapse:collapse"><tr><th>diagnosis</th><th>probability</th></tr>{rows}</table>
-<p>Model: {html.escape(cfg.name)}, skinlesion {html.escape(str(version))}, bundle {predictor.model_hash}, back end {predictor.backend}.</p>
+<p>Model: {e(cfg.name)}, skinlesion {e(str(version))}, bundle {predictor.model_hash}, back end {predictor.backend}.</p>
 </body></html>"""

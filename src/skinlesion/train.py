@@ -26,7 +26,7 @@ import torch
 
 from .bundle import Member, ModelConfig, save_bundle
 from .classes import CODES
-from .errors import SkinLesionError, atomic_text, atomic_write, lock_folder
+from .errors import Interrupted, SkinLesionError, atomic_text, atomic_write, lock_folder, os_error_in, write_failure
 from .metrics import compute_metrics
 from .models import create_model
 from .preprocess import Preprocess, with_augment
@@ -66,6 +66,8 @@ class TrainConfig:
     precision: str | None = None  # default: bf16-mixed on GPU, 32-true on CPU
     progress: bool = True
     augment: dict = field(default_factory=dict)  # training augmentation strengths (skinlesion.preprocess.AUGMENT)
+    decision_rule: str = "most-probable"  # the rule the model names its top class by (skinlesion.posthoc.RULES)
+    loss: str = "cross-entropy"  # or "logit-adjusted" (Menon et al., ICLR 2021: CE on logits + log prior; = balanced softmax)
     extra: dict = field(default_factory=dict)
 
 
@@ -112,6 +114,15 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     need(cfg.num_nodes >= 1, f"--num-nodes {cfg.num_nodes} must be at least 1.")
     need(cfg.balance in ("sqrt", "weights", "sampler", "none"), f"Unknown --balance {cfg.balance!r}; use sqrt, weights, sampler or none.")
     with_augment(Preprocess(), cfg.augment)  # names and ranges, before any work starts
+    need(
+        cfg.decision_rule in ("most-probable", "balanced"),
+        f"Unknown --decision-rule {cfg.decision_rule!r}; use most-probable or balanced.",
+    )
+    need(cfg.loss in ("cross-entropy", "logit-adjusted"), f"Unknown --loss {cfg.loss!r}; use cross-entropy or logit-adjusted.")
+    need(
+        cfg.loss != "logit-adjusted" or cfg.balance == "none",
+        f"--loss logit-adjusted balances the classes itself; pass --balance none with it (not --balance {cfg.balance}).",
+    )
     if str(cfg.devices).isdigit():
         import torch
 
@@ -151,7 +162,7 @@ def _set_epoch(loader, epoch: int) -> None:
 class LesionModule(L.LightningModule):
     """The research code: a timm backbone, weighted cross-entropy, AdamW with warm-up + cosine."""
 
-    def __init__(self, cfg: dict, weights: list[float]):
+    def __init__(self, cfg: dict, weights: list[float], prior: list[float] | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.cfg = cfg
@@ -160,6 +171,8 @@ class LesionModule(L.LightningModule):
         )
         self.weights_source = self.model.weights_source
         self.register_buffer("class_w", torch.tensor(weights, dtype=torch.float32))
+        # the logit-adjusted loss adds log(prior) to the logits it trains (never to those it predicts with)
+        self.register_buffer("log_prior", torch.log(torch.tensor(prior or [1.0 / len(weights)] * len(weights), dtype=torch.float32)))
         self._val = []
         self._train_losses = []
         self._seen: list[int] = []
@@ -180,8 +193,10 @@ class LesionModule(L.LightningModule):
         x, y, pos = batch
         if self.cfg.get("extra", {}).get("record_shards") and self.current_epoch == 0:
             self._seen.extend(pos.tolist())
-        logits = self(self._x(x))
-        loss = torch.nn.functional.cross_entropy(logits.float(), y, weight=self.class_w, label_smoothing=self.cfg["label_smoothing"])
+        logits = self(self._x(x)).float()
+        if self.cfg.get("loss") == "logit-adjusted":
+            logits = logits + self.log_prior
+        loss = torch.nn.functional.cross_entropy(logits, y, weight=self.class_w, label_smoothing=self.cfg["label_smoothing"])
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         self._train_losses.append(float(loss.detach()))
         return loss
@@ -284,12 +299,17 @@ class ExportModels(L.Callback):
             "seconds": round(time.time() - self.t0, 2),
         }
         path = self.out / "metrics.csv"
-        new = not path.exists()
-        with path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
+        old = path.read_text() if path.exists() else ""
+
+        def write(tmp):  # the whole file, renamed into place: a full disk never leaves half a row
+            with tmp.open("w", newline="") as f:
+                f.write(old)
+                w = csv.DictWriter(f, fieldnames=list(row))
+                if not old:
+                    w.writeheader()
+                w.writerow(row)
+
+        atomic_write(path, write)
         score = module.val_metrics[MONITOR]
         cfg = replace(
             self.base,
@@ -302,6 +322,20 @@ class ExportModels(L.Callback):
             save_bundle(module.model, cfg, self.out / "best")
 
 
+class HoldForTests(L.Callback):
+    """A test hook, inert unless ``SKINLESION_TEST_HOLD_AFTER_EPOCH=N`` is set: after epoch N is checkpointed it writes
+    ``OUT/.held`` and waits for a signal, so a test can interrupt a run in a known state instead of at a moment."""
+
+    def __init__(self, epoch: int, out: Path):
+        self.epoch, self.out = epoch, out
+
+    def on_train_epoch_start(self, trainer, module):  # epoch N is validated, exported and checkpointed by now
+        if trainer.current_epoch == self.epoch + 1 and trainer.global_rank == 0:
+            (self.out / ".held").write_text(str(self.epoch))
+            while True:  # until SIGINT/SIGTERM arrives
+                time.sleep(0.05)
+
+
 def _safe_load(ckpt: Path) -> dict:
     """A resume checkpoint read with ``weights_only=True``: tensors and plain data only, never code."""
     import pickle
@@ -309,25 +343,64 @@ def _safe_load(ckpt: Path) -> dict:
     try:
         return torch.load(ckpt, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SkinLesionError(
-            f"The resume checkpoint {ckpt} cannot be loaded safely (it holds more than tensors and plain data: "
-            f"{first[:120]}); it was not loaded. Start a new run with another --out."
+            f"The resume checkpoint {ckpt} cannot be loaded safely ({_unpickler_reason(exc)}); it was not loaded, "
+            "because loading it could run code. Start a new run with another --out."
         ) from None
 
 
+def _unpickler_reason(exc: BaseException) -> str:
+    """What torch's safe loader found, in a few words (never its advice to load the file unsafely), cut at a word."""
+    import re
+
+    text = str(exc)
+    found = re.search(r"WeightsUnpickler error: ([^.]*)", text)
+    if found:
+        reason = found.group(1).strip()
+    elif isinstance(exc, EOFError) or "EOF" in text:
+        reason = "the file is truncated"
+    else:
+        reason = f"it is not a checkpoint this run wrote ({type(exc).__name__})"
+    if len(reason) > 140:
+        reason = reason[:140].rsplit(" ", 1)[0] + " ..."
+    return reason
+
+
 def _trim_metrics(out: Path, from_epoch: int) -> None:
-    """On resume, drop metrics rows of epochs that will be run again."""
+    """On every resume, drop the metrics rows of epochs that will be run again (all of them before a first checkpoint)."""
     path = out / "metrics.csv"
     if not path.exists():
         return
-    rows = list(csv.DictReader(path.open()))
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
     keep = [r for r in rows if int(r["epoch"]) < from_epoch]
     if len(keep) != len(rows):
-        with path.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(keep)
+        if not keep:
+            path.unlink()
+            return
+
+        def write(tmp):
+            with tmp.open("w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(keep)
+
+        atomic_write(path, write)
+
+
+def _stopped_by_disk(exc: BaseException, out: Path) -> SkinLesionError | None:
+    """The one sentence for a run a full (or read-only) disk stopped, saying how to continue it; None for other errors."""
+    import errno
+
+    err = os_error_in(exc)
+    if err is None or err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+        return None
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return SkinLesionError(
+            f"Training stopped: could not write into {out} ({err.strerror}); free some space and continue with "
+            f"`skinlesion train --resume --out {out}` (every finished epoch is kept)."
+        )
+    return SkinLesionError(write_failure(out, err, "--out"))
 
 
 def build_loaders(cfg: TrainConfig, ds, manifest, start_epoch: int = 0):
@@ -410,6 +483,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, finish_model: bool = True) 
         state = _safe_load(ckpt)
         start_epoch = int(state["epoch"]) + 1
         del state
+    elif resume:
+        print(f"no checkpoint yet: starting from epoch 0 ({out} had no finished epoch to continue from)", flush=True)
     L.seed_everything(cfg.seed, workers=True)
     ds = load_dataset(cfg.data)
     manifest = read_manifest(cfg.split)
@@ -421,7 +496,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, finish_model: bool = True) 
     precision = cfg.precision or ("bf16-mixed" if gpu else "32-true")
     weights = class_weights(ds.labels[tr], cfg.balance if cfg.balance != "sampler" else "none")
 
-    module = LesionModule(asdict(cfg), weights.tolist())
+    counts = np.bincount(ds.labels[tr], minlength=len(CODES)).astype(float)
+    module = LesionModule(asdict(cfg), weights.tolist(), (np.maximum(counts, 1) / counts.sum()).tolist())
     base = ModelConfig(
         preprocess=prep.to_dict(),
         members=[Member(cfg.backbone, module.weights_source, seed=cfg.seed)],
@@ -438,6 +514,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, finish_model: bool = True) 
             dirpath=out / "checkpoints", filename="last", monitor=None, save_top_k=1, every_n_epochs=1, enable_version_counter=False
         ),
     ]
+    hold = os.environ.get("SKINLESION_TEST_HOLD_AFTER_EPOCH")
+    if hold is not None and hold.isdigit():
+        callbacks.append(HoldForTests(int(hold), out))
     devices = int(cfg.devices) if str(cfg.devices).isdigit() else cfg.devices
     trainer = L.Trainer(
         max_epochs=cfg.epochs,
@@ -454,12 +533,32 @@ def train(cfg: TrainConfig, *, resume: bool = False, finish_model: bool = True) 
         default_root_dir=str(out),
         enable_model_summary=False,
     )
+    if resume:
+        _trim_metrics(out, start_epoch)  # rows of epochs without a checkpoint are run again: never a duplicate epoch
     if start_epoch:
-        _trim_metrics(out, start_epoch)
-        print(f"resuming {out} after epoch {start_epoch} of {cfg.epochs}")
-        trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt), weights_only=True)
-    else:
-        trainer.fit(module, train_loader, val_loader)
+        print(f"resuming {out} after epoch {start_epoch} of {cfg.epochs}", flush=True)
+    hint = f"continue with `skinlesion train --resume --out {out}` (every finished epoch is kept)"
+    try:
+        if start_epoch:
+            trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt), weights_only=True)
+        else:
+            trainer.fit(module, train_loader, val_loader)
+    except SystemExit:  # Lightning turns Ctrl-C into sys.exit(1) after its own shutdown
+        if trainer.interrupted:
+            raise Interrupted(hint) from None
+        raise
+    except Exception as exc:
+        stopped = _stopped_by_disk(exc, out)
+        if stopped is not None:
+            raise stopped from None
+        raise
+    finally:
+        import signal
+
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # Lightning ignores further Ctrl-C while it shuts down
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    if trainer.interrupted:  # an interrupt Lightning caught and returned from: not a finished run
+        raise Interrupted(hint)
     if trainer.global_rank == 0 and finish_model:
         from .finish import finish_run
 

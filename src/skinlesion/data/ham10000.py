@@ -202,8 +202,16 @@ def _read_npz(path: Path) -> Dataset:
     arrays, rows = [], []
     offset = 0
     for s in splits:
-        imgs = npz[f"{s}_images"]
-        labels = np.asarray(npz[f"{s}_labels"]).reshape(-1)
+        try:
+            imgs = npz[f"{s}_images"]
+            labels = np.asarray(npz[f"{s}_labels"]).reshape(-1)
+        except ValueError:  # object arrays: numpy would unpickle them, which can run code
+            raise SkinLesionError(
+                f"{path.name}: {s}_images or {s}_labels holds Python objects, not plain arrays, and is refused "
+                "(reading it could run code); use a DermaMNIST .npz of uint8 images and integer labels."
+            ) from None
+        except (OSError, EOFError, KeyError) as exc:
+            raise SkinLesionError(f"{path.name} is damaged ({type(exc).__name__} reading {s}_images); re-download it.") from None
         if imgs.ndim == 3:  # grayscale arrays: repeat to RGB
             imgs = np.repeat(imgs[..., None], 3, axis=-1)
         if imgs.ndim != 4 or imgs.shape[-1] != 3 or len(imgs) != len(labels):

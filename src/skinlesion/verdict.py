@@ -1,0 +1,128 @@
+"""What a result says: the one place that words a prediction for people.
+
+The app, the HTML report, ``predict``'s CSV and the REST API all show :func:`verdict`'s
+sentences, so they cannot disagree. Its rules:
+
+- the triage tier is the headline. A malignant or pre-malignant probability at or above the
+  tier's "soon" threshold is always "see a dermatologist soon", unsure or not; the unsure
+  reason is shown beside it (:func:`skinlesion.posthoc.analyse` decides the tier);
+- the malignant summary is always stated against that threshold, never as a bare "benign";
+- the names and description of the classes never reassure ("harmless", "benign keratosis") unless the
+  tier is routine (:attr:`Verdict.names` holds the names every view shows);
+- the decision rule that named the class is said (:mod:`skinlesion.posthoc` decision rules);
+- photo-quality problems come first, as advice to retake (the analysis is still shown), and an
+  out-of-distribution upload is said to be one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+HEADLINES = {
+    "see a dermatologist soon": "See a dermatologist soon",
+    "unsure: refer": "Unsure: have a dermatologist look at it",
+    "routine": "Routine: no sign of urgency in this image",
+}
+RULE_NAMES = {"most-probable": "most probable", "balanced": "balanced (rare classes weighted up)"}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The words of one result, in the order a result card shows them."""
+
+    tier: str | None
+    headline: str  # "See a dermatologist soon"
+    reason: str  # why this tier (with the unsure reason beside a "soon")
+    summary: str  # the malignant probability against the tier's threshold
+    decision: str  # the named class, its probability and the rule that named it
+    description: str  # plain words about the named class; reassuring only when the tier is routine
+    top_three: str
+    prediction_set: str
+    rule: str
+    advice: tuple[str, ...] = field(default_factory=tuple)  # photo quality, out of distribution: shown first
+    names: dict = field(default_factory=dict)  # code -> the name to show (never reassuring unless routine)
+
+    @property
+    def line(self) -> str:
+        """Headline and reason in one sentence (the CSV's ``verdict`` column)."""
+        return f"{self.headline} ({self.reason})" if self.reason else self.headline
+
+    def lines(self) -> list[str]:
+        """Every sentence, in card order (for plain-text views)."""
+        return [*self.advice, self.line, self.summary, self.decision, self.description, self.top_three, self.prediction_set]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["advice"] = list(self.advice)
+        d["line"] = self.line
+        return d
+
+
+def _pct(p: float) -> str:
+    return f"{100 * p:.1f} %"
+
+
+def malignant_summary(mal: float, threshold: float | None, malignant_codes) -> str:
+    """The malignant probability said against the tier's threshold (never a bare "benign")."""
+    which = f" ({', '.join(malignant_codes)})" if malignant_codes else ""
+    head = f"Malignant or pre-malignant{which}: {_pct(mal)}"
+    if threshold is None:
+        return f"{head}; this model states no threshold for seeing a dermatologist."
+    side = "above" if mal > threshold else ("at" if mal == threshold else "below")
+    return f"{head}, {side} the {_pct(threshold)} at which it advises a dermatologist soon."
+
+
+def verdict(pred, cfg) -> Verdict:
+    """The words of ``pred`` (a :class:`skinlesion.predict.Prediction`) under the model config ``cfg``."""
+    labels = cfg.labels
+    threshold = (cfg.tier or {}).get("malignant_threshold")
+    mal = float(pred.malignant_probability)
+    tier = pred.tier
+    if tier == "see a dermatologist soon":
+        reason = f"malignant or pre-malignant probability {_pct(mal)} >= {_pct(threshold)}"
+        if pred.refer_reason:
+            reason += f"; also unsure: {pred.refer_reason}"
+    elif tier is not None:
+        reason = pred.refer_reason
+    else:
+        reason = ""
+    headline = HEADLINES.get(tier, "No triage tier (this model has none)")
+
+    routine = tier == "routine"
+    names = {dd.code: dd.name if routine else dd.plain_name for dd in labels.diagnoses}
+    d = labels.get(pred.top)
+    rule = getattr(pred, "rule", None) or cfg.rule
+    decision = (
+        f"{names[d.code]} ({d.code}): calibrated probability {_pct(pred.top_probability)}; decision rule: {RULE_NAMES.get(rule, rule)}"
+    )
+    ranked = pred.ranked()
+    if ranked and ranked[0][0] != pred.top:
+        decision += f" (the most probable class is {names[ranked[0][0]]}, {_pct(ranked[0][1])})"
+    description = d.description if routine else d.plain
+    top_three = "Most likely: " + ", ".join(f"{names[c]} {_pct(p)}" for c, p in ranked[:3])
+    conf = (cfg.conformal or {}).get("confidence")
+    if conf is None:
+        pset = "Prediction set: none (this model has no conformal calibration)."
+    elif pred.prediction_set:
+        pset = f"Prediction set ({100 * conf:.0f} %): one of " + ", ".join(names[c] for c in pred.prediction_set)
+    else:
+        pset = f"Prediction set ({100 * conf:.0f} %): empty; no diagnosis fits this image at that confidence."
+    advice = list(getattr(pred, "quality_advice", []) or [])
+    if pred.out_of_distribution:
+        advice.append(
+            "This image does not look like the dermoscopic images the model was trained on, so its analysis is unreliable; "
+            "upload a dermoscopic image of a skin lesion."
+        )
+    return Verdict(
+        tier=tier,
+        headline=headline,
+        reason=reason,
+        summary=malignant_summary(mal, threshold, labels.malignant),
+        decision=decision,
+        description=description,
+        top_three=top_three,
+        prediction_set=pset,
+        rule=rule,
+        advice=tuple(advice),
+        names=names,
+    )
