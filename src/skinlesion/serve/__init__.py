@@ -4,7 +4,10 @@
 - :mod:`skinlesion.serve.keys`     API keys: salted hashes on disk, constant-time checks, ``--new-key``
 - :mod:`skinlesion.serve.limits`   what a request may cost: the streamed body limit, the per-key rate limit
 - :mod:`skinlesion.serve.metrics`  the Prometheus counters and histograms behind ``GET /metrics``
-- :mod:`skinlesion.serve.api`      the FastAPI application (routes, errors, the analysis pool, draining on SIGTERM)
+- :mod:`skinlesion.serve.refusals` every refusal as JSON with one sentence (and the field it names)
+- :mod:`skinlesion.serve.forms`    reading an analysis request: the uploads and their patient data
+- :mod:`skinlesion.serve.service`  one worker's state: the predictor, the bounded analysis pool, draining on SIGTERM
+- :mod:`skinlesion.serve.api`      the FastAPI application: the routes, who may call them
 - :mod:`skinlesion.serve.runner`   running it on uvicorn, one or several worker processes
 - :mod:`skinlesion.serve.client`   the client behind ``skinlesion predict --server URL``
 
