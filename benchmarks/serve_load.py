@@ -17,6 +17,7 @@ between requests shows here), and whether the service's rows equal the in-proces
 
     python benchmarks/serve_load.py --seconds 60 --json runs/serve_load.json
     python benchmarks/serve_load.py --short          # smoke test: 2 s, 1 and 4 clients, 1 worker
+    python benchmarks/serve_load.py --short --url http://127.0.0.1:8000 --api-key-file key.txt   # a running service
 """
 
 from __future__ import annotations
@@ -85,6 +86,19 @@ def in_process(images, seconds: float, max_requests: int, threads: int | None) -
     }
 
 
+class External:
+    """A service started elsewhere (--url): used as it is, never stopped here."""
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+
+    def wait_ready(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        return None
+
+
 class Service:
     def __init__(self, workers: int, extra: list[str]):
         self.port = _free_port()
@@ -117,6 +131,9 @@ class Service:
         return self.proc.wait()
 
 
+HEADERS: dict = {}
+
+
 async def _post(client, name, data):
     r = await client.post("/v1/analyse", files=[("images", (name, data, "image/jpeg"))])
     return r.status_code, (r.json()["images"][0] if r.status_code == 200 else r.text[:200])
@@ -125,7 +142,7 @@ async def _post(client, name, data):
 async def _reference(url, images) -> dict:
     import httpx
 
-    async with httpx.AsyncClient(base_url=url, timeout=120) as c:
+    async with httpx.AsyncClient(base_url=url, headers=HEADERS, timeout=120) as c:
         out = {}
         for name, data in images:
             status, row = await _post(c, name, data)
@@ -143,7 +160,7 @@ async def _load(url, images, clients: int, seconds: float, max_requests: int, re
     sent = [0]
 
     async def client(k):
-        async with httpx.AsyncClient(base_url=url, timeout=120) as c:
+        async with httpx.AsyncClient(base_url=url, headers=HEADERS, timeout=120) as c:
             i = k
             while time.perf_counter() < deadline and sent[0] < max_requests:
                 sent[0] += 1
@@ -186,21 +203,25 @@ def main(argv=None) -> dict:
     ap.add_argument("--max-requests", type=int, default=20000, help="stop a configuration after this many requests")
     ap.add_argument("--images", nargs="*", default=None, help="images (default: the real melanoma and a real DermaMNIST image)")
     ap.add_argument("--serve-args", nargs=argparse.REMAINDER, default=[], help="more `skinlesion serve` options (last)")
-    ap.add_argument("--short", action="store_true", help="a smoke test: 2 s, 1 and 4 clients, 1 worker")
+    ap.add_argument("--url", default=None, help="a service already running (default: start `skinlesion serve` per --workers)")
+    ap.add_argument("--api-key-file", default=None, help="with --url: the file holding an API key for it")
+    ap.add_argument("--short", action="store_true", help="a smoke test: 2 s (in-process 1 s), 1 and 4 clients, 1 worker")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.short:
         args.seconds, args.clients, args.workers = 2.0, [1, 4], [1]
+    if args.api_key_file:
+        HEADERS["Authorization"] = f"Bearer {Path(args.api_key_file).read_text().strip()}"
     args.seconds = min(args.seconds, 300.0)
     paths = [Path(p) for p in args.images] if args.images else default_images()
     if not paths:
         sys.exit("no images found: pass --images FILE ... (the defaults live in ../shared/data)")
     images = [(p.name, p.read_bytes()) for p in paths]
 
-    inproc = [in_process(images, min(args.seconds, 20.0), args.max_requests, t) for t in (1, None)]
+    inproc = [in_process(images, min(args.seconds / 2, 20.0), args.max_requests, t) for t in (1, None)]
     runs = []
-    for w in args.workers:
-        svc = Service(w, args.serve_args)
+    for w in [None] if args.url else args.workers:
+        svc = Service(w, args.serve_args) if w else External(args.url)
         try:
             svc.wait_ready()
             reference = asyncio.run(_reference(svc.url, images))
@@ -213,6 +234,10 @@ def main(argv=None) -> dict:
         finally:
             code = svc.stop()
         runs[-1]["exit_code_after_sigterm"] = code
+    one = inproc[0]  # the in-process predictor on one thread: the baseline the ratios are taken to
+    for r in runs:
+        r["throughput_vs_in_process_1_thread"] = r["per_second"] / one["per_second"]
+        r["p50_minus_in_process_ms"] = {str(i["threads"]): r["p50_ms"] - i["p50_ms"] for i in inproc}
     result = {
         "images": [n for n, _ in images],
         "seconds": args.seconds,
@@ -220,16 +245,21 @@ def main(argv=None) -> dict:
         "in_process": [{k: v for k, v in r.items() if k != "rows"} for r in inproc],
         "service": runs,
     }
-    print("\n| configuration | requests | throughput /s | p50 / p95 ms | errors | differing answers |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print(
+        "\n| configuration | requests | throughput /s (x in-process 1 thread) | p50 / p95 ms | p50 - in-process p50, 1 thread / all cores | errors | differing answers |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in result["in_process"]:
         print(
-            f"| in-process Predictor, {r['threads']} thread(s), one after the other | {r['requests']} | {r['per_second']:.1f} | {r['p50_ms']:.1f} / {r['p95_ms']:.1f} | 0 | - |"
+            f"| in-process Predictor, {r['threads']} thread(s), one image after the other | {r['requests']} | {r['per_second']:.1f} | "
+            f"{r['p50_ms']:.1f} / {r['p95_ms']:.1f} | - | 0 | - |"
         )
     for r in runs:
+        d = list(r["p50_minus_in_process_ms"].values())
         print(
-            f"| service, {r['workers']} worker(s), {r['clients']} client(s), {r['seconds']:g} s | {r['requests']} | {r['per_second']:.1f} | "
-            f"{r['p50_ms']:.1f} / {r['p95_ms']:.1f} | {r['errors']} | {r['differ']} |"
+            f"| service, {r['workers'] or 'external'} worker(s), {r['clients']} client(s), {r['seconds']:g} s | {r['requests']} | "
+            f"{r['per_second']:.1f} ({r['throughput_vs_in_process_1_thread']:.2f}x) | {r['p50_ms']:.1f} / {r['p95_ms']:.1f} | "
+            f"{d[0]:+.1f} / {d[1]:+.1f} ms | {r['errors']} | {r['differ']} |"
         )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

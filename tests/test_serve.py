@@ -124,8 +124,9 @@ def keys(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("serve_keys")
     path = folder / "keys.txt"
-    made = {name: new_key(path) for name in ("main", "rate", "other", "concurrency", "revoked", "cli")}
-    (folder / "cli.key").write_text(made["cli"] + "\n")
+    made = {name: new_key(path) for name in ("main", "rate", "other", "concurrency", "revoked", "cli", "bench")}
+    for name in ("cli", "bench"):
+        (folder / f"{name}.key").write_text(made[name] + "\n")
     return path, made
 
 
@@ -275,6 +276,21 @@ def test_concurrent_requests_answer_as_sequential_ones(service, keys, images):
     for name, r in answers:
         assert r.status_code == 200, r.text
         assert r.json()["images"][0] == sequential[name]
+
+
+def test_load_benchmark_short_mode_sees_no_error_and_no_differing_answer(service, keys, images, tmp_path):
+    """benchmarks/serve_load.py --short against the running service: 1 and 4 clients, beside the in-process predictor."""
+    from .conftest import benchmark
+
+    _, paths = images
+    key = keys[0].parent / "bench.key"
+    args = ["--short", "--url", service.url, "--api-key-file", key, "--max-requests", "30", "--images", *paths[:2]]
+    result = benchmark("serve_load").main([str(a) for a in [*args, "--json", tmp_path / "load.json"]])
+    assert [r["clients"] for r in result["service"]] == [1, 4]
+    for r in result["service"]:
+        assert r["requests"] > 0 and r["errors"] == 0 and r["differ"] == 0 and r["rows_equal_in_process"], r
+    assert all(r["per_second"] > 0 and r["backend"] == "onnx" for r in result["in_process"])
+    assert json.loads((tmp_path / "load.json").read_text())["service"] == json.loads(json.dumps(result["service"]))
 
 
 # ---- who may call ------------------------------------------------------------------------------

@@ -172,6 +172,8 @@ def create_app(settings: Settings) -> FastAPI:
                         field="heatmap",
                     )
                 result = await service.analyse(uploads, meta, heatmap)
+        except SkinLesionError as exc:  # the model itself failed (e.g. non-finite probabilities): its sentence, as a 500
+            raise Refusal(500, str(exc)) from None
         except TimeoutError:
             raise Refusal(
                 503,

@@ -122,8 +122,8 @@ def predict_remote(url: str, paths, *, key_file: Path | None = None, meta: dict 
             nonlocal batch, where, size
             if batch:
                 m = [(meta or {}).get(Path(n).stem, {}) for n, _ in batch] if meta is not None else None
-                for i, row in zip(where, remote.analyse(batch, m)):
-                    rows[i] = {c: row.get(c) for c in ROW_COLUMNS}
+                for i, (name, _), row in zip(where, batch, remote.analyse(batch, m)):
+                    rows[i] = {c: row.get(c) for c in ROW_COLUMNS} | {"image": name}
                 batch, where, size = [], [], 0
                 if progress:
                     progress(sum(r is not None for r in rows))

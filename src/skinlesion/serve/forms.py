@@ -17,6 +17,8 @@ from ..posthoc import LOCALIZATIONS, META_FIELDS, SEXES
 from .refusals import Refusal
 from .settings import Settings
 
+MAX_NAME = 4096  # characters of a file name kept (it labels the row and its sentences): a long path fits
+
 
 class Upload(bytes):
     """An uploaded file's bytes; ``str()`` is its file name, which is what ``predict_files`` names a row by."""
@@ -80,7 +82,7 @@ async def read_request(request: Request, settings: Settings) -> tuple[list[Uploa
             if key == "images":
                 if not isinstance(value, UploadFile):
                     raise Refusal(422, "images must be files (multipart file parts), not text.", field="images")
-                uploads.append(Upload(await value.read(), value.filename or f"image {len(uploads) + 1}"))
+                uploads.append(Upload(await value.read(), (value.filename or f"image {len(uploads) + 1}")[:MAX_NAME]))
             elif key in fields:
                 if isinstance(value, UploadFile):
                     raise Refusal(422, f"{key} must be a text field, not a file.", field=key)
