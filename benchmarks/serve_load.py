@@ -43,6 +43,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _rss_mib(pid: int) -> float:
+    """Resident memory of ``pid`` and all its descendants (the workers), MiB, from /proc."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+            for t in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(k) for k in (t / "children").read_text().split()]
+        except (OSError, ValueError):
+            pass
+    return total / 1024
+
+
 def _pct(xs, q) -> float:
     import numpy as np
 
@@ -97,6 +113,8 @@ class External:
 
     def stop(self) -> None:
         return None
+
+    proc = None
 
 
 class Service:
@@ -228,7 +246,7 @@ def main(argv=None) -> dict:
             same = all(reference[n] == json.loads(json.dumps(inproc[0]["rows"][n])) for n, _ in images)
             for c in args.clients:
                 r = asyncio.run(_load(svc.url, images, c, args.seconds, args.max_requests, reference))
-                r.update(workers=w, rows_equal_in_process=same)
+                r.update(workers=w, rows_equal_in_process=same, server_rss_mib=round(_rss_mib(svc.proc.pid)) if w else None)
                 runs.append(r)
                 print(json.dumps(r), flush=True)
         finally:
@@ -246,20 +264,21 @@ def main(argv=None) -> dict:
         "service": runs,
     }
     print(
-        "\n| configuration | requests | throughput /s (x in-process 1 thread) | p50 / p95 ms | p50 - in-process p50, 1 thread / all cores | errors | differing answers |"
+        "\n| configuration | requests | throughput /s (x in-process 1 thread) | p50 / p95 ms "
+        "| p50 - in-process p50, 1 thread / all cores | errors | differing answers | server RSS |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in result["in_process"]:
         print(
             f"| in-process Predictor, {r['threads']} thread(s), one image after the other | {r['requests']} | {r['per_second']:.1f} | "
-            f"{r['p50_ms']:.1f} / {r['p95_ms']:.1f} | - | 0 | - |"
+            f"{r['p50_ms']:.1f} / {r['p95_ms']:.1f} | - | 0 | - | - |"
         )
     for r in runs:
         d = list(r["p50_minus_in_process_ms"].values())
         print(
             f"| service, {r['workers'] or 'external'} worker(s), {r['clients']} client(s), {r['seconds']:g} s | {r['requests']} | "
             f"{r['per_second']:.1f} ({r['throughput_vs_in_process_1_thread']:.2f}x) | {r['p50_ms']:.1f} / {r['p95_ms']:.1f} | "
-            f"{d[0]:+.1f} / {d[1]:+.1f} ms | {r['errors']} | {r['differ']} |"
+            f"{d[0]:+.1f} / {d[1]:+.1f} ms | {r['errors']} | {r['differ']} | {r['server_rss_mib'] or '-'} MiB |"
         )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
