@@ -4,12 +4,14 @@ Loopback only, bounded in time (``--seconds`` per configuration, at most 300) an
 (``--max-requests`` per configuration). In one run, on the same images (by default the ones
 benchmarks/app_load.py uploads: the real full-resolution melanoma and a real 28 px DermaMNIST image):
 
-1. the in-process ``Predictor`` (ONNX Runtime), upload-to-result (``predict(bytes)``: decode, intake,
-   preprocessing, all members and TTA views, calibration, patient-data fusion, OOD, rules), one
-   image after the other, with 1 intra-op thread and with all cores;
-2. for each ``--workers``: ``skinlesion serve`` on a free loopback port; one sequential pass gives the
-   reference answer of every image; then N clients (asyncio + httpx, one keep-alive connection each,
-   starting on different images) post one image per request for the fixed time.
+1. for each ``--workers``: ``skinlesion serve`` on a free loopback port; one sequential pass gives the
+   reference answer of every image;
+2. for each number of clients: first the in-process ``Predictor`` (ONNX Runtime) for a slice of the
+   time (a quarter, at most 10 s), upload-to-result (``predict(bytes)``: decode, intake, preprocessing,
+   all members and TTA views, calibration, patient-data fusion, OOD, rules), one image after the
+   other, with 1 intra-op thread and with all cores; right after, N clients (asyncio + httpx, one
+   keep-alive connection each, starting on different images) post one image per request for the
+   fixed time. Each ratio compares numbers taken a minute apart at most (the machine is shared).
 
 Reported per configuration: requests, throughput, client-side p50/p95 latency, errors (any non-200
 or transport error) and answers that differ from the sequential ones (the whole row: a mix-up
@@ -73,33 +75,42 @@ def default_images() -> list[Path]:
     return [p for p in paths if p.exists()]
 
 
-def in_process(images, seconds: float, max_requests: int, threads: int | None) -> dict:
-    """The Predictor in this process, one image after the other: what a request costs without HTTP."""
-    from skinlesion.predict import Predictor
+class InProcess:
+    """The Predictor in this process, one image after the other: what a request costs without HTTP.
 
-    p = Predictor("default", threads=threads)
-    for name, data in images:  # warm-up, as the service does before it is ready
-        p.predict(data, name)
-    lat, rows = [], {}
-    deadline = time.perf_counter() + seconds
-    t0 = time.perf_counter()
-    i = 0
-    while time.perf_counter() < deadline and i < max_requests:
-        name, data = images[i % len(images)]
-        t = time.perf_counter()
-        rows[name] = p.predict(data, name).row()
-        lat.append(time.perf_counter() - t)
-        i += 1
-    elapsed = time.perf_counter() - t0
-    return {
-        "threads": threads or "all cores",
-        "requests": i,
-        "per_second": i / elapsed,
-        "p50_ms": 1000 * _pct(lat, 50),
-        "p95_ms": 1000 * _pct(lat, 95),
-        "rows": rows,
-        "backend": p.backend,
-    }
+    Loaded once (1 intra-op thread, and all cores), measured again right before every service
+    configuration, so each ratio compares numbers taken minutes apart at most on a shared machine.
+    """
+
+    def __init__(self, images):
+        from skinlesion.predict import Predictor
+
+        self.images = images
+        self.predictors = {1: Predictor("default", threads=1), None: Predictor("default")}
+        self.rows = {}
+        for p in self.predictors.values():
+            for name, data in images:  # warm-up, as the service does before it is ready
+                self.rows[name] = p.predict(data, name).row()
+
+    def measure(self, threads: int | None, seconds: float, max_requests: int) -> dict:
+        p = self.predictors[threads]
+        lat = []
+        deadline = time.perf_counter() + seconds
+        t0 = time.perf_counter()
+        while time.perf_counter() < deadline and len(lat) < max_requests:
+            name, data = self.images[len(lat) % len(self.images)]
+            t = time.perf_counter()
+            p.predict(data, name)
+            lat.append(time.perf_counter() - t)
+        elapsed = time.perf_counter() - t0
+        return {
+            "threads": threads or "all cores",
+            "requests": len(lat),
+            "per_second": len(lat) / elapsed,
+            "p50_ms": 1000 * _pct(lat, 50),
+            "p95_ms": 1000 * _pct(lat, 95),
+            "backend": p.backend,
+        }
 
 
 class External:
@@ -236,49 +247,40 @@ def main(argv=None) -> dict:
         sys.exit("no images found: pass --images FILE ... (the defaults live in ../shared/data)")
     images = [(p.name, p.read_bytes()) for p in paths]
 
-    inproc = [in_process(images, min(args.seconds / 2, 20.0), args.max_requests, t) for t in (1, None)]
+    local = InProcess(images)
+    slice_s = min(10.0, max(1.0, args.seconds / 4))  # the in-process measurement before each configuration
     runs = []
     for w in [None] if args.url else args.workers:
         svc = Service(w, args.serve_args) if w else External(args.url)
+        code = None
         try:
             svc.wait_ready()
             reference = asyncio.run(_reference(svc.url, images))
-            same = all(reference[n] == json.loads(json.dumps(inproc[0]["rows"][n])) for n, _ in images)
+            same = all(reference[n] == json.loads(json.dumps(local.rows[n])) for n, _ in images)
             for c in args.clients:
+                base = [local.measure(t, slice_s, args.max_requests) for t in (1, None)]
                 r = asyncio.run(_load(svc.url, images, c, args.seconds, args.max_requests, reference))
                 r.update(workers=w, rows_equal_in_process=same, server_rss_mib=round(_rss_mib(svc.proc.pid)) if w else None)
+                r["in_process"] = base
+                r["throughput_vs_in_process_1_thread"] = r["per_second"] / base[0]["per_second"]
+                r["p50_minus_in_process_ms"] = {str(i["threads"]): r["p50_ms"] - i["p50_ms"] for i in base}
                 runs.append(r)
                 print(json.dumps(r), flush=True)
         finally:
             code = svc.stop()
         runs[-1]["exit_code_after_sigterm"] = code
-    one = inproc[0]  # the in-process predictor on one thread: the baseline the ratios are taken to
-    for r in runs:
-        r["throughput_vs_in_process_1_thread"] = r["per_second"] / one["per_second"]
-        r["p50_minus_in_process_ms"] = {str(i["threads"]): r["p50_ms"] - i["p50_ms"] for i in inproc}
-    result = {
-        "images": [n for n, _ in images],
-        "seconds": args.seconds,
-        "cores": len(os.sched_getaffinity(0)),
-        "in_process": [{k: v for k, v in r.items() if k != "rows"} for r in inproc],
-        "service": runs,
-    }
+    result = {"images": [n for n, _ in images], "seconds": args.seconds, "cores": len(os.sched_getaffinity(0)), "service": runs}
     print(
-        "\n| configuration | requests | throughput /s (x in-process 1 thread) | p50 / p95 ms "
-        "| p50 - in-process p50, 1 thread / all cores | errors | differing answers | server RSS |"
+        "\n| service | clients | requests | throughput /s | in-process 1 thread /s (ratio) | p50 / p95 ms "
+        "| in-process p50 1 thread / all cores | errors | differing answers | server RSS |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for r in result["in_process"]:
-        print(
-            f"| in-process Predictor, {r['threads']} thread(s), one image after the other | {r['requests']} | {r['per_second']:.1f} | "
-            f"{r['p50_ms']:.1f} / {r['p95_ms']:.1f} | - | 0 | - | - |"
-        )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in runs:
-        d = list(r["p50_minus_in_process_ms"].values())
+        one, allc = r["in_process"]
         print(
-            f"| service, {r['workers'] or 'external'} worker(s), {r['clients']} client(s), {r['seconds']:g} s | {r['requests']} | "
-            f"{r['per_second']:.1f} ({r['throughput_vs_in_process_1_thread']:.2f}x) | {r['p50_ms']:.1f} / {r['p95_ms']:.1f} | "
-            f"{d[0]:+.1f} / {d[1]:+.1f} ms | {r['errors']} | {r['differ']} | {r['server_rss_mib'] or '-'} MiB |"
+            f"| {r['workers'] or 'external'} worker(s) | {r['clients']} for {r['seconds']:g} s | {r['requests']} | {r['per_second']:.1f} | "
+            f"{one['per_second']:.1f} ({r['throughput_vs_in_process_1_thread']:.2f}x) | {r['p50_ms']:.1f} / {r['p95_ms']:.1f} | "
+            f"{one['p50_ms']:.1f} / {allc['p50_ms']:.1f} ms | {r['errors']} | {r['differ']} | {r['server_rss_mib'] or '-'} MiB |"
         )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
