@@ -452,16 +452,25 @@ def test_every_bad_predict_input_of_the_cli_table_is_a_4xx_sentence(service, key
 
 
 def test_a_request_over_the_timeout_is_503_and_abandoned(default_model, images, tmp_path):
+    """One analysis at a time: of two held requests one runs, one waits; both time out, neither is left behind."""
+    from concurrent.futures import ThreadPoolExecutor
+
     hold = tmp_path / "hold"
     hold.mkdir()
     _, paths = images
-    with running_service(tmp_path, "--timeout", "1", hold=hold) as s:
-        r = httpx.post(f"{s.url}/v1/analyse", files={"images": ("hold-slow.jpg", paths[0].read_bytes())}, timeout=60)
-        assert r.status_code == 503 and "1 s" in r.json()["detail"] and one_sentence(r.json()["detail"]), r.text
-        wait_for(lambda: metric(s.url, "skinlesion_analyses_abandoned_total") == 1, 30, "the analysis to be abandoned", s)
+    data = paths[0].read_bytes()
+    with running_service(tmp_path, "--timeout", "1", "--concurrency", "1", hold=hold) as s:
+        with ThreadPoolExecutor(2) as ex:
+            answers = list(
+                ex.map(lambda n: httpx.post(f"{s.url}/v1/analyse", files={"images": (n, data)}, timeout=60), ["hold-a.jpg", "hold-b.jpg"])
+            )
+        for r in answers:
+            assert r.status_code == 503 and "1 s" in r.json()["detail"] and one_sentence(r.json()["detail"]), r.text
+        wait_for(lambda: metric(s.url, "skinlesion_analyses_abandoned_total") == 2, 30, "both analyses to be abandoned", s)
         wait_for(lambda: metric(s.url, "skinlesion_analyses_in_progress") == 0, 30, "no analysis in progress", s)
+        assert metric(s.url, "skinlesion_analyses_waiting") == 0
         assert httpx.get(f"{s.url}/v1/ready").status_code == 200
-        assert not (hold / "hold-slow.jpg.go").exists()  # nobody released it: the service gave up on it
+        assert not list(hold.iterdir())  # nobody released them: the service gave up on them
 
 
 # ---- shutting down --------------------------------------------------------------------------------

@@ -157,11 +157,16 @@ class Service:
         with self._lock:
             self._waiting += 1
         self.metrics.queued.inc()
-        future = asyncio.get_running_loop().run_in_executor(self.pool, self._job, uploads, meta, heat, abandoned)
+        job = self.pool.submit(self._job, uploads, meta, heat, abandoned)
         try:
-            return await future
+            return await asyncio.wrap_future(job)
         except asyncio.CancelledError:  # the request's timeout (or its client) gave up: do not start, or drop the answer
             abandoned.set()
+            if job.cancel():  # it was still waiting: it never runs, so it is counted here
+                with self._lock:
+                    self._waiting -= 1
+                self.metrics.queued.dec()
+                self.metrics.abandoned.inc()
             raise
 
     def _job(self, uploads, meta, heat, abandoned):
