@@ -608,3 +608,19 @@ def test_threads_are_the_cores_over_the_analyses_at_once(monkeypatch):
     assert (s.Settings().analyses_at_once(), s.Settings().threads()) == (8, 1)
     assert (s.Settings(workers=2).analyses_at_once(), s.Settings(workers=2).threads()) == (4, 1)
     assert s.Settings(concurrency=2).threads() == 4 and s.Settings(workers=16).threads() == 1
+
+
+def test_the_workers_shared_socket_is_tcp_so_responses_are_not_held_by_nagle():
+    """uvicorn binds the --workers socket with proto 0, and asyncio then leaves Nagle on (uvicorn #3149)."""
+    from skinlesion.serve.runner import APP, _Config
+
+    sock = _Config(APP, factory=True, host="127.0.0.1", port=free_port(), workers=2).bind_socket()
+    try:
+        assert sock.proto == socket.IPPROTO_TCP and sock.get_inheritable()
+        sock.listen()
+        with socket.create_connection(sock.getsockname()):
+            conn, _ = sock.accept()
+            with conn:
+                assert conn.proto == socket.IPPROTO_TCP  # what asyncio checks before it sets TCP_NODELAY
+    finally:
+        sock.close()
