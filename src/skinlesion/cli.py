@@ -436,7 +436,7 @@ def read_meta_csv(path: Path) -> dict:
 @app.command()
 def predict(
     model: str = typer.Argument(..., help="Run directory, model file (.safetensors or .onnx), or 'default'."),
-    images: List[str] = typer.Argument(..., help="Image files, folders or globs."),
+    images: Optional[List[str]] = typer.Argument(None, help="Image files, folders or globs."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the rows to this CSV."),
     meta: Optional[Path] = typer.Option(
         None, "--meta", help="CSV of patient data: image (or image_id), age, sex, localization; any may be empty."
@@ -447,6 +447,10 @@ def predict(
     rule: Optional[str] = typer.Option(
         None, "--rule", help="Decision rule naming the top class: most-probable or balanced (default: the model's own, in its card)."
     ),
+    server: Optional[str] = typer.Option(
+        None, "--server", help="URL of a running `skinlesion serve`: it analyses the files (give only FILES, no MODEL)."
+    ),
+    api_key_file: Optional[Path] = typer.Option(None, "--api-key-file", help="With --server: a file holding the service's API key."),
 ) -> None:
     """Predict images: one row each (top class, probabilities, prediction set, tier, refer, warnings, errors).
 
@@ -458,16 +462,29 @@ def predict(
 
     if fmt not in ("skinlesion", "isic2018"):
         raise SkinLesionError(f"Unknown --format {fmt!r}; use skinlesion or isic2018.")
-    paths = expand_inputs(images)
+    if server:  # the service's model answers: every argument is a file (MODEL is not given)
+        _check_remote(model, tta, backend, rule)
+        images = [model, *(images or [])]
+    elif api_key_file:
+        raise SkinLesionError("--api-key-file goes with --server URL; a local run needs no key.")
+    paths = expand_inputs(images or [])
     if not paths:
         raise SkinLesionError("No files to predict; pass image files, folders or globs.")
     meta_rows = read_meta_csv(meta) if meta else None
-    predictor = Predictor(model, backend=backend, tta=tta, rule=rule)
-    if meta_rows is not None and not predictor.uses_metadata:
-        _warn("this model does not use patient data; --meta is ignored.")
-    with _progress("predicting") as progress:
-        rows = predict_files(predictor, paths, meta=meta_rows, progress=lambda n: progress(n, len(paths)))
-    codes = predictor.labels.codes
+    if server:
+        from .serve.client import predict_remote
+
+        with _progress("predicting") as progress:
+            rows, codes = predict_remote(
+                server, paths, key_file=api_key_file, meta=meta_rows, progress=lambda n: progress(n, len(paths)), warn=_warn
+            )
+    else:
+        predictor = Predictor(model, backend=backend, tta=tta, rule=rule)
+        if meta_rows is not None and not predictor.uses_metadata:
+            _warn("this model does not use patient data; --meta is ignored.")
+        with _progress("predicting") as progress:
+            rows = predict_files(predictor, paths, meta=meta_rows, progress=lambda n: progress(n, len(paths)))
+        codes = predictor.labels.codes
     table = pd.DataFrame(rows).reindex(columns=row_columns(codes))
     failed = table["error"].fillna("").astype(bool)
     if fmt == "isic2018":
@@ -493,6 +510,17 @@ def predict(
         if fmt == "isic2018":
             _warn("the ISIC 2018 file holds only the images that could be analysed; the scorer needs every test image.")
             raise typer.Exit(1)
+
+
+def _check_remote(model: str, tta, backend: str, rule: str | None = None) -> None:
+    """With --server no local model runs: options that would choose one are refused, never ignored."""
+    if tta is not None or backend != "auto" or rule is not None:
+        raise SkinLesionError(
+            "--tta, --backend and --rule choose how a local model runs; leave them out with --server "
+            "(the service's model answers, with its own decision rule)."
+        )
+    if model == "default" and not Path(model).exists():
+        raise SkinLesionError("With --server the service's model answers; give only the files (leave out MODEL).")
 
 
 @app.command()
@@ -635,6 +663,69 @@ def _serve(cmd: list[str]) -> int:
         return 130 if isinstance(exc, KeyboardInterrupt) else 128 + signal.SIGTERM
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@app.command()
+def serve(
+    model: str = typer.Option("default", "--model", "-m", help="Model to serve: run directory, model file, or 'default'."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; anything but loopback needs --api-keys."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    workers: int = typer.Option(1, "--workers", help="Worker processes, each loading the model once (about one per core)."),
+    api_keys: Optional[Path] = typer.Option(
+        None, "--api-keys", envvar="SKINLESION_API_KEYS", help="File of API key hashes: callers must send `Authorization: Bearer KEY`."
+    ),
+    new_key: bool = typer.Option(False, "--new-key", help="Print a new API key, append its hash to --api-keys, and exit."),
+    rate: Optional[str] = typer.Option(None, "--rate", help="Requests per key, e.g. 60/min (429 with Retry-After beyond it)."),
+    cors: List[str] = typer.Option([], "--cors", help="An origin whose web pages may call the service (repeatable); none by default."),
+    max_mb: float = typer.Option(20.0, "--max-mb", help="Largest request body, MiB (413 beyond it, before it is read whole)."),
+    max_images: int = typer.Option(32, "--max-images", help="Most images per request (422 beyond it)."),
+    timeout: float = typer.Option(30.0, "--timeout", help="Seconds a request may take (503 and abandoned beyond it)."),
+    grace: float = typer.Option(30.0, "--grace", help="Seconds in-flight requests get to finish after SIGTERM."),
+    concurrency: Optional[int] = typer.Option(
+        None, "--concurrency", help="Analyses at once per worker [default: its share of the cores, one thread each]."
+    ),
+) -> None:
+    """Serve the REST API (FastAPI on uvicorn): /v1/analyse, /v1/model, /v1/health, /v1/ready, /metrics, /docs."""
+    from .serve.settings import Settings
+
+    if new_key:
+        from .serve.keys import new_key as make_key
+
+        if api_keys is None:
+            raise SkinLesionError("--new-key appends to a key file: pass --api-keys FILE (or set SKINLESION_API_KEYS).")
+        key = make_key(api_keys)
+        typer.echo(key)
+        _warn(f"its hash was added to {api_keys}; the key is shown only this once, so store it now.")
+        return
+    settings = Settings(
+        model=model,
+        host=host,
+        port=port,
+        workers=workers,
+        api_keys=str(api_keys) if api_keys else None,
+        rate=rate,
+        cors=list(cors),
+        max_mb=max_mb,
+        max_images=max_images,
+        timeout=timeout,
+        grace=grace,
+        concurrency=concurrency,
+    ).check()
+    from .bundle import load_config, onnx_for, resolve_model_path
+
+    load_config(resolve_model_path(model), check_backbones=False)  # a wrong --model fails here, in one sentence
+    if onnx_for(model) is None:  # ONNX Runtime serves faster and lighter: export once, before the workers start
+        try:
+            from .export import export_onnx
+
+            _say(f"exported the model to {export_onnx(model)['path']}; the service uses ONNX Runtime")
+        except (SkinLesionError, OSError) as exc:
+            _warn(f"serving with PyTorch: could not export to ONNX ({exc})")
+    from .serve.runner import run
+
+    scheme = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    _say(f"skinlesion serve on {scheme} ({workers} worker(s); API documentation at {scheme}/docs)")
+    raise typer.Exit(run(settings))
 
 
 @app.command()

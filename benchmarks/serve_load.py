@@ -1,0 +1,292 @@
+"""Load test of the REST service: 1, 4 and 16 concurrent clients, 1 and 2 workers, beside the in-process Predictor.
+
+Loopback only, bounded in time (``--seconds`` per configuration, at most 300) and in count
+(``--max-requests`` per configuration). In one run, on the same images (by default the ones
+benchmarks/app_load.py uploads: the real full-resolution melanoma and a real 28 px DermaMNIST image):
+
+1. for each ``--workers``: ``skinlesion serve`` on a free loopback port; one sequential pass gives the
+   reference answer of every image;
+2. for each number of clients: first the in-process ``Predictor`` (ONNX Runtime) for a slice of the
+   time (a quarter, at most 10 s), upload-to-result (``predict(bytes)``: decode, intake, preprocessing,
+   all members and TTA views, calibration, patient-data fusion, OOD, rules), one image after the
+   other, with 1 intra-op thread and with all cores; right after, N clients (asyncio + httpx, one
+   keep-alive connection each, starting on different images) post one image per request for the
+   fixed time. Each ratio compares numbers taken a minute apart at most (the machine is shared).
+
+Reported per configuration: requests, throughput, client-side p50/p95 latency, errors (any non-200
+or transport error) and answers that differ from the sequential ones (the whole row: a mix-up
+between requests shows here), and whether the service's rows equal the in-process ones.
+
+    python benchmarks/serve_load.py --seconds 60 --json runs/serve_load.json
+    python benchmarks/serve_load.py --short          # smoke test: 2 s, 1 and 4 clients, 1 worker
+    python benchmarks/serve_load.py --short --url http://127.0.0.1:8000 --api-key-file key.txt   # a running service
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rss_mib(pid: int) -> float:
+    """Resident memory of ``pid`` and all its descendants (the workers), MiB, from /proc."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+            for t in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(k) for k in (t / "children").read_text().split()]
+        except (OSError, ValueError):
+            pass
+    return total / 1024
+
+
+def _pct(xs, q) -> float:
+    import numpy as np
+
+    return float(np.percentile(xs, q)) if xs else float("nan")
+
+
+def default_images() -> list[Path]:
+    paths = [SHARED / "fullres" / "ISIC_0024310.jpg"]
+    d28 = SHARED / "dermamnist28" / "images"
+    if d28.exists():
+        paths.append(sorted(d28.glob("*.jpg"))[0])
+    return [p for p in paths if p.exists()]
+
+
+class InProcess:
+    """The Predictor in this process, one image after the other: what a request costs without HTTP.
+
+    Loaded once (1 intra-op thread, and all cores), measured again right before every service
+    configuration, so each ratio compares numbers taken minutes apart at most on a shared machine.
+    """
+
+    def __init__(self, images):
+        from skinlesion.predict import Predictor
+
+        self.images = images
+        self.predictors = {1: Predictor("default", threads=1), None: Predictor("default")}
+        self.rows = {}
+        for p in self.predictors.values():
+            for name, data in images:  # warm-up, as the service does before it is ready
+                self.rows[name] = p.predict(data, name).row()
+
+    def measure(self, threads: int | None, seconds: float, max_requests: int) -> dict:
+        p = self.predictors[threads]
+        lat = []
+        deadline = time.perf_counter() + seconds
+        t0 = time.perf_counter()
+        while time.perf_counter() < deadline and len(lat) < max_requests:
+            name, data = self.images[len(lat) % len(self.images)]
+            t = time.perf_counter()
+            p.predict(data, name)
+            lat.append(time.perf_counter() - t)
+        elapsed = time.perf_counter() - t0
+        return {
+            "threads": threads or "all cores",
+            "requests": len(lat),
+            "per_second": len(lat) / elapsed,
+            "p50_ms": 1000 * _pct(lat, 50),
+            "p95_ms": 1000 * _pct(lat, 95),
+            "backend": p.backend,
+        }
+
+
+class External:
+    """A service started elsewhere (--url): used as it is, never stopped here."""
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+
+    def wait_ready(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        return None
+
+    proc = None
+
+
+class Service:
+    def __init__(self, workers: int, extra: list[str]):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "skinlesion.cli", "serve", "--port", str(self.port), "--workers", str(workers), *extra]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        import httpx
+
+        t0 = time.time()
+        while True:
+            try:
+                if httpx.get(self.url + "/v1/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None or time.time() - t0 > timeout:
+                self.stop()
+                sys.exit(f"the service did not become ready (exit {self.proc.poll()})")
+            time.sleep(0.2)
+
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                return self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        return self.proc.wait()
+
+
+HEADERS: dict = {}
+
+
+async def _post(client, name, data):
+    r = await client.post("/v1/analyse", files=[("images", (name, data, "image/jpeg"))])
+    return r.status_code, (r.json()["images"][0] if r.status_code == 200 else r.text[:200])
+
+
+async def _reference(url, images) -> dict:
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url, headers=HEADERS, timeout=120) as c:
+        out = {}
+        for name, data in images:
+            status, row = await _post(c, name, data)
+            if status != 200:
+                sys.exit(f"the reference request for {name} failed: {status} {row}")
+            out[name] = row
+        return out
+
+
+async def _load(url, images, clients: int, seconds: float, max_requests: int, reference) -> dict:
+    import httpx
+
+    stats = {"latency": [], "errors": [], "differ": 0}
+    deadline = time.perf_counter() + seconds
+    sent = [0]
+
+    async def client(k):
+        async with httpx.AsyncClient(base_url=url, headers=HEADERS, timeout=120) as c:
+            i = k
+            while time.perf_counter() < deadline and sent[0] < max_requests:
+                sent[0] += 1
+                name, data = images[i % len(images)]
+                i += 1
+                t = time.perf_counter()
+                try:
+                    status, row = await _post(c, name, data)
+                except Exception as exc:  # counted and reported: a load test must not stop at the first failure
+                    stats["errors"].append(f"{type(exc).__name__}: {exc}")
+                    continue
+                if status != 200:
+                    stats["errors"].append(f"{status}: {row}")
+                    continue
+                stats["latency"].append(time.perf_counter() - t)
+                stats["differ"] += row != reference[name]
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*[client(k) for k in range(clients)])
+    elapsed = time.perf_counter() - t0
+    lat = stats["latency"]
+    return {
+        "clients": clients,
+        "seconds": round(elapsed, 1),
+        "requests": len(lat) + len(stats["errors"]),
+        "per_second": len(lat) / elapsed,
+        "p50_ms": 1000 * _pct(lat, 50),
+        "p95_ms": 1000 * _pct(lat, 95),
+        "errors": len(stats["errors"]),
+        "first_error": stats["errors"][0] if stats["errors"] else None,
+        "differ": stats["differ"],
+    }
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=60.0, help="how long each configuration runs (at most 300)")
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--max-requests", type=int, default=20000, help="stop a configuration after this many requests")
+    ap.add_argument("--images", nargs="*", default=None, help="images (default: the real melanoma and a real DermaMNIST image)")
+    ap.add_argument("--serve-args", nargs=argparse.REMAINDER, default=[], help="more `skinlesion serve` options (last)")
+    ap.add_argument("--url", default=None, help="a service already running (default: start `skinlesion serve` per --workers)")
+    ap.add_argument("--api-key-file", default=None, help="with --url: the file holding an API key for it")
+    ap.add_argument("--short", action="store_true", help="a smoke test: 2 s (in-process 1 s), 1 and 4 clients, 1 worker")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    if args.short:
+        args.seconds, args.clients, args.workers = 2.0, [1, 4], [1]
+    if args.api_key_file:
+        HEADERS["Authorization"] = f"Bearer {Path(args.api_key_file).read_text().strip()}"
+    args.seconds = min(args.seconds, 300.0)
+    paths = [Path(p) for p in args.images] if args.images else default_images()
+    if not paths:
+        sys.exit("no images found: pass --images FILE ... (the defaults live in ../shared/data)")
+    images = [(p.name, p.read_bytes()) for p in paths]
+
+    local = InProcess(images)
+    slice_s = min(10.0, max(1.0, args.seconds / 4))  # the in-process measurement before each configuration
+    runs = []
+    for w in [None] if args.url else args.workers:
+        svc = Service(w, args.serve_args) if w else External(args.url)
+        code = None
+        try:
+            svc.wait_ready()
+            reference = asyncio.run(_reference(svc.url, images))
+            same = all(reference[n] == json.loads(json.dumps(local.rows[n])) for n, _ in images)
+            for c in args.clients:
+                base = [local.measure(t, slice_s, args.max_requests) for t in (1, None)]
+                r = asyncio.run(_load(svc.url, images, c, args.seconds, args.max_requests, reference))
+                r.update(workers=w, rows_equal_in_process=same, server_rss_mib=round(_rss_mib(svc.proc.pid)) if w else None)
+                r["in_process"] = base
+                r["throughput_vs_in_process_1_thread"] = r["per_second"] / base[0]["per_second"]
+                r["p50_minus_in_process_ms"] = {str(i["threads"]): r["p50_ms"] - i["p50_ms"] for i in base}
+                runs.append(r)
+                print(json.dumps(r), flush=True)
+        finally:
+            code = svc.stop()
+        runs[-1]["exit_code_after_sigterm"] = code
+    result = {"images": [n for n, _ in images], "seconds": args.seconds, "cores": len(os.sched_getaffinity(0)), "service": runs}
+    print(
+        "\n| service | clients | requests | throughput /s | in-process 1 thread /s (ratio) | p50 / p95 ms "
+        "| in-process p50 1 thread / all cores | errors | differing answers | server RSS |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in runs:
+        one, allc = r["in_process"]
+        print(
+            f"| {r['workers'] or 'external'} worker(s) | {r['clients']} for {r['seconds']:g} s | {r['requests']} | {r['per_second']:.1f} | "
+            f"{one['per_second']:.1f} ({r['throughput_vs_in_process_1_thread']:.2f}x) | {r['p50_ms']:.1f} / {r['p95_ms']:.1f} | "
+            f"{one['p50_ms']:.1f} / {allc['p50_ms']:.1f} ms | {r['errors']} | {r['differ']} | {r['server_rss_mib'] or '-'} MiB |"
+        )
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,311 @@
+"""One worker's state: the predictor, the bounded analysis pool, readiness, and draining on SIGTERM.
+
+Analyses run in a thread pool of ``--concurrency`` threads (each with its share of the cores as
+intra-op threads), never on the event loop, so probes stay quick under load. An analysis whose
+request timed out is abandoned: not started if it still waits, its answer dropped if it runs (an
+ONNX Runtime call cannot be interrupted midway). Each image's answer is the row ``skinlesion
+predict`` writes: :func:`skinlesion.predict.predict_files` makes both.
+
+SIGTERM: ``/v1/ready`` turns false and new analyses are refused (503, ``Retry-After``) at once;
+requests in flight finish (for at most ``--grace`` seconds); then the server's own SIGTERM handler
+(uvicorn's) closes the socket and the process exits.
+
+Test hook (inert unless set): with ``SKINLESION_SERVE_TEST_HOLD=DIR`` an upload named ``hold-*``
+waits before its analysis until the file ``DIR/<its name>.go`` exists (or its request is abandoned),
+so tests can hold a request in flight without timing anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import logging
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from .. import __version__
+from ..errors import SkinLesionError
+from ..posthoc import LOCALIZATIONS, META_FIELDS, SEXES
+from ..predict import row_columns
+from ..report import NOTICE
+from .refusals import Refusal
+from .forms import Upload
+from .keys import KeyRing
+from .limits import RateLimit
+from .metrics import Metrics
+from .settings import Settings
+
+log = logging.getLogger("uvicorn.error")  # uvicorn configures this one in every worker
+HOLD_ENV = "SKINLESION_SERVE_TEST_HOLD"
+SHIPPED_LICENSE = "CC BY-NC-SA 4.0 (weights trained on HAM10000: non-commercial use, share alike)"
+
+
+class Service:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.metrics = Metrics()
+        self.keys = KeyRing(settings.api_keys) if settings.api_keys else None
+        self.rate = RateLimit(settings.rate_per_second) if settings.rate else None
+        self.pool = ThreadPoolExecutor(settings.analyses_at_once(), thread_name_prefix="analysis")
+        self.threads = settings.threads()
+        self.predictor = None
+        self.info: dict | None = None
+        self.ready = self.draining = False
+        self.load_error: str | None = None
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self._waiting = 0
+        self._lock = threading.Lock()
+        self._torch_threads = False
+
+    # requests in flight (all but the probes), counted on the event loop by metrics.Observe
+    def enter(self) -> None:
+        self.in_flight += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self.idle.set()
+
+    def load(self) -> None:
+        """Load the model and run one warm-up analysis (the first one pays imports and allocations)."""
+        import numpy as np
+        from PIL import Image
+
+        from ..predict import Predictor
+
+        try:
+            t0 = time.perf_counter()
+            self.predictor = Predictor(self.settings.model, threads=self.threads)
+            buf = io.BytesIO()
+            pixels = np.random.default_rng(0).integers(0, 256, (450, 600, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(buf, "JPEG")
+            self.predictor.predict(buf.getvalue(), "warm-up")
+            self.info = model_info(self.predictor, self.settings)
+            self.ready = not self.draining
+            self.metrics.ready.set(1 if self.ready else 0)
+            log.info(
+                "model %s (%s) loaded and warm in %.1f s on %s; %d analyses at once, %d thread(s) each",
+                self.predictor.config.name,
+                self.predictor.model_hash,
+                time.perf_counter() - t0,
+                self.predictor.backend,
+                self.settings.analyses_at_once(),
+                self.threads,
+            )
+        except Exception as exc:  # the CLI checked the model; anything here is logged and keeps the service unready
+            self.load_error = (
+                str(exc) if isinstance(exc, SkinLesionError) else f"the model could not be loaded ({type(exc).__name__}: {exc})"
+            )
+            log.error("not ready: %s", self.load_error, exc_info=not isinstance(exc, SkinLesionError))
+
+    # ---- SIGTERM: drain, then let the server stop ----
+    def install_drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def pass_on():
+            signal.signal(signal.SIGTERM, previous)
+            signal.raise_signal(signal.SIGTERM)  # uvicorn's own handler: close the socket, finish, exit
+
+        def on_term(sig, frame):
+            if self.draining:  # a second SIGTERM: stop draining, stop now
+                pass_on()
+                return
+            self.draining, self.ready = True, False
+            self.metrics.ready.set(0)
+            log.info("SIGTERM: draining (%d request(s) in flight, at most %g s)", self.in_flight, self.settings.grace)
+            loop.call_soon_threadsafe(lambda: loop.create_task(self._drain(pass_on)))
+
+        signal.signal(signal.SIGTERM, on_term)
+
+    async def _drain(self, pass_on) -> None:
+        try:
+            await asyncio.wait_for(self.idle.wait(), self.settings.grace)
+        except asyncio.TimeoutError:
+            log.warning("--grace %g s is over with %d request(s) still in flight; stopping", self.settings.grace, self.in_flight)
+        pass_on()
+
+    # ---- analyses ----
+    def accepting(self) -> None:
+        if self.draining:
+            raise Refusal(
+                503,
+                "The service is shutting down; send the request to another replica or retry shortly.",
+                headers={"Retry-After": "2", "Connection": "close"},
+            )
+        if self.load_error:
+            raise Refusal(503, f"The service has no model: {self.load_error}", headers={"Retry-After": "30"})
+        if not self.ready:
+            raise Refusal(503, "The model is still loading; retry in a few seconds.", headers={"Retry-After": "5"})
+        if self._waiting >= self.settings.max_queue + self.settings.analyses_at_once():
+            raise Refusal(
+                503, f"The service is busy ({self._waiting} analyses waiting); retry in a few seconds.", headers={"Retry-After": "2"}
+            )
+
+    async def analyse(self, uploads: list[Upload], meta: dict | None, heat: str | None):
+        abandoned = threading.Event()
+        with self._lock:
+            self._waiting += 1
+        self.metrics.queued.inc()
+        job = self.pool.submit(self._job, uploads, meta, heat, abandoned)
+        try:
+            return await asyncio.wrap_future(job)
+        except asyncio.CancelledError:  # the request's timeout (or its client) gave up: do not start, or drop the answer
+            abandoned.set()
+            if job.cancel():  # it was still waiting: it never runs, so it is counted here
+                with self._lock:
+                    self._waiting -= 1
+                self.metrics.queued.dec()
+                self.metrics.abandoned.inc()
+            raise
+
+    def _job(self, uploads, meta, heat, abandoned):
+        with self._lock:
+            self._waiting -= 1
+        self.metrics.queued.dec()
+        if abandoned.is_set():
+            self.metrics.abandoned.inc()
+            return None
+        from ..predict import predict_files
+
+        self.metrics.in_progress.inc()
+        t0 = time.perf_counter()
+        try:
+            _test_hold(uploads, abandoned)
+            if abandoned.is_set():
+                self.metrics.abandoned.inc()
+                return None
+            rows = predict_files(self.predictor, uploads, batch_size=len(uploads), meta=meta)
+            columns = row_columns(self.predictor.labels.codes)
+            rows = [{c: r.get(c) for c in columns} for r in rows]  # the CSV's columns, in its order
+            heatmap = self._heatmap(uploads[0], rows[0], heat) if heat and not rows[0]["error"] else None
+            if abandoned.is_set():
+                self.metrics.abandoned.inc()
+            return rows, heatmap
+        finally:
+            self.metrics.in_progress.dec()
+            self.metrics.analysis.observe(time.perf_counter() - t0)
+
+    def _heatmap(self, upload: Upload, row: dict, target: str) -> dict:
+        import numpy as np
+        from PIL import Image
+
+        from ..explain import COLOURMAP, METHOD, overlay
+        from ..intake import open_image
+
+        code = row["top_class"] if target == "top" else target
+        if not self._torch_threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
+            self._torch_threads = True
+        image = open_image(upload, str(upload)).image
+        heat = self.predictor.explain(image, target=self.predictor.labels.index(code))
+
+        def png(img) -> str:
+            buf = io.BytesIO()
+            img.save(buf, "PNG")
+            return base64.b64encode(buf.getvalue()).decode()
+
+        return {
+            "image": row["image"],
+            "class": code,
+            "method": METHOD,
+            "heatmap_png": png(Image.fromarray((heat * 255).astype(np.uint8), "L")),
+            "overlay_png": png(overlay(image, heat)),
+            "note": f"heatmap_png: the map at the model's input size, 0 (least evidence) to 255 (most); "
+            f"overlay_png: coloured ({COLOURMAP}) over the image at its own size.",
+        }
+
+
+def _test_hold(uploads, abandoned: threading.Event) -> None:
+    folder = os.environ.get(HOLD_ENV)
+    if not folder:
+        return
+    for u in uploads:
+        if u.name.startswith("hold-"):
+            go = Path(folder) / f"{u.name}.go"
+            while not go.exists() and not abandoned.wait(0.02):
+                pass
+
+
+# ---- what the model is -----------------------------------------------------------------------
+
+_NOT_RULES = {
+    "format_version",
+    "name",
+    "preprocess",
+    "members",
+    "classes",
+    "combine",
+    "temperature",
+    "class_bias",
+    "tta",
+    "low_res",
+    "ood",
+    "metadata",
+    "metrics",
+    "train",
+    "created_with",
+}
+
+
+def model_info(predictor, settings: Settings) -> dict:
+    """Everything a caller needs to know about the model; rule blocks (refer, conformal, tier, and any
+    other block a bundle holds) are passed on as the bundle stores them."""
+    from ..bundle import bundle_hash, default_model_path
+
+    cfg = predictor.config
+    d = cfg.to_dict()
+    shipped = Path(predictor.model_path).resolve() == default_model_path().resolve()
+    license_ = d.get("license") or (
+        SHIPPED_LICENSE if shipped else "not recorded in the bundle (a model trained on HAM10000 inherits its CC BY-NC-SA 4.0 terms)"
+    )
+    ood = dict(cfg.ood or {})
+    return {
+        "name": cfg.name,
+        "version": (cfg.created_with or {}).get("skinlesion"),
+        "model_hash": predictor.model_hash,
+        "bundle_sha256": bundle_hash(predictor.model_path),
+        "backend": predictor.backend,
+        "classes": [{"code": x.code, "name": x.name, "malignant": x.malignant} for x in predictor.labels.diagnoses],
+        "label_set": predictor.labels.name,
+        "decision_rule": predictor.rule,
+        "columns": row_columns(predictor.labels.codes),
+        "input": {
+            "preprocess": cfg.preprocess,
+            "tta": cfg.tta,
+            "formats": "JPEG or PNG (anything Pillow reads); EXIF rotation applied",
+            "patient_data": {
+                "used": predictor.uses_metadata,
+                "fields": list(META_FIELDS),
+                "sex": list(SEXES),
+                "localization": list(LOCALIZATIONS),
+                "age": "0-120",
+            },
+        },
+        "rules": {k: v for k, v in d.items() if k not in _NOT_RULES},
+        "calibration": {"temperature": cfg.temperature, "class_bias": cfg.class_bias},
+        "ood": {k: ood[k] for k in ("method", "threshold", "percentile") if k in ood} or None,
+        "members": [{"backbone": m.backbone, "fold": m.fold, "seed": m.seed} for m in cfg.members],
+        "metrics": cfg.metrics,
+        "created_with": cfg.created_with,
+        "license": license_,
+        "notice": NOTICE,
+        "service": {
+            "skinlesion": __version__,
+            "max_images": settings.max_images,
+            "max_mb": settings.max_mb,
+            "timeout_s": settings.timeout,
+            "rate": settings.rate,
+        },
+    }
