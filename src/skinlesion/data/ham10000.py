@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..classes import CODES
+from ..classes import CODES, HAM10000, LabelSet
 from ..errors import SkinLesionError, missing, walk_files
 from ..intake import IMAGE_SUFFIXES, load_rgb
 
@@ -45,6 +45,7 @@ class Dataset:
     meta: pd.DataFrame  # image_id, lesion_id, dx, label, [split], [path | index], optional columns
     arrays: np.ndarray | None = None  # (N, H, W, 3) uint8 for npz / cache layouts
     warnings: list[str] = field(default_factory=list)
+    label_set: LabelSet = HAM10000  # what ``label`` indexes (``dx`` holds its codes)
 
     def __len__(self) -> int:
         return len(self.meta)
