@@ -57,7 +57,7 @@ def run(
     from skinlesion.data import load_dataset
     from skinlesion.metrics import compute_metrics
     from skinlesion.models import forward_with_features
-    from skinlesion.ood import score
+    from skinlesion.ood import colourless, score
     from skinlesion.posthoc import calibrate
     from skinlesion.quality import PROBLEMS, check, features, working_image
 
@@ -99,7 +99,10 @@ def run(
                 feats.append(f.float().numpy())
         logits, feats = np.concatenate(logits), np.concatenate(feats)
         probs = calibrate(logits, cfg.temperature, cfg.class_bias) if calibrated else calibrate(logits)
-        flags = score(feats, aux, cfg.ood) > cfg.ood["threshold"] if stages else np.full(len(images), np.nan)
+        # the predictor's OOD decision: the score above its threshold, or an image without colour
+        flags = (
+            (score(feats, aux, cfg.ood) > cfg.ood["threshold"]) | colourless(images, cfg.ood) if stages else np.full(len(images), np.nan)
+        )
         named = None
         if quality is not None:
             x = features([working_image(prep, im) for im in images], feats if quality[1].get("uses_network_features") else None)

@@ -84,10 +84,15 @@ def sidebar(predictor) -> None:
     if keys:  # a markdown table: the first page needs no pandas (1.5 s of a cold start)
         rows = "\n".join(f"| {k} | {float(m[k]):.4f} |" for k in keys)
         st.sidebar.markdown(f"**Metrics ({m.get('evaluated_on', 'validation')})**\n\n| metric | value |\n| --- | --- |\n{rows}")
-    st.sidebar.markdown(
-        "**Training data:** HAM10000. Mostly fair-skinned patients from Austria and Australia; dermoscopic images only. "
-        "Weights licensed CC BY-NC-SA 4.0."
-    )
+    labels = predictor.labels
+    st.sidebar.markdown(f"**Classes ({labels.name}):** " + ", ".join(f"{d.code} ({d.name})" for d in labels.diagnoses))
+    if labels.name == "ham10000":
+        st.sidebar.markdown(
+            "**Training data:** HAM10000. Mostly fair-skinned patients from Austria and Australia; dermoscopic images only. "
+            "Weights licensed CC BY-NC-SA 4.0."
+        )
+    else:
+        st.sidebar.markdown(f"**Training data:** `{(cfg.train or {}).get('data', 'not recorded')}` (see the model card for its license).")
     st.sidebar.caption(NOTICE)
 
 

@@ -11,7 +11,9 @@ A model is two files side by side, written together and atomically by :func:`sav
     The :class:`ModelConfig`, validated on load (:func:`validate`): a wrong field is refused
     in one sentence naming it. Format version 2::
 
-        {"format_version": 2, "name": ..., "classes": [7 codes in the DermaMNIST order],
+        {"format_version": 2, "name": ...,
+         "label_set": "ham10000" | "isic2019" | "melanoma" | "custom",   # a known set lists its own codes in order
+         "classes": [its codes, e.g. HAM10000's seven in the DermaMNIST order],
          "preprocess": {...Preprocess...},          # the ONE preprocessing (skinlesion.preprocess)
          "members": [{"backbone", "pretrained", "fold", "seed", "metrics"}, ...],
          "combine": "mean-probability",             # how members (and TTA views) are averaged
@@ -71,6 +73,7 @@ class ModelConfig:
     preprocess: dict
     members: list[Member]
     name: str = "skinlesion model"
+    label_set: str | None = None  # the name of its label set (skinlesion.classes.LABEL_SETS, or "custom")
     classes: list[str] = field(default_factory=lambda: list(CODES))
     combine: str = "mean-probability"
     temperature: float = 1.0
@@ -96,9 +99,10 @@ class ModelConfig:
     @property
     def labels(self):
         """The model's :class:`~skinlesion.classes.LabelSet`."""
-        from .classes import label_set
+        from .classes import LABEL_SETS, LabelSet
 
-        return label_set(tuple(self.classes))
+        known = LABEL_SETS.get(self.label_set or "ham10000")
+        return known if known is not None and known.codes == tuple(self.classes) else LabelSet("custom", tuple(self.classes))
 
     @property
     def rule(self) -> str:
@@ -163,8 +167,23 @@ def validate(d, name: str = "model.json", *, check_backbones: bool = True) -> Mo
     if version == 1:
         d = _upgrade_v1(d)
     d = {k: v for k, v in d.items() if k != "extra"}
-    if list(d.get("classes", CODES)) != list(CODES):
-        raise _bad(name, "classes", f"is {d.get('classes')}; skinlesion models predict {list(CODES)} in that order")
+    classes = d.get("classes", list(CODES))
+    from .classes import LABEL_SETS, REGISTRY
+
+    if (
+        not isinstance(classes, list)
+        or len(classes) < 2
+        or len(set(map(str, classes))) != len(classes)
+        or any(str(c) not in REGISTRY for c in classes)
+    ):
+        raise _bad(name, "classes", f"is {classes!r}; it must list two or more distinct diagnosis codes of {', '.join(REGISTRY)}")
+    set_name = d.get("label_set") or "ham10000"  # bundles from before label sets predict HAM10000's seven
+    if set_name != "custom":
+        if set_name not in LABEL_SETS:
+            raise _bad(name, "label_set", f"is {set_name!r}; use one of {', '.join(LABEL_SETS)} or custom")
+        if list(classes) != list(LABEL_SETS[set_name].codes):
+            raise _bad(name, "classes", f"is {classes}; the {set_name} label set predicts {list(LABEL_SETS[set_name].codes)} in that order")
+    k = len(classes)
     prep = d.get("preprocess")
     if not isinstance(prep, dict) or not prep:
         raise _bad(name, "preprocess", "is missing (a model must say how its images are preprocessed)")
@@ -184,8 +203,8 @@ def validate(d, name: str = "model.json", *, check_backbones: bool = True) -> Mo
     if not _finite(t) or t <= 0:
         raise _bad(name, "temperature", f"must be a positive number (got {t!r})")
     bias = d.get("class_bias")
-    if bias is not None and (not isinstance(bias, list) or len(bias) != len(CODES) or not all(_finite(x) for x in bias)):
-        raise _bad(name, "class_bias", f"must be {len(CODES)} numbers or null")
+    if bias is not None and (not isinstance(bias, list) or len(bias) != k or not all(_finite(x) for x in bias)):
+        raise _bad(name, "class_bias", f"must be {k} numbers (one per class) or null")
     members = d.get("members")
     if not isinstance(members, list) or not members or not all(isinstance(m, dict) for m in members):
         raise _bad(name, "members", "must be a non-empty list of networks")
@@ -207,7 +226,7 @@ def validate(d, name: str = "model.json", *, check_backbones: bool = True) -> Mo
     for opt in ("metadata", "refer", "conformal", "tier", "decision", "quality", "metrics", "train", "created_with"):
         if d.get(opt) is not None and not isinstance(d[opt], dict):
             raise _bad(name, opt, "must be an object or null")
-    _check_decision(d.get("decision"), name, len(d.get("classes", CODES)))
+    _check_decision(d.get("decision"), name, k)
     fields = set(ModelConfig.__dataclass_fields__)
     cfg = ModelConfig(
         **{k: v for k, v in d.items() if k in fields and k != "members"},

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .classes import CODES, DIAGNOSES
 
 NOTICE = "**Research and education only. Not a medical device; its output is not a diagnosis.**"
 
@@ -32,15 +31,15 @@ def oof_metrics(cfg, aux: dict) -> dict | None:
     if "oof.logits" not in aux:
         return None
     from .evaluate import analysis_metrics
-    from .metrics import compute_metrics
+    from .metrics import class_calibration, compute_metrics
     from .posthoc import calibrate, decide
 
     logits = np.asarray(aux["oof.logits"], np.float64)
     labels = np.asarray(aux["oof.labels"]).astype(int)
     probs = oof_probabilities(cfg, aux)
-    m = compute_metrics(probs, labels, decide(probs, cfg.decision))
+    m = compute_metrics(probs, labels, decide(probs, cfg.decision), cfg.labels)
     m.update(analysis_metrics(probs, labels, cfg, aux))
-    m["class_calibration_uncalibrated"] = analysis_metrics(calibrate(logits), labels)["class_calibration"]
+    m["class_calibration_uncalibrated"] = class_calibration(calibrate(logits), labels, cfg.labels)
     return m
 
 
@@ -117,7 +116,14 @@ def render(model: str | Path) -> str:
         lines.append(
             f"- Out-of-distribution score: Mahalanobis distance of the first member's pooled stage features to one Gaussian per "
             f"stage (Ledoit-Wolf), fitted on its training images{fields}; flagged above {cfg.ood['threshold']:.3f}, the "
-            f"{cfg.ood.get('percentile', 97.5)}th percentile of its held-out images. A flagged image is referred."
+            f"{cfg.ood.get('percentile', 97.5)}th percentile of its held-out images"
+            + (
+                f"; an image with almost no colour (mean chroma below {cfg.ood['min_chroma']:.4f}, a quarter of the least colourful "
+                "training image's) is flagged too"
+                if cfg.ood.get("min_chroma")
+                else ""
+            )
+            + ". A flagged image is referred."
         )
     if cfg.quality:
         q = cfg.quality
@@ -163,23 +169,30 @@ def render(model: str | Path) -> str:
     v = cfg.created_with or {}
     lines += [f"- Made with skinlesion {v.get('skinlesion')}, torch {v.get('torch')}, timm {v.get('timm')}, Python {v.get('python')}.", ""]
 
+    ham = cfg.labels.name == "ham10000"
     lines += [
         "## Data and license",
         "",
-        "HAM10000 (Tschandl, Rosendahl & Kittler, Sci Data 5:180161, 2018)"
+        (
+            "HAM10000 (Tschandl, Rosendahl & Kittler, Sci Data 5:180161, 2018)"
+            if ham
+            else f"`{tr.get('data', 'not recorded')}` ({cfg.labels.name} label set: {', '.join(cfg.labels.codes)})"
+        )
         + (
             f" as the {prep.source_size}x{prep.source_size} DermaMNIST images (Yang et al., MedMNIST v2, Sci Data 10:41, 2023)"
-            if prep.source_size
+            if ham and prep.source_size
             else ""
         )
         + (
-            f": all {m['n_images']} labelled images{' (DermaMNIST train + val)' if prep.source_size == 28 else ''}, split into {len(cfg.members)} lesion-grouped, "
+            f": all {m['n_images']} labelled images{' (DermaMNIST train + val)' if ham and prep.source_size == 28 else ''}, split into {len(cfg.members)} lesion-grouped, "
             "class-stratified folds (no lesion in two folds). Each member trained on the other folds and selected its epoch "
-            "on its own fold. The official DermaMNIST test split was never used."
+            "on its own fold." + (" The official DermaMNIST test split was never used." if ham else "")
             if cv
             else "."
         ),
-        "The data is CC BY-NC-SA 4.0 and so are these weights: non-commercial use, share alike.",
+        "The data is CC BY-NC-SA 4.0 and so are these weights: non-commercial use, share alike."
+        if ham
+        else "These weights inherit the license of the images they were trained on (the ISIC Archive's are per image).",
         "",
     ]
     if tr:
@@ -268,14 +281,14 @@ def render(model: str | Path) -> str:
                 "",
                 "## Patient data: ablation (cross-fitted on OOF)",
                 "",
-                "| input | accuracy | balanced accuracy | macro AUC | NLL | " + " | ".join(f"recall {c}" for c in CODES) + " |",
-                "| --- " * (5 + len(CODES)) + "|",
+                "| input | accuracy | balanced accuracy | macro AUC | NLL | " + " | ".join(f"recall {c}" for c in cfg.labels.codes) + " |",
+                "| --- " * (5 + len(cfg.labels)) + "|",
             ]
             for name in ("image", "image+metadata"):
                 r = ab[name]
                 lines.append(
                     f"| {name} | {r['accuracy']:.4f} | {r['balanced_accuracy']:.4f} | {r['auc_macro']:.4f} | {r['nll']:.4f} | "
-                    + " | ".join(f"{r['recall'][c]:.3f}" for c in CODES)
+                    + " | ".join(f"{r['recall'][c]:.3f}" for c in cfg.labels.codes)
                     + " |"
                 )
             lines += [
@@ -299,13 +312,24 @@ def render(model: str | Path) -> str:
             f"of the {rob['images']} images of fold {rob.get('fold', 0)} (each predicted by the member that never saw it), "
             "severity 1-5 (3 is middle).",
             "",
-            "| corruption | severity | balanced accuracy | macro AUC | melanoma recall | flagged OOD |",
-            "| --- | --- | --- | --- | --- | --- |",
+            "| corruption | severity | balanced accuracy | macro AUC | melanoma recall | flagged OOD | quality names it | quality names any |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
+
+        def pct(v):
+            return "" if v is None or v != v else f"{v:.1%}"
+
         for r in rob["rows"]:
             lines.append(
-                f"| {r['corruption']} | {r['severity']} | {r['balanced_accuracy']:.3f} | {r['auc_macro']:.3f} | {r['mel_recall']:.3f} | {r['ood_flagged']:.1%} |"
+                f"| {r['corruption']} | {r['severity']} | {r['balanced_accuracy']:.3f} | {r['auc_macro']:.3f} | {r['mel_recall']:.3f} | "
+                f"{r['ood_flagged']:.1%} | {pct(r.get('quality_named'))} | {pct(r.get('quality_any'))} |"
             )
+        if rob.get("photos"):
+            lines += [
+                "",
+                f"Non-dermoscopic photos (scikit-image's pictures and crops of them): {rob['photos']['flagged']:.1%} of "
+                f"{rob['photos']['images']} flagged as out of distribution.",
+            ]
     lines += [
         "",
         "## Intended use",
@@ -318,11 +342,15 @@ def render(model: str | Path) -> str:
         f"- Trained on {prep.source_size or 'full-resolution'} px images: fine structure (pigment networks, vessels) is lost; "
         "full-resolution uploads are reduced the same way first, on purpose, to match the training data.",
         "- HAM10000 comes mostly from fair-skinned patients in Austria and Australia; performance on darker skin is unknown "
-        "and likely worse.",
+        "and likely worse."
+        if ham
+        else "- Performance on skin types and centres the training data under-represents is unknown and likely worse.",
         "- Dermoscopic images only: clinical photos, phone pictures and anything else are out of distribution; the OOD score "
         "catches many such images, not all.",
-        "- Seven classes only: lesions outside them are forced into one of the seven.",
-        "- Class imbalance: nv is two thirds of the data; df and vasc have about 100 images each, so their numbers are uncertain.",
+        f"- {len(cfg.labels)} classes only ({', '.join(cfg.labels.codes)}): a lesion outside them is forced into one of them.",
+        "- Class imbalance: nv is two thirds of the data; df and vasc have about 100 images each, so their numbers are uncertain."
+        if ham
+        else "- Class imbalance: the rare classes' numbers are uncertain (their image counts are in the per-class table).",
         "- The conformal guarantee is marginal (over images like the calibration set), not per class and not under distribution shift.",
     ]
     if rob:  # what the robustness table says the OOD score gets wrong
@@ -339,7 +367,7 @@ def render(model: str | Path) -> str:
             lines.append(f"- It misses corruptions that do hurt the model ({', '.join(under).replace('_', ' ')} at middle severity).")
     lines += [""]
     lines += ["## The diagnoses", "", "| code | diagnosis | malignant or pre-malignant |", "| --- | --- | --- |"]
-    lines += [f"| {d.code} | {d.name} | {'yes' if d.malignant else 'no'} |" for d in DIAGNOSES]
+    lines += [f"| {d.code} | {d.name} | {'yes' if d.malignant else 'no'} |" for d in cfg.labels.diagnoses]
     return "\n".join(lines) + "\n"
 
 

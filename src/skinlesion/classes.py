@@ -248,3 +248,60 @@ def get(code: str) -> Diagnosis:
 
 def index(code: str) -> int:
     return HAM10000.index(code)
+
+
+# ---- mappings between label sets -----------------------------------------------------------------
+
+# what one dataset's diagnosis means in another label set where the codes differ (HAM10000's akiec holds
+# actinic keratoses and Bowen's disease, an intraepithelial squamous cell carcinoma)
+KNOWN_MAPPINGS = {("isic2019", "ham10000"): {"ak": "akiec", "scc": "akiec"}}
+
+
+def default_mapping(source: LabelSet, target: LabelSet) -> dict[str, str | None]:
+    """Source code -> target code (None: no counterpart): shared codes map to themselves, the known
+    relations of :data:`KNOWN_MAPPINGS` apply, and a target with an ``other`` class takes the rest."""
+    known = KNOWN_MAPPINGS.get((source.name, target.name), {})
+    out: dict[str, str | None] = {}
+    for code in source.codes:
+        if code in target.codes:
+            out[code] = code
+        elif code in known:
+            out[code] = known[code]
+        else:
+            out[code] = "other" if "other" in target.codes else None
+    return out
+
+
+def read_mapping(path, source: LabelSet, target: LabelSet) -> dict[str, str | None]:
+    """A mapping file (CSV ``from,to``; an empty ``to`` drops that class) on top of :func:`default_mapping`.
+
+    Codes are checked against both label sets; a wrong one is refused in one sentence.
+    """
+    from pathlib import Path
+
+    import pandas as pd
+
+    from .errors import SkinLesionError
+
+    path = Path(path)
+    if not path.is_file():
+        raise SkinLesionError(f"The mapping file {path} does not exist; pass a CSV with columns from,to (e.g. ak,akiec).")
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        raise SkinLesionError(f"{path.name} is not a readable CSV; a mapping file has the columns from,to.") from None
+    if not {"from", "to"} <= set(table.columns):
+        raise SkinLesionError(f"{path.name} needs the columns from,to (found: {', '.join(table.columns) or 'none'}).")
+    out = default_mapping(source, target)
+    for i, row in table.iterrows():
+        a, b = row["from"].strip().lower(), row["to"].strip().lower()
+        if a not in source.codes:
+            raise SkinLesionError(
+                f"{path.name}, row {i + 2}: {a!r} is not a class of the data's {source.name} label set ({', '.join(source.codes)})."
+            )
+        if b and b not in target.codes:
+            raise SkinLesionError(
+                f"{path.name}, row {i + 2}: {b!r} is not a class of the model's {target.name} label set ({', '.join(target.codes)})."
+            )
+        out[a] = b or None
+    return out

@@ -372,6 +372,12 @@ def evaluate(
     rule: Optional[str] = typer.Option(
         None, "--rule", help="Decision rule naming each image's class: most-probable or balanced (default: the model's own)."
     ),
+    mapping: Optional[Path] = typer.Option(
+        None,
+        "--map",
+        help="External validation: CSV from,to mapping the data's classes onto the model's (e.g. ak,akiec); "
+        "shared codes map to themselves, ISIC 2019's ak and scc to HAM10000's akiec, an empty to leaves a class out.",
+    ),
 ) -> None:
     """Evaluate a model: metrics.json, confusion matrix, ROC, reliability diagram and report.md."""
     from .evaluate import evaluate_model
@@ -389,6 +395,7 @@ def evaluate(
             truth=labels,
             progress=progress,
             rule=rule,
+            mapping=mapping,
         )
     for w in m["warnings"]:
         _warn(w)
@@ -441,7 +448,12 @@ def predict(
     meta: Optional[Path] = typer.Option(
         None, "--meta", help="CSV of patient data: image (or image_id), age, sex, localization; any may be empty."
     ),
-    fmt: str = typer.Option("skinlesion", "--format", help="skinlesion (every field) or isic2018 (image,MEL,NV,BCC,AKIEC,BKL,DF,VASC)."),
+    fmt: str = typer.Option(
+        "skinlesion",
+        "--format",
+        help="skinlesion (every field), isic2018 (image,MEL,NV,BCC,AKIEC,BKL,DF,VASC; a HAM10000 model) or "
+        "isic2019 (image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UNK; an isic2019 model).",
+    ),
     tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Average the 8 flips/rotations (default: the model's own setting)."),
     backend: str = typer.Option("auto", help="auto (ONNX Runtime when a current export of the model exists), torch or onnx."),
     rule: Optional[str] = typer.Option(
@@ -460,8 +472,8 @@ def predict(
 
     from .predict import Predictor, expand_inputs, predict_files, row_columns
 
-    if fmt not in ("skinlesion", "isic2018"):
-        raise SkinLesionError(f"Unknown --format {fmt!r}; use skinlesion or isic2018.")
+    if fmt not in ("skinlesion", "isic2018", "isic2019"):
+        raise SkinLesionError(f"Unknown --format {fmt!r}; use skinlesion, isic2018 or isic2019.")
     if server:  # the service's model answers: every argument is a file (MODEL is not given)
         _check_remote(model, tta, backend, rule)
         images = [model, *(images or [])]
@@ -480,6 +492,10 @@ def predict(
             )
     else:
         predictor = Predictor(model, backend=backend, tta=tta, rule=rule)
+        if fmt != "skinlesion":
+            from .isic import check_format
+
+            check_format(fmt, predictor.labels)  # before any image is analysed
         if meta_rows is not None and not predictor.uses_metadata:
             _warn("this model does not use patient data; --meta is ignored.")
         with _progress("predicting") as progress:
@@ -487,11 +503,12 @@ def predict(
         codes = predictor.labels.codes
     table = pd.DataFrame(rows).reindex(columns=row_columns(codes))
     failed = table["error"].fillna("").astype(bool)
-    if fmt == "isic2018":
+    if fmt != "skinlesion":
+        from .classes import label_set
         from .isic import submission
 
         good = table[~failed]
-        sub = submission(good["image"], good[list(codes)].to_numpy(float))
+        sub = submission(good["image"], good[list(codes)].to_numpy(float), fmt, label_set(tuple(codes)))
         if out:
             write_csv(sub, out)
     elif out:
@@ -507,8 +524,8 @@ def predict(
         raise typer.Exit(1)
     if failed.any():
         _warn(f"{int(failed.sum())} of {len(table)} file(s) could not be read; see the error column.")
-        if fmt == "isic2018":
-            _warn("the ISIC 2018 file holds only the images that could be analysed; the scorer needs every test image.")
+        if fmt != "skinlesion":
+            _warn("the ISIC file holds only the images that could be analysed; the scorer needs every test image.")
             raise typer.Exit(1)
 
 

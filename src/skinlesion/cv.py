@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .classes import CODES
 from .errors import Interrupted, SkinLesionError, atomic_text, atomic_write, lock_folder
 
 DONE = "MEMBER_DONE"
@@ -93,25 +92,26 @@ def oof_logits(out: Path, data, folds: np.ndarray) -> pd.DataFrame:
     if path.exists():
         return pd.read_csv(path, dtype={"image_id": str, "lesion_id": str})
     ds = load_dataset(data)
-    plain = np.zeros((len(ds), len(CODES)))
-    tta = np.zeros((len(ds), len(CODES)))
+    codes = ds.label_set.codes
+    plain = np.zeros((len(ds), len(codes)))
+    tta = np.zeros((len(ds), len(codes)))
     for i in range(int(folds.max()) + 1):
         net, cfg = load_model(out / f"fold{i}" / "best.safetensors")
         pos = np.flatnonzero(folds == i)
         plain[pos] = dataset_logits(net, cfg.prep, ds, pos, tta=False)
         tta[pos] = dataset_logits(net, cfg.prep, ds, pos, tta=True)
     table = pd.DataFrame({"image_id": ds.meta["image_id"], "lesion_id": ds.meta["lesion_id"], "label": ds.labels, "fold": folds})
-    for j, c in enumerate(CODES):
+    for j, c in enumerate(codes):
         table[f"logit_{c}"] = plain[:, j]
-    for j, c in enumerate(CODES):
+    for j, c in enumerate(codes):
         table[f"logit_tta_{c}"] = tta[:, j]
     atomic_write(path, lambda t: table.to_csv(t, index=False, float_format="%.7g"))
     return table
 
 
-def oof_arrays(table: pd.DataFrame, tta: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(logits, labels, folds) from an ``oof.csv`` table."""
-    cols = [f"logit_tta_{c}" if tta else f"logit_{c}" for c in CODES]
+def oof_arrays(table: pd.DataFrame, tta: bool, codes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(logits, labels, folds) from an ``oof.csv`` table of a model with classes ``codes``."""
+    cols = [f"logit_tta_{c}" if tta else f"logit_{c}" for c in codes]
     return table[cols].to_numpy(np.float64), table["label"].to_numpy(int), table["fold"].to_numpy(int)
 
 
@@ -133,16 +133,17 @@ def crossfit_probs(
     return cross_fitted(fit_apply, len(labels), folds)
 
 
-def metadata_ablation(logits: np.ndarray, labels: np.ndarray, folds: np.ndarray, meta_x: np.ndarray) -> dict:
+def metadata_ablation(logits: np.ndarray, labels: np.ndarray, folds: np.ndarray, meta_x: np.ndarray, classes=None) -> dict:
     """Image only vs image + metadata, both cross-fitted over the CV folds on the OOF predictions."""
-    from .metrics import compute_metrics
+    from .metrics import classes_for, compute_metrics
 
+    classes = classes_for(logits, classes)
     out = {}
     for name, mx in (("image", None), ("image+metadata", meta_x)):
         probs = crossfit_probs(logits, labels, folds, mx)
-        m = compute_metrics(probs, labels)
+        m = compute_metrics(probs, labels, classes=classes)
         out[name] = {k: m[k] for k in ("accuracy", "balanced_accuracy", "auc_macro", "f1_weighted", "nll", "malignant_auc")}
-        out[name]["recall"] = {c: m["per_class"][c]["recall"] for c in CODES}
+        out[name]["recall"] = {c: m["per_class"][c]["recall"] for c in classes.codes}
     a, b = out["image"], out["image+metadata"]
     out["helps"] = bool(
         b["nll"] < a["nll"] and b["balanced_accuracy"] >= a["balanced_accuracy"] - 0.005 and b["accuracy"] >= a["accuracy"] - 0.005
@@ -159,7 +160,7 @@ def assemble(out: str | Path, data, *, metadata: str = "auto", seed: int = 0) ->
     from .bundle import Member, ModelConfig, load_model, save_bundle
     from .data.ham10000 import load_dataset
     from .evaluate import analysis_metrics, write_report
-    from .metrics import compute_metrics
+    from .metrics import class_calibration, compute_metrics
     from .posthoc import (
         apply_metadata,
         calibrate,
@@ -180,21 +181,22 @@ def assemble(out: str | Path, data, *, metadata: str = "auto", seed: int = 0) ->
     if list(table["image_id"]) != list(ds.meta["image_id"]):
         raise SkinLesionError(f"{out / 'oof.csv'} does not match the images of {data}; delete it to recompute.")
     labels = table["label"].to_numpy(int)
+    classes = ds.label_set
 
     # TTA: kept when it lowers the calibrated OOF negative log-likelihood
     choice = {}
     for tta in (False, True):
-        lg, _, _ = oof_arrays(table, tta)
+        lg, _, _ = oof_arrays(table, tta, classes.codes)
         t, b = fit_calibration(lg, labels)
         p = calibrate(lg, t, b)
         choice[tta] = (float(-np.mean(np.log(np.clip(p[np.arange(len(labels)), labels], 1e-12, None)))), lg, t, b)
     tta = choice[True][0] < choice[False][0]
     _, logits, temperature, bias = choice[tta]
     probs = calibrate(logits, temperature, bias)
-    uncalibrated = compute_metrics(calibrate(logits), labels)
+    uncalibrated = compute_metrics(calibrate(logits), labels, classes=classes)
 
     meta_x = encode_metadata(ds.meta)
-    ablation = metadata_ablation(logits, labels, folds, meta_x)
+    ablation = metadata_ablation(logits, labels, folds, meta_x, classes)
     use_meta = ablation["helps"] if metadata == "auto" else metadata == "yes"
     aux: dict = {}
     if use_meta:
@@ -204,7 +206,7 @@ def assemble(out: str | Path, data, *, metadata: str = "auto", seed: int = 0) ->
 
     crossed = crossfit_probs(logits, labels, folds, meta_x if use_meta else None, seed=seed)
     cv_config = json.loads((out / "cv_config.json").read_text())
-    rules, rule_aux = fit_rules(crossed, labels, rule=cv_config.get("decision_rule", "most-probable"))
+    rules, rule_aux = fit_rules(crossed, labels, rule=cv_config.get("decision_rule", "most-probable"), classes=classes)
     aux.update(rule_aux)
 
     # conformal coverage, honestly: calibration scores from the other folds only
@@ -215,7 +217,7 @@ def assemble(out: str | Path, data, *, metadata: str = "auto", seed: int = 0) ->
 
     from .metrics import conformal_metrics
 
-    rules["conformal"]["cross_fitted"] = conformal_metrics(cross_fitted(sets_for, len(labels), folds), labels)
+    rules["conformal"]["cross_fitted"] = conformal_metrics(cross_fitted(sets_for, len(labels), folds), labels, classes)
 
     nets, members = [], []
     for i in range(k):
@@ -233,6 +235,8 @@ def assemble(out: str | Path, data, *, metadata: str = "auto", seed: int = 0) ->
         preprocess=prep.to_dict(),
         members=members,
         name=f"skinlesion {k}-fold ensemble",
+        label_set=classes.name,
+        classes=list(classes.codes),
         temperature=temperature,
         class_bias=bias,
         tta=tta,
@@ -250,9 +254,9 @@ def assemble(out: str | Path, data, *, metadata: str = "auto", seed: int = 0) ->
         **rules,
     )
     final_aux = dict(aux)
-    metrics = compute_metrics(probs, labels, decide(probs, cfg.decision))
+    metrics = compute_metrics(probs, labels, decide(probs, cfg.decision), classes)
     metrics.update(analysis_metrics(probs, labels, cfg, final_aux))
-    crossed_m = compute_metrics(crossed, labels, decide(crossed, cfg.decision))
+    crossed_m = compute_metrics(crossed, labels, decide(crossed, cfg.decision), classes)
     metrics["cross_fitted"] = {kk: crossed_m[kk] for kk in ("accuracy", "balanced_accuracy", "auc_macro", "f1_weighted", "nll")}
     metrics["cross_fitted"].update(
         {kk: v for kk, v in analysis_metrics(crossed, labels, cfg, final_aux).items() if kk != "class_calibration"}
@@ -266,7 +270,7 @@ def assemble(out: str | Path, data, *, metadata: str = "auto", seed: int = 0) ->
             "tta": tta,
             "temperature": temperature,
             "ece_uncalibrated": uncalibrated["ece"],
-            "class_calibration_uncalibrated": analysis_metrics(calibrate(logits), labels)["class_calibration"],
+            "class_calibration_uncalibrated": class_calibration(calibrate(logits), labels, classes),
             "metadata_ablation": ablation,
             "metadata": use_meta,
             "tta_nll": {"off": choice[False][0], "on": choice[True][0]},

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .calibration import ece, reliability, softmax
-from .classes import CODES
+from .classes import label_set
 from .data.ham10000 import Dataset
 from .errors import SkinLesionError
 from .metrics import compute_metrics, malignant_probability
@@ -65,13 +65,50 @@ def dataset_outputs(
             if progress is not None:
                 progress(len(x))
     if not logits:
-        return np.zeros((0, len(CODES)), np.float32), np.zeros((0, 0), np.float32)
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
     return torch.cat(logits).numpy(), torch.cat(feats).numpy()
 
 
 def dataset_logits(net, prep, ds: Dataset, positions=None, *, tta: bool = False, **kwargs) -> np.ndarray:
     """Raw logits for rows ``positions`` of ``ds`` (all rows when None), optionally 8-view TTA."""
     return dataset_outputs(net, prep, ds, positions, tta=tta, **kwargs)[0]
+
+
+def map_labels(ds: Dataset, pos: np.ndarray, classes, mapping=None):
+    """The rows of ``pos`` whose class maps onto ``classes`` and their labels there, and what was mapped and left out."""
+    from .classes import default_mapping, read_mapping
+
+    table = read_mapping(mapping, ds.label_set, classes) if mapping is not None else default_mapping(ds.label_set, classes)
+    src = np.array(ds.label_set.codes)[ds.labels[pos]]
+    dest = np.array([table.get(c) or "" for c in src], dtype=object)
+    keep = dest != ""
+    if not keep.any():
+        raise SkinLesionError(
+            f"None of the {len(pos)} images' classes ({', '.join(sorted(set(src)))}) map onto the model's "
+            f"({', '.join(classes.codes)}); pass --map FILE (from,to) saying what they mean."
+        )
+    unmapped = {c: int((src[~keep] == c).sum()) for c in sorted(set(src[~keep]))}
+    info = {
+        "data_label_set": ds.label_set.name,
+        "model_label_set": classes.name,
+        "mapping": {k: v for k, v in table.items()},
+        "n_mapped": int(keep.sum()),
+        "n_unmapped": int((~keep).sum()),
+        "unmapped": unmapped,
+    }
+    return pos[keep], np.array([classes.index(c) for c in dest[keep]]), info
+
+
+def per_source(probs, labels, pred, sources, classes) -> list[dict]:
+    """Accuracy, balanced accuracy and AUCs per image source (the centre or site the metadata names)."""
+    rows = []
+    for src in sorted(set(sources)):
+        m = sources == src
+        r = compute_metrics(probs[m], labels[m], pred[m], classes)
+        rows.append(
+            {"source": src, "n": int(m.sum()), **{k: r[k] for k in ("accuracy", "balanced_accuracy", "auc_macro", "malignant_auc")}}
+        )
+    return rows
 
 
 def split_warnings(split, subset) -> list[str]:
@@ -152,16 +189,19 @@ def analysis_metrics(probs: np.ndarray, labels: np.ndarray, cfg=None, aux: dict 
 
     if cfg is None:
         return {"class_calibration": class_calibration(probs, labels), "risk_coverage": risk_coverage(probs, labels)}
-    from .classes import MALIGNANT_MASK
     from .posthoc import TIER_ROUTINE, analyse, decide, rule_metrics
 
+    classes = cfg.labels
     pred = decide(probs, cfg.decision, rule)
-    out = {"class_calibration": class_calibration(probs, labels), "risk_coverage": risk_coverage(probs, labels, pred=pred)}
-    out["decision_rules"] = rule_metrics(probs, labels, cfg.decision, cfg.labels.codes)
+    out = {
+        "class_calibration": class_calibration(probs, labels, classes),
+        "risk_coverage": risk_coverage(probs, labels, pred=pred, classes=classes),
+    }
+    out["decision_rules"] = rule_metrics(probs, labels, cfg.decision, classes.codes)
     rules = analyse(probs, cfg, aux or {})
     if cfg.conformal and "conformal.alphas" in (aux or {}):
-        sets = np.array([[c in r["prediction_set"] for c in CODES] for r in rules])
-        out["conformal"] = {"confidence": cfg.conformal["confidence"], **conformal_metrics(sets, labels)}
+        sets = np.array([[c in r["prediction_set"] for c in classes.codes] for r in rules])
+        out["conformal"] = {"confidence": cfg.conformal["confidence"], **conformal_metrics(sets, labels, classes)}
     if cfg.refer:
         refer = np.array([r["refer"] for r in rules])
         kept = ~refer
@@ -171,7 +211,7 @@ def analysis_metrics(probs: np.ndarray, labels: np.ndarray, cfg=None, aux: dict 
             "accuracy_kept": float((pred[kept] == labels[kept]).mean()) if kept.any() else float("nan"),
         }
     if cfg.tier:
-        mal = np.asarray(MALIGNANT_MASK)[labels]
+        mal = np.asarray(classes.malignant_mask)[labels]
         routine = np.array([r["tier"] == TIER_ROUTINE for r in rules])
         out["tier"] = {
             "malignant_threshold": cfg.tier["malignant_threshold"],
@@ -195,6 +235,7 @@ def evaluate_model(
     truth=None,
     progress=None,
     rule: str | None = None,
+    mapping=None,
 ) -> dict:
     """Evaluate ``model`` on ``data``; write metrics.json, plots and report.md into ``out``.
 
@@ -204,6 +245,12 @@ def evaluate_model(
     ``progress``: ``(images done, images in all)``, called as the network works through them.
     ``rule``: the decision rule naming each image's class (default: the model's own); the report
     also shows every rule the model holds.
+
+    External validation: a dataset of another label set (ISIC 2019 for a HAM10000 model, say) is
+    evaluated through a stated mapping of its classes onto the model's
+    (:func:`skinlesion.classes.default_mapping`, with ``mapping``, a ``from,to`` CSV, on top); the
+    images whose class has no counterpart are left out and reported. Where the metadata names an
+    image's source (a ``source`` column), the metrics are also given per source.
     """
     from .bundle import load_model
     from .data.ham10000 import load_dataset
@@ -234,6 +281,15 @@ def evaluate_model(
         pos = select_rows(ds, split, subset, ids)
         labels = ds.labels[pos]
     warnings = split_warnings(split, subset)
+    external = None
+    if truth is None and (mapping is not None or ds.label_set.codes != cfg.labels.codes):
+        pos, labels, external = map_labels(ds, pos, cfg.labels, mapping)
+        if external["n_unmapped"]:
+            first = ", ".join(f"{n} {c}" for c, n in external["unmapped"].items())
+            warnings.append(
+                f"{external['n_unmapped']} image(s) have a class with no counterpart among the model's ({first}) and were left out; "
+                "pass --map FILE to map them."
+            )
     tta = cfg.tta if tta is None else tta  # None: the model's own choice, made on held-out data
     done = [0]
 
@@ -246,7 +302,7 @@ def evaluate_model(
     meta = ds.meta.iloc[pos] if use_metadata else None
     probs = model_probabilities(logits, cfg, aux, meta)
     pred = decide(probs, cfg.decision, rule)
-    metrics = compute_metrics(probs, labels, pred)
+    metrics = compute_metrics(probs, labels, pred, cfg.labels)
     metrics["decision_rule"] = rule
     metrics["ece_uncalibrated"] = ece(softmax(logits, 1.0), labels)
     metrics["temperature"] = cfg.temperature
@@ -256,7 +312,11 @@ def evaluate_model(
     metrics["data"] = str(data)
     metrics["subset"] = subset if truth is None else f"the images of {Path(truth).name}"
     metrics["warnings"] = warnings
+    if external is not None:
+        metrics["external"] = external
     metrics.update(analysis_metrics(probs, labels, cfg, aux, rule))
+    if "source" in ds.meta.columns:
+        metrics["per_source"] = per_source(probs, labels, pred, ds.meta["source"].iloc[pos].astype(str).to_numpy(), cfg.labels)
     sub_meta = ds.meta.iloc[pos]
     if any(c in sub_meta.columns for c in ("age", "sex", "localization")):
         from .metrics import subgroup_metrics
@@ -287,22 +347,24 @@ def write_report(metrics: dict, probs: np.ndarray, labels: np.ndarray, out: Path
     if out.exists() and not out.is_dir():
         raise SkinLesionError(f"--out {out} is a file; pass a folder for the report (it is created if missing).")
     atomic_text(out / "metrics.json", json.dumps(metrics, indent=2, default=float))
+    classes = label_set(tuple(metrics["classes"]))
+    codes = classes.codes
     if ids is not None:
-        pred_df = pd.DataFrame(probs, columns=list(CODES))
+        pred_df = pd.DataFrame(probs, columns=list(codes))
         pred_df.insert(0, "image_id", ids)
-        pred_df.insert(1, "label", [CODES[i] for i in labels])
-        pred_df.insert(2, "pred", [CODES[i] for i in (probs.argmax(1) if pred is None else pred)])
+        pred_df.insert(1, "label", [codes[i] for i in labels])
+        pred_df.insert(2, "pred", [codes[i] for i in (probs.argmax(1) if pred is None else pred)])
         atomic_write(out / "predictions.csv", lambda t: pred_df.to_csv(t, index=False))
 
     cm = np.asarray(metrics["confusion_matrix"])
     fig, ax = plt.subplots(figsize=(6, 5))
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(CODES)):
-        for j in range(len(CODES)):
+    for i in range(len(codes)):
+        for j in range(len(codes)):
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
-    ax.set_xticks(range(len(CODES)), CODES)
-    ax.set_yticks(range(len(CODES)), CODES)
+    ax.set_xticks(range(len(codes)), codes)
+    ax.set_yticks(range(len(codes)), codes)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("Confusion matrix (colour: row-normalised)")
@@ -311,14 +373,14 @@ def write_report(metrics: dict, probs: np.ndarray, labels: np.ndarray, out: Path
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 5))
-    for i, c in enumerate(CODES):
+    for i, c in enumerate(codes):
         y = labels == i
         if 0 < y.sum() < len(y):
             fpr, tpr, _ = roc_curve(y, probs[:, i])
             ax.plot(fpr, tpr, label=f"{c} (AUC {metrics['per_class'][c]['auc']:.3f})")
-    mal = np.isin(labels, [CODES.index(c) for c in ("akiec", "bcc", "mel")])
+    mal = np.asarray(classes.malignant_mask)[labels]
     if 0 < mal.sum() < len(mal):
-        fpr, tpr, _ = roc_curve(mal, malignant_probability(probs))
+        fpr, tpr, _ = roc_curve(mal, malignant_probability(probs, classes))
         ax.plot(fpr, tpr, "k--", label=f"malignant vs benign (AUC {metrics['malignant_auc']:.3f})")
     ax.plot([0, 1], [0, 1], color="grey", lw=0.5)
     ax.set_xlabel("false positive rate")
@@ -365,8 +427,31 @@ def write_report(metrics: dict, probs: np.ndarray, labels: np.ndarray, out: Path
         "",
     ]
     lines += [f"**Warning:** {w}  " for w in m.get("warnings", [])] + ([""] if m.get("warnings") else [])
+    ext = m.get("external")
+    if ext:
+        pairs = ", ".join(f"{k} -> {v or 'left out'}" for k, v in ext["mapping"].items())
+        lines += [
+            f"External validation: the data's {ext['data_label_set']} classes mapped onto the model's {ext['model_label_set']} "
+            f"ones ({pairs}); "
+            f"{ext['n_mapped']} images evaluated, {ext['n_unmapped']} left out"
+            + (f" ({', '.join(f'{n} {c}' for c, n in ext['unmapped'].items())})" if ext["unmapped"] else "")
+            + ".",
+            "",
+        ]
     lines += metric_lines(m)
     lines += analysis_lines(m)
+    if m.get("per_source"):
+        lines += [
+            "",
+            "Per source:",
+            "",
+            "| source | images | accuracy | balanced accuracy | macro AUC | malignant AUC |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {r['source']} | {r['n']} | {r['accuracy']:.4f} | {r['balanced_accuracy']:.4f} | {r['auc_macro']:.4f} | {r['malignant_auc']:.4f} |"
+            for r in m["per_source"]
+        ]
     lines += subgroup_lines(m.get("subgroups"))
     lines += [
         "",

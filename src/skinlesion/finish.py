@@ -47,17 +47,17 @@ def finish_run(out, ds, train_positions, val_positions) -> dict:
     for tta in (False, True):  # keep TTA only if it lowers the calibrated val NLL
         lg = dataset_logits(net, mcfg.prep, ds, val_positions, tta=tta)
         t_, b_ = fit_calibration(lg, labels)
-        candidates[tta] = (compute_metrics(calibrate(lg, t_, b_), labels)["nll"], lg, t_, b_)
+        candidates[tta] = (compute_metrics(calibrate(lg, t_, b_), labels, classes=mcfg.labels)["nll"], lg, t_, b_)
     tta = candidates[True][0] < candidates[False][0]
     _, logits, t, bias = candidates[tta]
     before = ece(calibrate(logits), labels)
     probs = calibrate(logits, t, bias)
     rule = json.loads((out / "config.json").read_text()).get("decision_rule", "most-probable") if (out / "config.json").exists() else None
-    rules, aux = fit_rules(probs, labels, source="val (in-sample)", rule=rule or "most-probable")
+    rules, aux = fit_rules(probs, labels, source="val (in-sample)", rule=rule or "most-probable", classes=mcfg.labels)
     check_tensors, ood_cfg, quality_cfg = fit_image_checks(net, mcfg.prep, ds, train_positions, val_positions)
     aux.update(check_tensors)
     mcfg = replace(mcfg, temperature=t, class_bias=bias, tta=tta, ood=ood_cfg, quality=quality_cfg, **rules)
-    metrics = compute_metrics(probs, labels, decide(probs, mcfg.decision))
+    metrics = compute_metrics(probs, labels, decide(probs, mcfg.decision), mcfg.labels)
     metrics.update(analysis_metrics(probs, labels, mcfg, aux))
     metrics.update({"temperature": t, "class_bias": bias, "ece_uncalibrated": before, "subset": "val", "tta": tta})
     mcfg.metrics = {

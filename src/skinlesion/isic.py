@@ -1,10 +1,12 @@
-"""The ISIC 2018 Task 3 files: the submission CSV ``predict --format isic2018`` writes and the
-ground-truth CSV ``evaluate --labels`` reads.
+"""The ISIC challenge files: the submission CSVs ``predict --format isic2018|isic2019`` writes and the
+ISIC 2018 ground-truth CSV ``evaluate --labels`` reads.
 
-Both have the columns ``image,MEL,NV,BCC,AKIEC,BKL,DF,VASC`` (the challenge's order), ``image``
-being the image id without folder or extension. In a submission each row holds the seven
-probabilities (summing to 1); in ground truth, a one-hot row. The official scorer
-(``isic-challenge-scoring``) reads both; ``tests/test_parity.py`` checks our metrics against it.
+ISIC 2018 Task 3 has the columns ``image,MEL,NV,BCC,AKIEC,BKL,DF,VASC`` (the challenge's order), for
+a HAM10000 model; ISIC 2019 Task 1 ``image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UNK``, for an ``isic2019``
+model (its ``UNK``, "none of the others", is 0: the model names one of its eight). ``image`` is the
+image id without folder or extension. In a submission each row holds the probabilities; in ground
+truth, a one-hot row. The official scorer (``isic-challenge-scoring``) reads both;
+``tests/test_parity.py`` checks our metrics against it.
 """
 
 from __future__ import annotations
@@ -13,20 +15,38 @@ from pathlib import Path
 
 import numpy as np
 
-from .classes import CODES
+from .classes import CODES, HAM10000, ISIC2019
 from .errors import SkinLesionError
 
 COLUMNS = ["image", "MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+COLUMNS_2019 = ["image", "MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"]
+FORMATS = {"isic2018": (HAM10000, COLUMNS), "isic2019": (ISIC2019, COLUMNS_2019)}
 
 
-def submission(images, probabilities):
-    """The submission table: one row per image (id without folder or extension), probabilities in the challenge's order."""
+def check_format(fmt: str, classes):
+    """(label set, columns) of a submission format, refusing a model of another label set in one sentence."""
+    wanted, columns = FORMATS[fmt]
+    if tuple(classes.codes) != wanted.codes:
+        other = next((f for f, (ls, _) in FORMATS.items() if ls.codes == tuple(classes.codes)), "skinlesion")
+        raise SkinLesionError(
+            f"--format {fmt} needs a model of the {wanted.name} label set; this one predicts {', '.join(classes.codes)} "
+            f"(use --format {other})."
+        )
+    return wanted, columns
+
+
+def submission(images, probabilities, fmt: str = "isic2018", classes=HAM10000):
+    """The submission table: one row per image (id without folder or extension), probabilities in the challenge's order.
+
+    ``classes``: the model's label set, which must be the one the format is for.
+    """
     import pandas as pd
 
+    wanted, columns = check_format(fmt, classes)
     p = np.asarray(probabilities, np.float64)
     table = pd.DataFrame({"image": [Path(str(n)).stem for n in images]})
-    for c in COLUMNS[1:]:
-        table[c] = p[:, CODES.index(c.lower())]
+    for c in columns[1:]:
+        table[c] = p[:, wanted.index(c.lower())] if c.lower() in wanted.codes else 0.0
     return table
 
 

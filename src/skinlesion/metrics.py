@@ -1,7 +1,9 @@
-"""Classification metrics for the seven classes and the malignant-vs-benign question.
+"""Classification metrics for a model's classes and the malignant-vs-benign question.
 
 Computed with scikit-learn from calibrated probabilities; :func:`compute_metrics`
-returns the dictionary written to ``metrics.json``.
+returns the dictionary written to ``metrics.json``. Every function takes the label set
+(``classes``, a :class:`skinlesion.classes.LabelSet`) the probabilities' columns follow;
+HAM10000's seven by default, and any other number of columns must say which set it is.
 """
 
 from __future__ import annotations
@@ -9,13 +11,23 @@ from __future__ import annotations
 import numpy as np
 
 from .calibration import ece
-from .classes import CODES, MALIGNANT_MASK
+from .classes import HAM10000, LabelSet
 
 SPECIFICITIES = (0.80, 0.90, 0.95)
 
 
-def malignant_probability(probs: np.ndarray) -> np.ndarray:
-    return np.asarray(probs)[:, np.asarray(MALIGNANT_MASK)].sum(axis=1)
+def classes_for(probs, classes: LabelSet | None = None) -> LabelSet:
+    """The label set of probability columns: ``classes``, or HAM10000's for seven columns (never a guess otherwise)."""
+    k = np.asarray(probs).shape[1]
+    classes = classes or (HAM10000 if k == len(HAM10000) else None)
+    if classes is None or len(classes) != k:
+        raise ValueError(f"{k} probability columns need their label set (got {classes})")
+    return classes
+
+
+def malignant_probability(probs: np.ndarray, classes: LabelSet | None = None) -> np.ndarray:
+    mask = np.asarray(classes_for(probs, classes).malignant_mask)
+    return np.asarray(probs)[:, mask].sum(axis=1)
 
 
 def sensitivity_at_specificity(y_true: np.ndarray, score: np.ndarray, specificity: float) -> float:
@@ -34,7 +46,7 @@ def _renormalized(probs: np.ndarray) -> np.ndarray:
     return p / p.sum(axis=1, keepdims=True)
 
 
-def compute_metrics(probs: np.ndarray, labels: np.ndarray, pred: np.ndarray | None = None) -> dict:
+def compute_metrics(probs: np.ndarray, labels: np.ndarray, pred: np.ndarray | None = None, classes: LabelSet | None = None) -> dict:
     """Metrics of calibrated ``probs`` against ``labels``; ``pred``: the named classes (default: the most probable)."""
     from sklearn.metrics import (
         accuracy_score,
@@ -48,14 +60,15 @@ def compute_metrics(probs: np.ndarray, labels: np.ndarray, pred: np.ndarray | No
 
     probs = np.asarray(probs, np.float64)
     labels = np.asarray(labels, int)
-    k = len(CODES)
+    classes = classes_for(probs, classes)
+    codes, k = classes.codes, len(classes)
     pred = probs.argmax(axis=1) if pred is None else np.asarray(pred, int)
     present = sorted(set(labels.tolist()))
     prec, rec, f1, support = precision_recall_fscore_support(labels, pred, labels=list(range(k)), zero_division=0)
     cm = confusion_matrix(labels, pred, labels=list(range(k)))
     per_class = {}
     aucs = []
-    for i, code in enumerate(CODES):
+    for i, code in enumerate(codes):
         tn = cm.sum() - cm[i, :].sum() - cm[:, i].sum() + cm[i, i]
         fp = cm[:, i].sum() - cm[i, i]
         y = (labels == i).astype(int)
@@ -70,8 +83,8 @@ def compute_metrics(probs: np.ndarray, labels: np.ndarray, pred: np.ndarray | No
             "auc": auc,
             "support": int(support[i]),
         }
-    mal_true = np.asarray(MALIGNANT_MASK)[labels].astype(int)
-    mal_score = malignant_probability(probs)
+    mal_true = np.asarray(classes.malignant_mask)[labels].astype(int)
+    mal_score = malignant_probability(probs, classes)
     mal_auc = float(roc_auc_score(mal_true, mal_score)) if 0 < mal_true.sum() < len(mal_true) else float("nan")
     return {
         "n_images": int(len(labels)),
@@ -89,7 +102,8 @@ def compute_metrics(probs: np.ndarray, labels: np.ndarray, pred: np.ndarray | No
             f"{int(s * 100)}": sensitivity_at_specificity(mal_true, mal_score, s) for s in SPECIFICITIES
         },
         "confusion_matrix": cm.tolist(),
-        "classes": list(CODES),
+        "classes": list(codes),
+        "label_set": classes.name,
     }
 
 
@@ -108,28 +122,31 @@ def _binary_ece(p: np.ndarray, y: np.ndarray, n_bins: int = 15) -> float:
     return float(total)
 
 
-def class_calibration(probs: np.ndarray, labels: np.ndarray) -> dict:
+def class_calibration(probs: np.ndarray, labels: np.ndarray, classes: LabelSet | None = None) -> dict:
     """Per class: mean predicted probability vs actual share, and one-vs-rest ECE; the same for
     the malignant/pre-malignant probability."""
     probs = np.asarray(probs, np.float64)
     labels = np.asarray(labels, int)
+    classes = classes_for(probs, classes)
     out = {}
-    for i, code in enumerate(CODES):
+    for i, code in enumerate(classes.codes):
         y = (labels == i).astype(float)
         out[code] = {"mean_predicted": float(probs[:, i].mean()), "actual_share": float(y.mean()), "ece": _binary_ece(probs[:, i], y)}
-    y = np.asarray(MALIGNANT_MASK)[labels].astype(float)
-    p = malignant_probability(probs)
+    y = np.asarray(classes.malignant_mask)[labels].astype(float)
+    p = malignant_probability(probs, classes)
     out["malignant"] = {"mean_predicted": float(p.mean()), "actual_share": float(y.mean()), "ece": _binary_ece(p, y)}
     return out
 
 
-def risk_coverage(probs: np.ndarray, labels: np.ndarray, coverages=COVERAGES, pred: np.ndarray | None = None) -> list[dict]:
+def risk_coverage(
+    probs: np.ndarray, labels: np.ndarray, coverages=COVERAGES, pred: np.ndarray | None = None, classes: LabelSet | None = None
+) -> list[dict]:
     """Accuracy and malignant sensitivity (named class malignant) on the most confident ``coverage`` of images."""
     probs = np.asarray(probs, np.float64)
     labels = np.asarray(labels, int)
     named = probs.argmax(axis=1) if pred is None else np.asarray(pred, int)
     order = np.argsort(-probs.max(axis=1), kind="stable")
-    mal = np.asarray(MALIGNANT_MASK)
+    mal = np.asarray(classes_for(probs, classes).malignant_mask)
     rows = []
     for c in coverages:
         keep = order[: max(1, int(round(c * len(labels))))]
@@ -147,14 +164,14 @@ def risk_coverage(probs: np.ndarray, labels: np.ndarray, coverages=COVERAGES, pr
     return rows
 
 
-def conformal_metrics(sets: np.ndarray, labels: np.ndarray) -> dict:
-    """Empirical coverage and mean size of prediction sets (bool N x 7), overall and per true class."""
+def conformal_metrics(sets: np.ndarray, labels: np.ndarray, classes: LabelSet | None = None) -> dict:
+    """Empirical coverage and mean size of prediction sets (bool N x classes), overall and per true class."""
     sets = np.asarray(sets, bool)
     labels = np.asarray(labels, int)
     covered = sets[np.arange(len(labels)), labels]
     size = sets.sum(axis=1)
     per = {}
-    for i, code in enumerate(CODES):
+    for i, code in enumerate(classes_for(sets, classes).codes):
         m = labels == i
         if m.any():
             per[code] = {"coverage": float(covered[m].mean()), "mean_size": float(size[m].mean()), "n": int(m.sum())}
@@ -223,7 +240,7 @@ def subgroup_metrics(
     groups=None,
     n_boot: int = 1000,
     seed: int = 0,
-    malignant_mask=MALIGNANT_MASK,
+    malignant_mask=HAM10000.malignant_mask,
 ) -> dict:
     """Accuracy, balanced accuracy and malignant sensitivity (malignant probability at or above the tier's
     threshold) per age band, sex and body site, with bootstrap 95 % intervals.

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .classes import CODES, MALIGNANT_MASK
+from .classes import LabelSet
 
 TIER_SOON = "see a dermatologist soon"
 TIER_REFER = "unsure: refer"
@@ -174,11 +174,15 @@ def fit_metadata(
     y = np.tile(np.asarray(labels, int), copies + 1)
     lr = LogisticRegression(C=c, max_iter=2000)
     lr.fit(x, y)
-    coef = np.zeros((len(CODES), x.shape[1]), np.float32)
-    intercept = np.zeros(len(CODES), np.float32)
-    coef[lr.classes_] = lr.coef_
-    intercept[lr.classes_] = lr.intercept_
-    intercept[np.setdiff1d(np.arange(len(CODES)), lr.classes_)] = -30.0
+    k = logp.shape[1]
+    coef = np.zeros((k, x.shape[1]), np.float32)
+    intercept = np.zeros(k, np.float32)
+    if len(lr.classes_) == 2:  # scikit-learn's binary model: one row, the second class's logit against the first's 0
+        coef[lr.classes_[1]], intercept[lr.classes_[1]] = lr.coef_[0], lr.intercept_[0]
+    else:
+        coef[lr.classes_] = lr.coef_
+        intercept[lr.classes_] = lr.intercept_
+    intercept[np.setdiff1d(np.arange(k), lr.classes_)] = -30.0
     return {"meta.coef": coef, "meta.intercept": intercept}
 
 
@@ -221,14 +225,20 @@ def prediction_sets(probs: np.ndarray, alphas: np.ndarray, confidence: float = 0
     return cc.predict_set(hinge(probs), confidence=confidence, smoothing=False).astype(bool)
 
 
-def malignant(probs: np.ndarray) -> np.ndarray:
-    return np.asarray(probs)[:, np.asarray(MALIGNANT_MASK)].sum(axis=1)
+def malignant(probs: np.ndarray, classes: LabelSet | None = None) -> np.ndarray:
+    """The malignant or pre-malignant probability: the sum over the label set's malignant classes."""
+    from .metrics import malignant_probability
+
+    return malignant_probability(probs, classes)
 
 
-def fit_tier(probs: np.ndarray, labels: np.ndarray, sensitivity: float = 0.9) -> float:
+def fit_tier(probs: np.ndarray, labels: np.ndarray, sensitivity: float = 0.9, classes: LabelSet | None = None) -> float:
     """The largest malignant-probability threshold whose sensitivity is at least ``sensitivity``."""
-    mal = malignant(probs)
-    pos = np.sort(mal[np.asarray(MALIGNANT_MASK)[np.asarray(labels, int)]])
+    from .metrics import classes_for
+
+    classes = classes_for(probs, classes)
+    mal = malignant(probs, classes)
+    pos = np.sort(mal[np.asarray(classes.malignant_mask)[np.asarray(labels, int)]])
     if len(pos) == 0:
         return 0.5
     k = int(np.floor((1.0 - sensitivity) * len(pos)))  # this many positives may fall below
@@ -246,10 +256,11 @@ def analyse(probs: np.ndarray, cfg, aux: dict, ood_flags=None) -> list[dict]:
     if cfg.conformal and "conformal.alphas" in aux:
         sets = prediction_sets(probs, aux["conformal.alphas"], cfg.conformal["confidence"])
     mal_t = (cfg.tier or {}).get("malignant_threshold")
-    mal = malignant(probs)
+    mal = malignant(probs, cfg.labels)
+    codes = cfg.labels.codes
     out = []
     for i in range(n):
-        members = [] if sets is None else [c for c, keep in zip(CODES, sets[i]) if keep]
+        members = [] if sets is None else [c for c, keep in zip(codes, sets[i]) if keep]
         reasons = []
         if ood_flags[i]:
             reasons.append("the image looks out of distribution")
@@ -369,6 +380,7 @@ def fit_rules(
     sensitivity: float = TIER_SENSITIVITY,
     source: str = "out-of-fold",
     rule: str = RULE_MOST_PROBABLE,
+    classes: LabelSet | None = None,
 ) -> tuple[dict, dict]:
     """The refer, conformal, tier and decision rules fitted on held-out calibrated probabilities.
 
@@ -379,7 +391,7 @@ def fit_rules(
     labels = np.asarray(labels, int)
     t_refer = fit_refer(probs, coverage)
     kept = probs.max(axis=1) >= t_refer
-    t_mal = fit_tier(probs, labels, sensitivity)
+    t_mal = fit_tier(probs, labels, sensitivity, classes)
     fields = {
         "refer": {
             "confidence_threshold": t_refer,

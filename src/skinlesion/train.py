@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 from .bundle import Member, ModelConfig, save_bundle
-from .classes import CODES
 from .errors import Interrupted, SkinLesionError, atomic_text, atomic_write, lock_folder, os_error_in, write_failure
 from .metrics import compute_metrics
 from .models import create_model
@@ -139,15 +138,16 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
-def class_weights(labels: np.ndarray, mode: str) -> np.ndarray:
-    counts = np.bincount(labels, minlength=len(CODES)).astype(float)
+def class_weights(labels: np.ndarray, mode: str, k: int) -> np.ndarray:
+    """Per-class loss weights for ``k`` classes (``mode``: sqrt, weights, or anything else for none)."""
+    counts = np.bincount(labels, minlength=k).astype(float)
     counts = np.maximum(counts, 1.0)
     if mode == "weights":
         w = counts.sum() / counts
     elif mode == "sqrt":
         w = np.sqrt(counts.sum() / counts)
     else:
-        return np.ones(len(CODES))
+        return np.ones(k)
     return w / (w * counts).sum() * counts.sum()  # mean weight per sample = 1
 
 
@@ -166,8 +166,8 @@ class LesionModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.cfg = cfg
-        self.model = create_model(
-            cfg["backbone"], len(CODES), pretrained=cfg["pretrained"], weights=cfg["weights"], drop_rate=cfg["drop_rate"]
+        self.model = create_model(  # one output per class of the dataset's label set
+            cfg["backbone"], len(weights), pretrained=cfg["pretrained"], weights=cfg["weights"], drop_rate=cfg["drop_rate"]
         )
         self.weights_source = self.model.weights_source
         self.register_buffer("class_w", torch.tensor(weights, dtype=torch.float32))
@@ -438,7 +438,7 @@ def build_loaders(cfg: TrainConfig, ds, manifest, start_epoch: int = 0):
     )
     gpu = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
     labels = ds.labels[tr]
-    w = 1.0 / np.bincount(labels, minlength=len(CODES))[labels] if cfg.balance == "sampler" else None
+    w = 1.0 / np.bincount(labels, minlength=len(ds.label_set))[labels] if cfg.balance == "sampler" else None
     # every epoch's order and augmentation are a function of (seed, epoch): a resumed run repeats them exactly
     sampler = EpochSampler(len(tr), cfg.seed, weights=w, epoch=start_epoch)
     train_loader = make_loader(
@@ -494,11 +494,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, finish_model: bool = True) 
     atomic_write(out / "split.csv", lambda t: manifest.to_csv(t, index=False))
     gpu = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
     precision = cfg.precision or ("bf16-mixed" if gpu else "32-true")
-    weights = class_weights(ds.labels[tr], cfg.balance if cfg.balance != "sampler" else "none")
+    k = len(ds.label_set)
+    weights = class_weights(ds.labels[tr], cfg.balance if cfg.balance != "sampler" else "none", k)
 
-    counts = np.bincount(ds.labels[tr], minlength=len(CODES)).astype(float)
+    counts = np.bincount(ds.labels[tr], minlength=k).astype(float)
     module = LesionModule(asdict(cfg), weights.tolist(), (np.maximum(counts, 1) / counts.sum()).tolist())
     base = ModelConfig(
+        label_set=ds.label_set.name,
+        classes=list(ds.label_set.codes),
         preprocess=prep.to_dict(),
         members=[Member(cfg.backbone, module.weights_source, seed=cfg.seed)],
         low_res="upsample" if cfg.source_size else "none",

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..classes import CODES
 from ..errors import SkinLesionError
 
 SPLITS = ("train", "val", "test")
@@ -35,13 +34,14 @@ class SplitReport:
     def table(self) -> str:
         """A short plain-text summary table: images, lesions and class shares per split."""
         m = self.manifest
-        header = f"{'split':<6} {'images':>7} {'lesions':>8}  " + " ".join(f"{c:>6}" for c in CODES)
+        codes = _codes(m)
+        header = f"{'split':<6} {'images':>7} {'lesions':>8}  " + " ".join(f"{c:>6}" for c in codes)
         lines = [header, "-" * len(header)]
         for s in [s for s in SPLITS if s in set(m["split"])] + ["all"]:
             part = m if s == "all" else m[m["split"] == s]
             share = part["dx"].value_counts(normalize=True)
             lines.append(
-                f"{s:<6} {len(part):>7} {part['lesion_id'].nunique():>8}  " + " ".join(f"{100 * share.get(c, 0.0):5.1f}%" for c in CODES)
+                f"{s:<6} {len(part):>7} {part['lesion_id'].nunique():>8}  " + " ".join(f"{100 * share.get(c, 0.0):5.1f}%" for c in codes)
             )
         lines.append("")
         lines.append(f"lesions in more than one split: {self.shared_lesions}")
@@ -102,7 +102,7 @@ def lesion_split(meta: pd.DataFrame, fractions=DEFAULT_FRACTIONS, seed: int = DE
     sizes = meta.groupby("lesion_id").size()
     rng = np.random.default_rng(seed)
     assign: dict[str, str] = {}
-    for code in CODES:
+    for code in _codes(meta):
         lesions = lesion_dx.index[lesion_dx == code].to_numpy()
         if len(lesions) == 0:
             continue
@@ -244,3 +244,13 @@ def fold_manifest(meta: pd.DataFrame, folds: np.ndarray, fold: int) -> pd.DataFr
             "fold": np.asarray(folds),
         }
     )
+
+
+def _codes(meta) -> list[str]:
+    """The diagnosis codes of a table in label order (HAM10000's DermaMNIST order for HAM10000 data)."""
+    if "label" in meta.columns:
+        return list(meta.sort_values("label", kind="stable")["dx"].drop_duplicates())
+    from ..classes import HAM10000
+
+    known = [c for c in HAM10000.codes if c in set(meta["dx"])]
+    return known + sorted(set(meta["dx"]) - set(known))
