@@ -270,6 +270,12 @@ def train(
         help="Training augmentation strength NAME=VALUE, repeatable: brightness, contrast (0-0.9), jitter (0-0.5), "
         "vignette (0-1) [default: 0.4, 0.4, 0.1, 0.25].",
     ),
+    augment_on: Optional[str] = typer.Option(
+        None,
+        "--augment-on",
+        help="Where the training augmentation runs: device (whole batches on the GPU, or the CPU), workers (image by image "
+        "on DataLoader workers) or auto [default: device when the images have one size: a cache, .npz or --source-size].",
+    ),
 ) -> None:
     """Train a model on a split, or a cross-validated ensemble with --folds; writes models, config, manifest and metrics into --out.
 
@@ -304,6 +310,7 @@ def train(
             num_nodes=num_nodes,
             strategy=strategy,
             precision=precision,
+            augment_on=augment_on,
         ).items()
         if v is not None
     }

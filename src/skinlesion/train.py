@@ -66,6 +66,10 @@ class TrainConfig:
     precision: str | None = None  # default: bf16-mixed on GPU, 32-true on CPU
     progress: bool = True
     augment: dict = field(default_factory=dict)  # training augmentation strengths (skinlesion.preprocess.AUGMENT)
+    # where the training augmentation runs: "device" (whole batches on the training device, skinlesion.augment),
+    # "workers" (image by image on DataLoader workers, PIL), "auto": device when the images have one size (a
+    # prepared cache, .npz, small images or --source-size), else workers; config.json records the choice
+    augment_on: str = "auto"
     extra: dict = field(default_factory=dict)
 
 
@@ -175,6 +179,23 @@ class LesionModule(L.LightningModule):
 
     def _x(self, x):
         return x.to(memory_format=torch.channels_last) if x.device.type == "cuda" else x
+
+    # device augmentation (TrainConfig.augment_on): a training batch of uint8 pixels (data.loader.PixelSet) gets its
+    # per-sample parameters here on the host, drawn from (seed, epoch, image), and they travel with it to the device ...
+    def on_before_batch_transfer(self, batch, dataloader_idx):
+        pixels = self._pixel_set(batch, 3)
+        return batch if pixels is None else pixels.with_plan(batch, self.current_epoch)
+
+    # ... where the whole batch is augmented and normalised (skinlesion.augment); other batches pass unchanged
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        pixels = self._pixel_set(batch, 4)
+        return batch if pixels is None else pixels.augmented(batch)
+
+    def _pixel_set(self, batch, size: int):
+        if self._trainer is None or not self.trainer.training:
+            return None
+        ds = getattr(self.trainer.train_dataloader, "dataset", None)
+        return ds if hasattr(ds, "takes") and ds.takes(batch, size) else None
 
     def training_step(self, batch, _):
         x, y, pos = batch
@@ -337,7 +358,7 @@ def build_loaders(cfg: TrainConfig, ds, manifest, start_epoch: int = 0):
     """
     import torch
 
-    from .data.loader import EpochSampler, ImageSet, make_loader
+    from .data.loader import EpochSampler, ImageSet, PixelSet, augment_where, make_loader
     from .models import resolve_preprocess
 
     by_id = {iid: i for i, iid in enumerate(ds.meta["image_id"])}
@@ -360,19 +381,34 @@ def build_loaders(cfg: TrainConfig, ds, manifest, start_epoch: int = 0):
         source_jpeg_quality=cfg.source_jpeg_quality or cfg.extra.get("source_jpeg_quality"),
     )
     prep = with_augment(prep, cfg.augment)
+    where = augment_where(cfg.augment_on, ds, prep)
     cfg = replace(
-        cfg, input_size=prep.input_size, source_size=prep.source_size, crop=prep.crop, source_jpeg_quality=prep.source_jpeg_quality
+        cfg,
+        input_size=prep.input_size,
+        source_size=prep.source_size,
+        crop=prep.crop,
+        source_jpeg_quality=prep.source_jpeg_quality,
+        augment_on=where,
     )
     gpu = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
     labels = ds.labels[tr]
     w = 1.0 / np.bincount(labels, minlength=len(CODES))[labels] if cfg.balance == "sampler" else None
     # every epoch's order and augmentation are a function of (seed, epoch): a resumed run repeats them exactly
     sampler = EpochSampler(len(tr), cfg.seed, weights=w, epoch=start_epoch)
+    workers = cfg.num_workers
+    if where == "device":
+        # uint8 batches, augmented on the training device; a cache that fits in its memory is kept there and the
+        # loader hands out row numbers; otherwise workers stream pinned uint8 batches, two per worker ahead
+        train_set = PixelSet(ds, tr, prep, seed=cfg.seed, resident=gpu)
+        if workers is None and train_set.store is not None and (train_set.resident or not gpu):
+            workers = 0  # nothing to decode: indexing the array (or the device copy) is the loader's whole work
+    else:
+        train_set = ImageSet(ds, tr, prep.train_transform(), seed=cfg.seed)
     train_loader = make_loader(
-        ImageSet(ds, tr, prep.train_transform(), seed=cfg.seed),
+        train_set,
         cfg.batch_size,
         sampler=sampler,
-        num_workers=cfg.num_workers,
+        num_workers=workers,
         pin_memory=gpu,
         seed=cfg.seed,
         drop_last=len(tr) > cfg.batch_size,
