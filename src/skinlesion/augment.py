@@ -217,65 +217,100 @@ class BatchAugment:
                 device=device,
                 memory_format=torch.contiguous_format if cpu else torch.channels_last,
             )
-            if loop:
-                self._apply_each(pixels, rows, plan, out)
-            else:
-                self._apply_batched(pixels, rows, plan, out)
+            threads = torch.get_num_threads()
+            if cpu:  # the operations are small: one core each (splitting them costs more, much more on a busy machine)
+                torch.set_num_threads(1)
+            try:
+                if loop:
+                    self._apply_each(pixels, rows, plan, out, threads)
+                else:
+                    self._apply_batched(pixels, rows, plan, out)
+            finally:
+                torch.set_num_threads(threads)
         return out
 
     def _apply_batched(self, pixels, rows, plan, out) -> None:
-        """The GPU way: the whole batch in a few dozen launches, no reads back to the host."""
-
+        """The GPU way: the whole batch in a few hundred launches, nothing read back to the host. The colour runs per
+        group of one order, except the hue (two thirds of the operations): each image's operations before its hue,
+        then the hue of the whole batch at once, then each image's operations after it; each image's order holds."""
         device = pixels.device
         order = plan["order"].to(device, non_blocking=True)
         p = plan["params"].to(device, non_blocking=True)
         src = pixels.index_select(0, order if rows is None else rows.index_select(0, order))  # sorted by colour order
         x = self._resize_matmul(src, p).mul_(1.0 / 255)
         work = _Planes(reuse=False)
-        for a, b, ops in plan["groups"]:
-            self._colour(x[a:b], [p[a:b, _B + i].view(-1, 1, 1, 1) for i in range(4)], ops, work)
+        f = p[:, _B : _B + 4].reshape(-1, 4, 1, 1, 1)
+        one_minus = 1 - f
+        hue = 3 in {op for _, _, ops in plan["groups"] for op in ops}
+        for phase in ("before", "after") if hue else ("all",):
+            for a, b, ops in plan["groups"]:
+                ops = ops if phase == "all" else (ops[: ops.index(3)] if phase == "before" else ops[ops.index(3) + 1 :])
+                if ops:
+                    self._colour(x[a:b], f[a:b].unbind(1), ops, work, one_minus[a:b].unbind(1))
+            if phase == "before":
+                _shift_hue(x, f[:, 3], work)
         self._finish(x, p[:, _R].view(-1, 1, 1), plan["field"], work)
         out.index_copy_(0, order, x)
 
-    def _apply_each(self, pixels, rows, plan, out) -> None:
-        """The CPU way: a block of images of one colour order at a time, about a megabyte (one 224 px image, dozens
-        of small ones), on work planes reused from block to block, so that the dozens of operations run in the cache
-        and touch no fresh memory (a page fault per 4 KiB); a lone image is worked on in its place in ``out``, with
-        Python numbers for its factors. Each crop goes through torch's uint8 antialiased resize."""
+    def _apply_each(self, pixels, rows, plan, out, threads: int) -> None:
+        """The CPU way: blocks of images of one colour order, about a megabyte each (one 224 px image, dozens of small
+        ones), on work planes reused from block to block, so that the dozens of operations run in the cache and touch
+        no fresh memory (a page fault per 4 KiB); a lone image is worked on in its place in ``out``, with Python numbers
+        for its factors. Each crop goes through torch's uint8 antialiased resize. The blocks are shared among
+        ``threads`` threads (as many as torch may use), each running its operations on one core."""
+        import torch
+
+        per = max(1, (1 << 18) // (3 * self.size * self.size))
+        tasks = [(c, min(b, c + per), ops) for a, b, ops in plan["groups"] for c in range(a, b, per)]
+        ctx = {
+            "view": pixels.permute(0, 3, 1, 2),  # N, 3, H, W over the channels-last memory: crops are views
+            "geometry": plan["params"][:, :_B].to(torch.int64).tolist(),
+            "order": plan["order"].tolist(),
+            "source": plan["order"].tolist() if rows is None else rows[plan["order"]].tolist(),
+        }
+        threads = max(1, min(threads, len(tasks)))
+        chunks = [tasks[k::threads] for k in range(threads)]
+        if threads == 1:
+            self._blocks(chunks[0], plan, ctx, out)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(lambda chunk: self._blocks(chunk, plan, ctx, out), chunks))
+
+    def _blocks(self, tasks, plan, ctx, out) -> None:
         import torch
         import torch.nn.functional as F
 
-        s, mode = self.size, self.spec["interpolation"]
-        per = max(1, (1 << 18) // (3 * s * s))
-        view = pixels.permute(0, 3, 1, 2)  # N, 3, H, W over the channels-last memory: crops are views
-        params, order_t = plan["params"], plan["order"]
-        geometry = params[:, :_B].to(torch.int64).tolist()
-        order = order_t.tolist()
-        source = order if rows is None else rows[order_t].tolist()
+        s, mode, params = self.size, self.spec["interpolation"], plan["params"]
+        view, geometry, order, source = ctx["view"], ctx["geometry"], ctx["order"], ctx["source"]
         work = _Planes(reuse=True)
-        block = torch.empty((min(per, len(order)), 3, s, s), device=pixels.device) if per > 1 else None
-        for a, b, ops in plan["groups"]:
-            for c in range(a, b, per):
-                d = min(b, c + per)
-                v = out[order[c] : order[c] + 1] if d - c == 1 else block[: d - c]
-                for j in range(c, d):
-                    top, left, h, w, hf, vf, tr = geometry[j]
-                    i = source[j]
-                    y = F.interpolate(view[i : i + 1, :, top : top + h, left : left + w], size=(s, s), mode=mode, antialias=True)
-                    if hf:
-                        y = y.flip(-1)
-                    if vf:
-                        y = y.flip(-2)
-                    v[j - c : j - c + 1].copy_(y.transpose(-1, -2) if tr else y)
-                v.mul_(1.0 / 255)
-                if d - c == 1:
-                    f = params[c, _B:].tolist()
-                    self._colour(v, f[:4], ops, work)
-                    self._finish(v, f[4], plan["field"], work)
-                else:
-                    self._colour(v, [params[c:d, _B + k].view(-1, 1, 1, 1) for k in range(4)], ops, work)
-                    self._finish(v, params[c:d, _R].view(-1, 1, 1), plan["field"], work)
-                    out.index_copy_(0, order_t[c:d], v)
+        block = None
+        for c, d, ops in tasks:
+            if d - c == 1:
+                v = out[order[c] : order[c] + 1]
+            else:
+                if block is None or len(block) < d - c:
+                    block = torch.empty((d - c, 3, s, s), device=out.device)
+                v = block[: d - c]
+            for j in range(c, d):
+                top, left, h, w, hf, vf, tr = geometry[j]
+                i = source[j]
+                y = F.interpolate(view[i : i + 1, :, top : top + h, left : left + w], size=(s, s), mode=mode, antialias=True)
+                if hf:
+                    y = y.flip(-1)
+                if vf:
+                    y = y.flip(-2)
+                v[j - c : j - c + 1].copy_(y.transpose(-1, -2) if tr else y)
+            v.mul_(1.0 / 255)
+            if d - c == 1:
+                f = params[c, _B:].tolist()
+                self._colour(v, f[:4], ops, work)
+                self._finish(v, f[4], plan["field"], work)
+            else:
+                self._colour(v, [params[c:d, _B + k].view(-1, 1, 1, 1) for k in range(4)], ops, work)
+                self._finish(v, params[c:d, _R].view(-1, 1, 1), plan["field"], work)
+                out.index_copy_(0, plan["order"][c:d], v)
 
     def __call__(self, pixels, epoch: int, positions, rows=None):
         """Draw and apply in one call (tests, benchmarks): ``positions`` are the images' dataset positions."""
@@ -292,7 +327,9 @@ class BatchAugment:
             radius = (torch.sqrt(c[:, None] ** 2 + c[None, :] ** 2) / math.sqrt(2)).float()  # as round_field
             mean = torch.tensor(self.prep.mean, dtype=torch.float32).view(1, 3, 1, 1)
             inv_std = 1.0 / torch.tensor(self.prep.std, dtype=torch.float32).view(1, 3, 1, 1)
-            self._consts[key] = (mean.to(device), inv_std.to(device), radius.to(device))
+            gray = torch.tensor(_GRAY, dtype=torch.float32)
+            # made once per device: a tensor built from Python numbers on a GPU is a copy that waits for the GPU
+            self._consts[key] = tuple(t.to(device) for t in (mean, inv_std, radius, gray))
         return self._consts[key]
 
     def _resize_matmul(self, src, p):
@@ -305,9 +342,9 @@ class BatchAugment:
         my = self._matrix(p[:, _TOP], p[:, _H], h, p[:, _VF])
         mx = self._matrix(p[:, _LEFT], p[:, _W], w, p[:, _HF])
         x = src.to(torch.float32).permute(0, 2, 1, 3).reshape(n, w, h * 3)
-        x = torch.bmm(mx, x).clamp_(0, 255).round_()  # (n, s, h*3): each row resampled to s columns
+        x = torch.bmm(mx, x).add_(0.5).floor_().clamp_(0, 255)  # (n, s, h*3): each row resampled to s columns, rounded half up
         x = x.view(n, s, h, 3).permute(0, 2, 1, 3).reshape(n, h, s * 3)
-        x = torch.bmm(my, x).clamp_(0, 255).round_()  # (n, s, s*3): then the rows
+        x = torch.bmm(my, x).add_(0.5).floor_().clamp_(0, 255)  # (n, s, s*3): then the rows
         x = x.view(n, s, s, 3).permute(0, 3, 1, 2)  # (n, 3, s, s)
         tr = p[:, _T].bool().view(n, 1, 1, 1)
         return torch.where(tr, x.transpose(-1, -2), x)
@@ -341,19 +378,21 @@ class BatchAugment:
         m = torch.zeros((len(start), s, size), dtype=torch.float64, device=dev).scatter_add_(2, cols, wt)
         return torch.where(flip.bool().view(-1, 1, 1), m.flip(1), m).float()
 
-    def _colour(self, v, factors, ops, work: "_Planes") -> None:
+    def _colour(self, v, factors, ops, work: "_Planes", complements=None) -> None:
         """ColorJitter in place on v (n, 3, S, S) in [0, 1], images that share one order of operations; ``factors``:
-        brightness, contrast, saturation, hue, each a number or an (n, 1, 1, 1) tensor."""
+        brightness, contrast, saturation, hue, each a number or an (n, 1, 1, 1) tensor (``complements``: 1 - each)."""
+        gray = self._constants(v.device)[3]
         for op in ops:
             f = factors[op]
+            g = 1 - f if complements is None else complements[op]
             if op == 0:  # brightness: blend with black
                 v.mul_(f).clamp_(0, 1)
             elif op == 1:  # contrast: blend with the mean grey level
-                m = (v.mean((-2, -1)) @ v.new_tensor(_GRAY)).view(-1, 1, 1, 1)
-                v.mul_(f).add_(m * (1 - f)).clamp_(0, 1)
+                m = (v.mean((-2, -1)) @ gray).view(-1, 1, 1, 1)
+                v.mul_(f).add_(m * g).clamp_(0, 1)
             elif op == 2:  # saturation: blend with the grey image
-                g = _gray(v, work.get(0, v[:, 0]))
-                v.mul_(f).add_(g.unsqueeze(1).mul_(1 - f)).clamp_(0, 1)
+                grey = _gray(v, work.get(0, v[:, 0]))
+                v.mul_(f).add_(grey.unsqueeze(1).mul_(g)).clamp_(0, 1)
             else:
                 _shift_hue(v, f, work)
 
@@ -361,7 +400,7 @@ class BatchAugment:
         """The round field (``radius``: a number or (n, 1, 1)) and the normalisation, in place on v (n, 3, S, S)."""
         import torch
 
-        mean, inv_std, r = self._constants(v.device)
+        mean, inv_std, r, _ = self._constants(v.device)
         if field:  # black where r > radius (round_field), in arithmetic: boolean tensors are slow on CPUs
             keep = torch.sub(r.expand_as(v[:, 0]), radius, out=work.get(12, v[:, 0]))
             v.mul_(keep.sign_().clamp_(min=0).neg_().add_(1).unsqueeze(1))
