@@ -455,7 +455,7 @@ def test_device_augmentation_learns_the_task_as_well_as_the_per_sample_path(task
     acc = {}
     for where in ("device", "workers"):
         run = train(
-            TrainConfig(data=str(cache), split=str(split), out=str(tmp_path / where), epochs=8, augment_on=where, **TINY),
+            TrainConfig(data=str(cache), split=str(split), out=str(tmp_path / where), epochs=6, augment_on=where, **TINY),
             finish_model=False,
         )
         net, cfg = load_model(run / "best.safetensors")

@@ -237,7 +237,7 @@ class BatchAugment:
         order = plan["order"].to(device, non_blocking=True)
         p = plan["params"].to(device, non_blocking=True)
         src = pixels.index_select(0, order if rows is None else rows.index_select(0, order))  # sorted by colour order
-        x = self._resize_matmul(src, p).mul_(1.0 / 255)
+        x = self._resize_matmul(src, p)
         work = _Planes(reuse=False)
         f = p[:, _B : _B + 4].reshape(-1, 4, 1, 1, 1)
         one_minus = 1 - f
@@ -302,7 +302,6 @@ class BatchAugment:
                 if vf:
                     y = y.flip(-2)
                 v[j - c : j - c + 1].copy_(y.transpose(-1, -2) if tr else y)
-            v.mul_(1.0 / 255)
             if d - c == 1:
                 f = params[c, _B:].tolist()
                 self._colour(v, f[:4], ops, work)
@@ -325,8 +324,9 @@ class BatchAugment:
             s = self.size
             c = (torch.arange(s, dtype=torch.float64) + 0.5 - s / 2) / (s / 2)
             radius = (torch.sqrt(c[:, None] ** 2 + c[None, :] ** 2) / math.sqrt(2)).float()  # as round_field
-            mean = torch.tensor(self.prep.mean, dtype=torch.float32).view(1, 3, 1, 1)
-            inv_std = 1.0 / torch.tensor(self.prep.std, dtype=torch.float32).view(1, 3, 1, 1)
+            std = torch.tensor(self.prep.std, dtype=torch.float64).view(1, 3, 1, 1)
+            mean = (torch.tensor(self.prep.mean, dtype=torch.float64).view(1, 3, 1, 1) / std).float()  # over std
+            inv_std = (1.0 / (255 * std)).float()  # levels to normalised units
             gray = torch.tensor(_GRAY, dtype=torch.float32)
             # made once per device: a tensor built from Python numbers on a GPU is a copy that waits for the GPU
             self._consts[key] = tuple(t.to(device) for t in (mean, inv_std, radius, gray))
@@ -379,32 +379,33 @@ class BatchAugment:
         return torch.where(flip.bool().view(-1, 1, 1), m.flip(1), m).float()
 
     def _colour(self, v, factors, ops, work: "_Planes", complements=None) -> None:
-        """ColorJitter in place on v (n, 3, S, S) in [0, 1], images that share one order of operations; ``factors``:
+        """ColorJitter in place on v (n, 3, S, S) in levels (0-255, torchvision's [0, 1] times 255: the same arithmetic
+        and one pass less), images that share one order of operations; ``factors``:
         brightness, contrast, saturation, hue, each a number or an (n, 1, 1, 1) tensor (``complements``: 1 - each)."""
         gray = self._constants(v.device)[3]
         for op in ops:
             f = factors[op]
             g = 1 - f if complements is None else complements[op]
             if op == 0:  # brightness: blend with black
-                v.mul_(f).clamp_(0, 1)
+                v.mul_(f).clamp_(0, 255)
             elif op == 1:  # contrast: blend with the mean grey level
                 m = (v.mean((-2, -1)) @ gray).view(-1, 1, 1, 1)
-                v.mul_(f).add_(m * g).clamp_(0, 1)
+                v.mul_(f).add_(m * g).clamp_(0, 255)
             elif op == 2:  # saturation: blend with the grey image
                 grey = _gray(v, work.get(0, v[:, 0]))
-                v.mul_(f).add_(grey.unsqueeze(1).mul_(g)).clamp_(0, 1)
+                v.mul_(f).add_(grey.unsqueeze(1).mul_(g)).clamp_(0, 255)
             else:
                 _shift_hue(v, f, work)
 
     def _finish(self, v, radius, field: bool, work: "_Planes") -> None:
-        """The round field (``radius``: a number or (n, 1, 1)) and the normalisation, in place on v (n, 3, S, S)."""
+        """The round field (``radius``: a number or (n, 1, 1)) and the normalisation, in place on v (n, 3, S, S) in levels."""
         import torch
 
         mean, inv_std, r, _ = self._constants(v.device)
         if field:  # black where r > radius (round_field), in arithmetic: boolean tensors are slow on CPUs
             keep = torch.sub(r.expand_as(v[:, 0]), radius, out=work.get(12, v[:, 0]))
             v.mul_(keep.sign_().clamp_(min=0).neg_().add_(1).unsqueeze(1))
-        v.sub_(mean).mul_(inv_std)
+        v.mul_(inv_std).sub_(mean)  # (v / 255 - mean) / std
 
 
 class _Planes:
@@ -432,28 +433,43 @@ def _gray(v, out):
 
 
 def _shift_hue(v, f, work: _Planes) -> None:
-    """Rotate the HSV hue of v (n, 3, H, W) in [0, 1] by f turns (a number or (n, 1, 1, 1)), in place: torchvision's
-    adjust_hue in arithmetic on work planes, without boolean masks, ``where`` or number-minus-tensor (each several
-    times slower on CPUs)."""
+    """Rotate the HSV hue of v (n, 3, H, W) (any scale: levels here) by f turns (a number or (n, 1, 1, 1)), in place: torchvision's
+    adjust_hue in 31 whole-plane operations on work planes, without boolean masks, ``where`` or number-minus-tensor
+    (each several times slower on CPUs)."""
     import torch
 
     r, g, b = v.unbind(1)
-    w = [work.get(i, r) for i in range(12)]
-    hi = torch.maximum(torch.maximum(r, g, out=w[0]), b, out=w[0])
-    lo = torch.minimum(torch.minimum(r, g, out=w[1]), b, out=w[1])
-    delta = torch.sub(hi, lo, out=w[2])
-    dr, dg, db = torch.sub(hi, r, out=w[3]), torch.sub(hi, g, out=w[4]), torch.sub(hi, b, out=w[5])
-    not_r, not_g = torch.sign(dr, out=w[6]), torch.sign(dg, out=w[7])  # 0 exactly where that channel is the maximum
-    is_b = torch.mul(not_r, not_g, out=w[8])  # (ties go to r, then g, as in torchvision)
-    # delta x the hue in sextants: r max -> g - b; g max -> 2 delta + b - r; b max -> 4 delta + r - g
-    t = torch.sub(db, dg, out=w[9])
-    h6 = torch.sub(t, torch.mul(t, not_r, out=w[10]), out=w[10])
-    is_g = torch.sub(not_r, is_b, out=w[9])
-    h6.addcmul_(is_g, torch.sub(dr, db, out=w[11]).add_(delta, alpha=2))
-    h6.addcmul_(is_b, torch.sub(dg, dr, out=w[11]).add_(delta, alpha=4))
-    h6.div_(torch.add(delta, 1e-12, out=w[3])).add_(6 * f if isinstance(f, float) else 6 * f[:, 0])
-    for c, n in ((0, 5.0), (1, 3.0), (2, 1.0)):
-        # HSV -> RGB: channel = V - V S clamp(min(k, 4 - k), 0, 1) = min + delta clamp(|k - 2| - 1, 0, 1), k = (n + h6) mod 6
-        k = torch.add(h6, n, out=w[4])
-        k.sub_(torch.mul(k, 1 / 6, out=w[5]).floor_().mul_(6)).sub_(2).abs_().sub_(1).clamp_(0, 1)
-        torch.addcmul(lo, delta, k, out=v[:, c])
+    one = [work.get(i, r) for i in range(7)]  # (n, H, W) planes
+    three = work.get(20, v)  # an (n, 3, H, W) stack of planes
+    hi = torch.maximum(torch.maximum(r, g, out=one[0]), b, out=one[0])
+    lo = torch.minimum(torch.minimum(r, g, out=one[1]), b, out=one[1])
+    delta = torch.sub(hi, lo, out=one[2])
+    d = torch.sub(hi.unsqueeze(1), v, out=three)  # max - r, max - g, max - b
+    dr, dg, db = d.unbind(1)
+    not_r, not_g = torch.sign(dr, out=one[3]), torch.sign(dg, out=one[4])  # 0 exactly where it is the maximum
+    # delta x the hue in sextants: r max -> g - b; g max -> 2 delta + b - r; b max -> 4 delta + r - g (ties: r, then g)
+    t = torch.sub(db, dg, out=one[5])
+    h6 = torch.sub(t, torch.mul(t, not_r, out=one[6]), out=one[6])
+    is_b = torch.mul(not_r, not_g, out=one[4])
+    is_g = torch.sub(not_r, is_b, out=one[3])
+    h6.addcmul_(is_g, torch.sub(dr, db, out=one[5]).add_(delta, alpha=2))
+    h6.addcmul_(is_b, torch.sub(dg, dr, out=one[5]).add_(delta, alpha=4))
+    h6.div_(torch.add(delta, 1e-12, out=one[5])).add_(6 * f if isinstance(f, float) else 6 * f[:, 0])
+    # HSV -> RGB, the three channels at once: channel = V - V S clamp(min(k, 4 - k), 0, 1)
+    #   = min + delta clamp(|k - 2| - 1, 0, 1) with k = (h6 + 5, 3, 1) mod 6 for r, g, b
+    k = torch.add(h6.unsqueeze(1), _sextants(v), out=three)
+    k.sub_(torch.mul(k, 1 / 6, out=v).floor_().mul_(6)).sub_(2).abs_().sub_(1).clamp_(0, 1)
+    torch.addcmul(lo.unsqueeze(1), delta.unsqueeze(1), k, out=v)
+
+
+_SEXTANTS: dict = {}
+
+
+def _sextants(like):
+    """The (5, 3, 1) offsets of r, g, b, made once per device (from Python numbers, a GPU copy that waits for the GPU)."""
+    import torch
+
+    key = str(like.device)
+    if key not in _SEXTANTS:
+        _SEXTANTS[key] = torch.tensor([5.0, 3.0, 1.0], device=like.device).view(1, 3, 1, 1)
+    return _SEXTANTS[key]
