@@ -139,8 +139,9 @@ class _OnDevice:
 
 
 def _augment_cost(cached, idx, prep, device, batch: int, n: int) -> dict:
-    """ms per image of the augmentation alone, per-sample (train_transform, this process) against batched
-    (BatchAugment on ``device``), interleaved five times; the medians and their ratio."""
+    """ms per image of the augmentation alone, per-sample (train_transform in this process: one core) against batched
+    (BatchAugment on ``device``; on a CPU also with torch held to one thread, the per-core cost), interleaved five
+    times; the medians and their ratios."""
     import numpy as np
     import torch
 
@@ -159,7 +160,8 @@ def _augment_cost(cached, idx, prep, device, batch: int, n: int) -> dict:
 
     one[(0, 0)]
     batched(0)
-    per, bat = [], []
+    threads = torch.get_num_threads()
+    per, bat, bat1 = [], [], []
     for rep in range(5):
         t = time.perf_counter()
         for i in range(n):
@@ -168,8 +170,17 @@ def _augment_cost(cached, idx, prep, device, batch: int, n: int) -> dict:
         t = time.perf_counter()
         batched(rep)
         bat.append((time.perf_counter() - t) / n * 1e3)
+        if device.type == "cpu":
+            torch.set_num_threads(1)
+            t = time.perf_counter()
+            batched(rep)
+            bat1.append((time.perf_counter() - t) / n * 1e3)
+            torch.set_num_threads(threads)
     p, b = float(np.median(per)), float(np.median(bat))
-    return {"aug_ms_per_sample": p, "aug_ms_batched": b, "aug_per_sample_over_batched": p / b, "aug_images": n}
+    out = {"aug_ms_per_sample": p, "aug_ms_batched": b, "aug_per_sample_over_batched": p / b, "aug_images": n, "aug_threads": threads}
+    if bat1:
+        out.update(aug_ms_batched_1thread=float(np.median(bat1)), aug_per_sample_over_batched_1thread=p / float(np.median(bat1)))
+    return out
 
 
 def _decode_cost(ds, sizes, gpu: bool, n: int = 32) -> dict:
@@ -372,9 +383,13 @@ def main(argv=None) -> dict:
         print(f"  {name:<66} {r[k]:9.1f} images/s")
     print(f"  (c)/(d) = {r['c_over_d']:.2f}   (c)/(a) = {r['c_over_a']:.1f}x   (c)/(c') = {r['c_over_c_workers']:.2f}x")
     print(
-        f"  augmentation alone, {r['aug_images']} images: per-sample {r['aug_ms_per_sample']:.2f} ms/image, batched on "
+        f"  augmentation alone, {r['aug_images']} images: per-sample {r['aug_ms_per_sample']:.2f} ms/image (one core), batched on "
         f"{r['device'].split(' (')[0]} {r['aug_ms_batched']:.3f} ms/image: {r['aug_per_sample_over_batched']:.1f}x cheaper"
     )
+    if "aug_ms_batched_1thread" in r:
+        print(
+            f"  batched on one core: {r['aug_ms_batched_1thread']:.3f} ms/image: {r['aug_per_sample_over_batched_1thread']:.1f}x cheaper per core"
+        )
     for k, v in r.items():
         if k.startswith("decode_"):
             print(

@@ -217,16 +217,17 @@ class BatchAugment:
                 device=device,
                 memory_format=torch.contiguous_format if cpu else torch.channels_last,
             )
-            threads = torch.get_num_threads()
-            if cpu:  # the operations are small: one core each (splitting them costs more, much more on a busy machine)
+            if loop:
+                self._apply_each(pixels, rows, plan, out)
+            elif cpu:  # the GPU way on a CPU (box filters, tests): its operations one core each, as the loop's
+                threads = torch.get_num_threads()
                 torch.set_num_threads(1)
-            try:
-                if loop:
-                    self._apply_each(pixels, rows, plan, out, threads)
-                else:
+                try:
                     self._apply_batched(pixels, rows, plan, out)
-            finally:
-                torch.set_num_threads(threads)
+                finally:
+                    torch.set_num_threads(threads)
+            else:
+                self._apply_batched(pixels, rows, plan, out)
         return out
 
     def _apply_batched(self, pixels, rows, plan, out) -> None:
@@ -252,12 +253,13 @@ class BatchAugment:
         self._finish(x, p[:, _R].view(-1, 1, 1), plan["field"], work)
         out.index_copy_(0, order, x)
 
-    def _apply_each(self, pixels, rows, plan, out, threads: int) -> None:
+    def _apply_each(self, pixels, rows, plan, out) -> None:
         """The CPU way: blocks of images of one colour order, about a megabyte each (one 224 px image, dozens of small
         ones), on work planes reused from block to block, so that the dozens of operations run in the cache and touch
         no fresh memory (a page fault per 4 KiB); a lone image is worked on in its place in ``out``, with Python numbers
-        for its factors. Each crop goes through torch's uint8 antialiased resize. The blocks are shared among
-        ``threads`` threads (as many as torch may use), each running its operations on one core."""
+        for its factors. Each crop goes through torch's uint8 antialiased resize. The blocks are shared among as many
+        threads as torch may use (:func:`_pool`), each running its operations on one core: on planes this small,
+        splitting every operation across cores costs more than it brings (ten times more on a busy machine)."""
         import torch
 
         per = max(1, (1 << 18) // (3 * self.size * self.size))
@@ -268,15 +270,9 @@ class BatchAugment:
             "order": plan["order"].tolist(),
             "source": plan["order"].tolist() if rows is None else rows[plan["order"]].tolist(),
         }
-        threads = max(1, min(threads, len(tasks)))
-        chunks = [tasks[k::threads] for k in range(threads)]
-        if threads == 1:
-            self._blocks(chunks[0], plan, ctx, out)
-        else:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(lambda chunk: self._blocks(chunk, plan, ctx, out), chunks))
+        threads = torch.get_num_threads()
+        chunks = [tasks[k::threads] for k in range(min(threads, len(tasks)))]
+        list(_pool(threads).map(lambda chunk: self._blocks(chunk, plan, ctx, out), chunks))
 
     def _blocks(self, tasks, plan, ctx, out) -> None:
         import torch
@@ -406,6 +402,23 @@ class BatchAugment:
             keep = torch.sub(r.expand_as(v[:, 0]), radius, out=work.get(12, v[:, 0]))
             v.mul_(keep.sign_().clamp_(min=0).neg_().add_(1).unsqueeze(1))
         v.mul_(inv_std).sub_(mean)  # (v / 255 - mean) / std
+
+
+_POOLS: dict = {}
+
+
+def _pool(threads: int):
+    """A pool of ``threads`` threads for the CPU way, made once per process, whose threads each run torch's operations
+    on one core (torch's thread count is per thread with OpenMP; the caller's stays as it was)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    key = (os.getpid(), threads)  # a forked DataLoader worker gets a pool of its own
+    if key not in _POOLS:
+        _POOLS[key] = ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,), thread_name_prefix="augment")
+    return _POOLS[key]
 
 
 class _Planes:
