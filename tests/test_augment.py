@@ -369,6 +369,14 @@ def test_the_loader_hands_out_uint8_source_pixels_and_a_resident_set_its_row_num
     assert resident.takes((rows, y2, pos2), 3) and not resident.takes((a, y2, pos2), 3)
 
 
+def test_workers_are_sized_to_the_machine_without_a_cap(monkeypatch):
+    import skinlesion.data.loader as L
+
+    monkeypatch.setattr(L.os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
+    assert L.default_workers(10_000) == 31  # all cores but the training loop's (it was capped at 8)
+    assert L.default_workers(100) == 0  # small sets: no workers
+
+
 def test_where_the_augmentation_runs(tmp_path, synth_kaggle):
     from skinlesion.data import load_dataset
     from skinlesion.data.loader import augment_where

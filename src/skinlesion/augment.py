@@ -158,8 +158,9 @@ class BatchAugment:
     device. The result is float32 (N, 3, S, S), normalised, in the batch's order (channels-last on a GPU).
 
     ``resample``: "auto" resizes each crop with torch's uint8 antialiased kernel on a CPU (fast there)
-    and with two batched matrix products on a GPU (one launch for the whole batch); "loop" and "matmul"
-    force one. Both give the same uint8 levels, to one level (tests/test_augment.py).
+    and with two batched matrix products on a GPU (a few launches for the whole batch); "loop" and
+    "matmul" force one. They give the same uint8 levels but for about 1 % of the pixels, one or two
+    levels apart (rounding; tests/test_augment.py).
     """
 
     def __init__(self, prep: Preprocess, seed: int = 0, *, resample: str = "auto"):
