@@ -361,7 +361,7 @@ def main(argv=None) -> dict:
         args.model, args.size, args.cache_size = "resnet18", 64, 72
         defaults = dict(batch=4, steps=2, ref_steps=2, warmup=1, images=16, workers=0, aug_images=8, data_workers=1)
     elif gpu:
-        defaults = dict(batch=256, steps=50, ref_steps=100, warmup=10, images=2000, aug_images=1024)
+        defaults = dict(batch=256, steps=50, ref_steps=100, warmup=10, images=2000, aug_images=256)
     else:
         defaults = dict(batch=32, steps=5, ref_steps=10, warmup=2, images=240, aug_images=64)
     for k, v in defaults.items():

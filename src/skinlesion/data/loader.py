@@ -244,8 +244,9 @@ def device_budget() -> int:
 def augment_where(requested: str, ds: Dataset, prep) -> str:
     """Where the training augmentation runs, "device" or "workers", for ``--augment-on`` (auto, device or workers).
 
-    The device path needs images of one size after the source stage: a prepared cache, an .npz, small images, or a
-    ``source_size``; "auto" picks it then, and workers otherwise. One sentence when "device" cannot be had.
+    The device path needs images of one size after the source stage: a ``source_size`` (a prepared cache's, small
+    images', or ``--source-size``) or an array of images; "auto" picks it then, and workers otherwise. One sentence
+    when "device" cannot be had.
     """
     from ..errors import SkinLesionError
 
@@ -253,7 +254,7 @@ def augment_where(requested: str, ds: Dataset, prep) -> str:
         raise SkinLesionError(f"Unknown --augment-on {requested!r}; use auto, device or workers.")
     if requested == "workers":
         return "workers"
-    one_size = prep.source_size is not None or ds.arrays is not None or native_size(ds) <= SMALL_SIDE
+    one_size = prep.source_size is not None or (ds.arrays is not None and (prep.crop == "none" or ds.arrays.shape[1] == ds.arrays.shape[2]))
     if one_size and prep.interpolation in ("bilinear", "bicubic", "box"):
         return "device"
     if requested == "device":
