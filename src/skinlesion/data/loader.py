@@ -257,10 +257,14 @@ def augment_where(requested: str, ds: Dataset, prep) -> str:
     one_size = prep.source_size is not None or (ds.arrays is not None and (prep.crop == "none" or ds.arrays.shape[1] == ds.arrays.shape[2]))
     if one_size and prep.interpolation in ("bilinear", "bicubic", "box"):
         return "device"
-    if requested == "device":
+    if requested == "device" and not one_size:
         raise SkinLesionError(
             "--augment-on device needs images of one size: train from a prepared cache (skinlesion prepare) or pass "
-            f"--source-size (interpolation {prep.interpolation} also needs bilinear, bicubic or box); or use --augment-on workers."
+            "--source-size, or use --augment-on workers."
+        )
+    if requested == "device":
+        raise SkinLesionError(
+            f"--augment-on device resamples with bilinear, bicubic or box filters, not {prep.interpolation}; use --augment-on workers."
         )
     return "workers"
 
