@@ -18,7 +18,9 @@
 #                                                 # cache of 10,000 synthetic 600x450 JPEGs (7,000 train), device
 #                                                 # augmentation; <= TRAIN50_LIMIT_S (480 s); $OUT/train50.*
 # Settings (environment): SIZE (96), EPOCHS (20), PATIENCE (6), FOLDS (5), BATCH (128), LR (2e-3),
-# WORKERS (14), TRAIN_LIMIT_S (450), BENCH_LIMIT_S (120), DATA (data_carry/dermamnist28), BENCH (1).
+# WORKERS (14), TRAIN_LIMIT_S (450), BENCH_LIMIT_S (120), DATA (data_carry/dermamnist28), BENCH (1);
+# for --throughput-bench BENCH_LIMIT_S (300); for --throughput-train IMAGES (10000), EPOCHS (50), BATCH (256),
+# TRAIN50_LIMIT_S (480). (`make bench-throughput` itself would try to build .venv, which needs PyPI.)
 # The ensemble must stay shippable: 5 x lite0 in fp16 is 34 MiB (the limit is 40 MB), and at 96 px
 # with the 8 TTA views it stays under the 100 ms CPU upload-to-result target (benchmarks/inference.py).
 set -euo pipefail
