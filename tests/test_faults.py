@@ -55,6 +55,29 @@ def _done(cache: Path) -> int:
         return -1
 
 
+def _prepare_held_at(image: int, data: Path, cache: Path, marker: Path) -> subprocess.Popen:
+    """``skinlesion prepare DATA --out CACHE --size 128`` in a subprocess whose image reader, asked for image number
+    ``image`` (counting from 0), writes ``marker`` and waits for a signal (``signal.pause``): a run that cannot finish
+    before the test acts on it, so a signal or a kill sent once the marker exists interrupts it, on any machine."""
+    code = (
+        "import signal, sys\n"
+        "from pathlib import Path\n"
+        "from skinlesion.data.ham10000 import Dataset\n"
+        "from skinlesion.cli import main\n"
+        "real, seen = Dataset.image, [0]\n"
+        "def held(self, i):\n"
+        f"    if seen[0] == {image}:\n"
+        f"        Path({str(marker)!r}).write_text('held')\n"
+        "        while True:\n"
+        "            signal.pause()\n"
+        "    seen[0] += 1\n"
+        "    return real(self, i)\n"
+        "Dataset.image = held\n"
+        f"main(['prepare', {str(data)!r}, '--out', {str(cache)!r}, '--size', '128'])\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+
+
 def test_prepare_killed_after_its_array_is_complete_resumes_to_the_same_cache(big, tmp_path):
     """SIGKILL once the first chunk is on disk: the rerun resumes and the cache equals an uninterrupted one."""
     from skinlesion.data import load_dataset
@@ -62,12 +85,13 @@ def test_prepare_killed_after_its_array_is_complete_resumes_to_the_same_cache(bi
 
     n = len(pd.read_csv(big / "HAM10000_metadata.csv"))
     assert n > CHUNK
-    cache = tmp_path / "cache"
-    proc = subprocess.Popen([*CLI, "prepare", str(big), "--out", str(cache), "--size", "128"], stderr=subprocess.PIPE, text=True)
-    assert _wait_for(lambda: _done(cache) >= CHUNK or proc.poll() is not None)
+    cache, marker = tmp_path / "cache", tmp_path / "held"
+    proc = _prepare_held_at(CHUNK, big, cache, marker)  # held at the first image of the second chunk
+    assert _wait_for(lambda: marker.exists() or proc.poll() is not None), "prepare never reached its second chunk"
+    assert proc.poll() is None, proc.communicate()[1]
     proc.kill()
     proc.wait()
-    assert 0 < _done(cache) < n, "the kill came too late to interrupt the run"
+    assert _done(cache) == CHUNK  # the first chunk was saved, nothing after it
     state = prepare(big, cache, 128, progress=False)
     assert state["done"] == n
     ref = prepare(big, tmp_path / "ref", 128, progress=False)
@@ -93,13 +117,18 @@ def test_prepare_killed_before_its_array_was_complete_starts_that_cache_again(bi
 
 
 def test_prepare_ctrl_c_exits_130_with_one_line(big, tmp_path):
-    cache = tmp_path / "cache"
-    proc = subprocess.Popen([*CLI, "prepare", str(big), "--out", str(cache), "--size", "128"], stderr=subprocess.PIPE, text=True)
-    assert _wait_for(lambda: _done(cache) >= 0 or proc.poll() is not None)
+    """Ctrl-C while prepare works (held at its 11th image, so the signal cannot come after the end): exit 130, one line.
+
+    It once raced: a fresh machine prepared all 708 images before the signal arrived and exited 0."""
+    cache, marker = tmp_path / "cache", tmp_path / "held"
+    proc = _prepare_held_at(10, big, cache, marker)
+    assert _wait_for(lambda: marker.exists() or proc.poll() is not None), "prepare never started on its images"
+    assert proc.poll() is None, proc.communicate()[1]
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert "interrupted" in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
+    assert _done(cache) == 0  # nothing half-written was counted as done
 
 
 def test_prepare_on_a_full_disk_is_one_sentence_and_leaves_no_array(big, tmp_path, monkeypatch, run_cli):

@@ -126,6 +126,8 @@ def test_ddp_shards_are_disjoint_and_match_a_single_process_run(synth_kaggle, ca
         "--record-shards",
         "--accelerator",
         "cpu",
+        "--augment-on",
+        "device",  # each rank augments its own uint8 batches on its own device (a model fed uint8 would not train)
         *TINY,
     ]
     ddp = subprocess.run(
@@ -146,6 +148,7 @@ def test_ddp_shards_are_disjoint_and_match_a_single_process_run(synth_kaggle, ca
     assert m_ddp["val_n"] == m_one["val_n"]  # every val image counted once under DDP
     assert abs(m_ddp["val_loss"] - m_one["val_loss"]) < 0.5
     assert json.loads((tmp_path / "ddp" / "best.json").read_text())["preprocess"]["source_size"] == 64
+    assert json.loads((tmp_path / "ddp" / "config.json").read_text())["augment_on"] == "device"
 
 
 def test_throughput_benchmark_smoke(tmp_path):

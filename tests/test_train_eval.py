@@ -148,17 +148,29 @@ def test_kill_after_epoch_one_then_resume_does_not_redo_it(tmp_path, synth_kaggl
         "2",
         *TINY,
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    ckpt, metrics = run / "checkpoints" / "last.ckpt", run / "metrics.csv"
+    # the run is held at the start of epoch 1 (epoch 0's checkpoint written), so the kill cannot come after its end
+    marker = tmp_path / "held"
+    hold = (
+        "import signal, sys\n"
+        "from pathlib import Path\n"
+        "from skinlesion.train import LesionModule\n"
+        "from skinlesion.cli import main\n"
+        "real = LesionModule.on_train_epoch_start\n"
+        "def held(self):\n"
+        "    if self.current_epoch == 1:\n"
+        f"        Path({str(marker)!r}).write_text('held')\n"
+        "        while True:\n"
+        "            signal.pause()\n"
+        "    real(self)\n"
+        "LesionModule.on_train_epoch_start = held\n"
+        "main(sys.argv[1:])\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", hold, *cmd[3:]], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = run / "metrics.csv"
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if ckpt.exists() and metrics.exists():
-            size = ckpt.stat().st_size
-            time.sleep(0.05)
-            if size and ckpt.stat().st_size == size:
-                break
+    while time.time() < deadline and proc.poll() is None and not marker.exists():
         time.sleep(0.01)
-    assert proc.poll() is None, "training finished before it could be killed:\n" + proc.stdout.read()
+    assert marker.exists() and proc.poll() is None, "training never reached epoch 1:\n" + proc.communicate()[0]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = pd.read_csv(metrics)

@@ -10,8 +10,17 @@
 #   here: bash tools/gpu_recipe.sh --unpack DIR    # DIR = the files that came back -> runs/gpu_cv5
 #         python tools/ship_default_model.py --run runs/gpu_cv5
 #
+# Training throughput (benchmarks/RESULTS.md, "Training throughput"), two device runs of under 10 minutes each,
+# carry=[".whl"] (the data are synthetic and made there: 10,000 JPEGs would be ~190 MB, over the 64 MiB carry):
+#   bash tools/gpu_recipe.sh --throughput-bench   # what `make bench-throughput` runs (its script, without the
+#                                                 # install), <= BENCH_LIMIT_S (300 s); results in $OUT/throughput.*
+#   bash tools/gpu_recipe.sh --throughput-train   # 50 epochs of ResNet50 at 224 px, batch 256, from a prepared
+#                                                 # cache of 10,000 synthetic 600x450 JPEGs (7,000 train), device
+#                                                 # augmentation; <= TRAIN50_LIMIT_S (480 s); $OUT/train50.*
 # Settings (environment): SIZE (96), EPOCHS (20), PATIENCE (6), FOLDS (5), BATCH (128), LR (2e-3),
-# WORKERS (14), TRAIN_LIMIT_S (450), BENCH_LIMIT_S (120), DATA (data_carry/dermamnist28), BENCH (1).
+# WORKERS (14), TRAIN_LIMIT_S (450), BENCH_LIMIT_S (120), DATA (data_carry/dermamnist28), BENCH (1);
+# for --throughput-bench BENCH_LIMIT_S (300); for --throughput-train IMAGES (10000), EPOCHS (50), BATCH (256),
+# TRAIN50_LIMIT_S (480). (`make bench-throughput` itself would try to build .venv, which needs PyPI.)
 # The ensemble must stay shippable: 5 x lite0 in fp16 is 34 MiB (the limit is 40 MB), and at 96 px
 # with the 8 TTA views it stays under the 100 ms CPU upload-to-result target (benchmarks/inference.py).
 set -euo pipefail
@@ -46,6 +55,31 @@ fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 $PY -c "import torch, timm, lightning, typer, crepes, skinlesion.cli; print('torch', torch.__version__, 'timm', timm.__version__, 'lightning', lightning.__version__, 'cuda', torch.cuda.is_available())"
+if [ "${1:-}" = "--throughput-bench" ]; then
+    timeout "${BENCH_LIMIT_S:-300}" $PY benchmarks/throughput.py --workdir runs/throughput \
+        --json "$OUTDIR/throughput.json" 2>&1 | tee "$OUTDIR/throughput.txt" || echo "benchmark stopped with status $?"
+    exit 0
+fi
+if [ "${1:-}" = "--throughput-train" ]; then
+    T50=runs/train50
+    mkdir -p "$T50"
+    start=$(date +%s)
+    $PY benchmarks/throughput.py --make-data "$T50/data" --images "${IMAGES:-10000}"
+    $PY -m skinlesion.cli prepare "$T50/data" --size 256 --out "$T50/cache" 2>&1 | tail -1
+    $PY -m skinlesion.cli split "$T50/data" --out "$T50/split.csv" | tail -3
+    echo "data and cache took $(($(date +%s) - start)) s"
+    rm -rf "$T50/run"
+    start=$(date +%s)
+    timeout "${TRAIN50_LIMIT_S:-480}" $PY -m skinlesion.cli train "$T50/cache" --split "$T50/split.csv" --out "$T50/run" \
+        --backbone resnet50 --input-size 224 --epochs "${EPOCHS:-50}" --patience 100 --batch-size "${BATCH:-256}" --seed 42 \
+        --no-progress >"$OUTDIR/train50.log" 2>&1 || echo "training stopped with status $?"
+    echo "train (50 epochs, then the post-training fit) took $(($(date +%s) - start)) s"
+    cp "$T50/run/metrics.csv" "$OUTDIR/train50_metrics.csv" 2>/dev/null || true
+    cp "$T50/run/config.json" "$OUTDIR/train50_config.json" 2>/dev/null || true
+    tail -5 "$OUTDIR/train50.log"
+    $PY -c "import pandas as pd; m = pd.read_csv('$T50/run/metrics.csv'); print(len(m), 'epochs,', round(m.seconds.sum()), 's of training (sum of epoch times, validation included), first epoch', m.seconds.iloc[0], 's, median', m.seconds.median(), 's; best val accuracy', round(m.val_accuracy.max(), 3))" || true
+    exit 0
+fi
 start=$(date +%s)
 timeout "${TRAIN_LIMIT_S:-450}" $PY -m skinlesion.cli train "${DATA:-data_carry/dermamnist28}" --folds "${FOLDS:-5}" --out "$RUN" \
     --backbone tf_efficientnet_lite0 --pretrained --input-size "${SIZE:-96}" --epochs "${EPOCHS:-20}" --patience "${PATIENCE:-6}" \

@@ -5,11 +5,12 @@ Read top-down:
 - :mod:`skinlesion.classes`     the registry of diagnoses (names, plain and neutral descriptions, malignancy) and
                                 label sets (a model's classes, carried in its bundle; HAM10000's seven)
 - :mod:`skinlesion.data`        reading HAM10000 / DermaMNIST and prepared caches, splits and CV folds, the leakage
-                                audit (shared lesions, near-duplicates), synthetic data, downloads
+                                audit (shared lesions, near-duplicates), synthetic data, downloads, loaders
 - :mod:`skinlesion.errors`      the one user-facing error, one writer per folder, atomic files, link-safe scans
 - :mod:`skinlesion.intake`      opening one image file safely (EXIF, modes, bombs, corrupt files)
 - :mod:`skinlesion.preprocess`  the ONE definition of image preprocessing and augmentation
 - :mod:`skinlesion.corruptions` what real photos get wrong, at five severities (robustness benchmark, quality fit)
+- :mod:`skinlesion.augment`     the training augmentation over whole batches on the training device (GPU or CPU)
 - :mod:`skinlesion.models`      timm backbones, their ImageNet weights, the preprocessing resolver, stage features
 - :mod:`skinlesion.bundle`      the model on disk (safetensors + validated JSON; members, rules); its only writer
 - :mod:`skinlesion.train`       Lightning training (``LesionModule``, ``ExportModels``) of one network

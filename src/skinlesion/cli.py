@@ -293,6 +293,12 @@ def train(
         help="The rule the model names its top class by: most-probable (accuracy, default) or balanced (balanced accuracy); "
         "both are fitted and stored, predict --rule switches.",
     ),
+    augment_on: Optional[str] = typer.Option(
+        None,
+        "--augment-on",
+        help="Where the training augmentation runs: device (whole batches on the GPU, or the CPU), workers (image by image "
+        "on DataLoader workers) or auto [default: device when the images have one size: a cache, .npz or --source-size].",
+    ),
 ) -> None:
     """Train a model on a split, or a cross-validated ensemble with --folds; writes models, config, manifest and metrics into --out.
 
@@ -329,6 +335,7 @@ def train(
             precision=precision,
             decision_rule=decision_rule,
             loss=loss,
+            augment_on=augment_on,
         ).items()
         if v is not None
     }

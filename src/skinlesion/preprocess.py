@@ -24,8 +24,11 @@ The pipeline (PIL image of any size -> float tensor C x H x W):
    centred, and nothing is cropped away at inference);
 3. to float, then normalise with ``mean`` / ``std``.
 
-Training augmentation (flips, 90-degree rotations, colour jitter, random resized
-crop) is applied between steps 1 and 3, and lives here too, in :meth:`train_transform`.
+Training augmentation (random resized crop, flips, 90-degree rotations, colour jitter, the round
+dermatoscope field) is applied between steps 1 and 3. Its strengths live here, in one place
+(:meth:`Preprocess.augment_spec`), and two implementations read them: :meth:`train_transform`, per
+image on DataLoader workers (PIL + torchvision), and :class:`skinlesion.augment.BatchAugment`, over
+the whole batch on the training device. Both draw the same distribution (tests/test_augment.py).
 """
 
 from __future__ import annotations
@@ -119,34 +122,65 @@ class Preprocess:
 
         return lambda img: torch.from_numpy(self.to_array(img))
 
+    def augment_spec(self) -> dict:
+        """The training augmentation's ranges, the one definition both implementations read.
+
+        In order: a random resized crop (area fraction ``scale``, aspect ``ratio`` = w / h, torchvision's
+        rejection sampling), resized to ``input_size`` at ``interpolation`` with antialiasing; a horizontal
+        and a vertical flip, each with probability ``flip``; brightness, contrast, saturation and hue
+        (torchvision's ColorJitter: factors uniform in their (low, high) range, ``None`` = off, applied in a
+        random order per image); a counter-clockwise rotation by a uniform number of quarter turns
+        (``rotations``); with probability ``vignette`` a round field (:func:`round_field`) of radius
+        uniform in ``field_radius``; normalisation.
+        """
+
+        def around_one(x: float):
+            return (max(0.0, 1.0 - x), 1.0 + x) if x else None
+
+        return {
+            "scale": tuple(self.scale),
+            "ratio": CROP_RATIO,
+            "interpolation": self.interpolation,
+            "flip": 0.5,
+            "brightness": around_one(self.brightness),
+            "contrast": around_one(self.contrast),
+            "saturation": around_one(self.jitter),
+            "hue": (-self.jitter / 4, self.jitter / 4) if self.jitter else None,
+            "rotations": 4,
+            "vignette": float(self.vignette),
+            "field_radius": FIELD_RADIUS_RANGE,
+        }
+
     def train_transform(self):
-        """A callable PIL image -> augmented torch tensor. All augmentation lives here."""
+        """A callable PIL image -> augmented torch tensor: the per-image implementation of :meth:`augment_spec`
+        (PIL and torchvision on a DataLoader worker; ``skinlesion.augment`` is the batched one)."""
         import torch
         from torchvision.transforms import v2 as T
 
+        spec = self.augment_spec()
         aug = T.Compose(
             [
                 T.RandomResizedCrop(
                     self.input_size,
-                    scale=self.scale,
-                    ratio=(0.8, 1.25),
+                    scale=spec["scale"],
+                    ratio=spec["ratio"],
                     interpolation=T.InterpolationMode(self.interpolation),
                     antialias=True,
                 ),
-                T.RandomHorizontalFlip(),
-                T.RandomVerticalFlip(),
-                T.ColorJitter(brightness=self.brightness, contrast=self.contrast, saturation=self.jitter, hue=self.jitter / 4),
+                T.RandomHorizontalFlip(spec["flip"]),
+                T.RandomVerticalFlip(spec["flip"]),
+                T.ColorJitter(brightness=spec["brightness"], contrast=spec["contrast"], saturation=spec["saturation"], hue=spec["hue"]),
             ]
         )
 
         def transform(img: Image.Image):
             img = aug(self.to_source(img))
-            k = int(torch.randint(4, ()).item())
+            k = int(torch.randint(spec["rotations"], ()).item())
             if k:
                 img = img.rotate(90 * k)  # the 90-degree rotations: dermoscopy has no "up"
             arr = np.asarray(img, dtype=np.uint8)
-            if self.vignette and float(torch.rand(())) < self.vignette:
-                lo, hi = FIELD_RADIUS_RANGE
+            if spec["vignette"] and float(torch.rand(())) < spec["vignette"]:
+                lo, hi = spec["field_radius"]
                 arr = round_field(arr, radius=lo + (hi - lo) * float(torch.rand(())))
             return torch.from_numpy(self.normalize(arr))
 
@@ -178,6 +212,7 @@ def with_augment(prep: Preprocess, overrides: dict) -> Preprocess:
 
 
 FIELD_RADIUS_RANGE = (0.55, 0.90)  # the round fields training draws (Preprocess.vignette); the OOD fit accepts them
+CROP_RATIO = (0.8, 1.25)  # the random resized crop's aspect ratios (width / height)
 
 
 def round_field(hwc_uint8: np.ndarray, radius: float = 0.7) -> np.ndarray:

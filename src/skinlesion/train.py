@@ -67,6 +67,10 @@ class TrainConfig:
     augment: dict = field(default_factory=dict)  # training augmentation strengths (skinlesion.preprocess.AUGMENT)
     decision_rule: str = "most-probable"  # the rule the model names its top class by (skinlesion.posthoc.RULES)
     loss: str = "cross-entropy"  # or "logit-adjusted" (Menon et al., ICLR 2021: CE on logits + log prior; = balanced softmax)
+    # where the training augmentation runs: "device" (whole batches on the training device, skinlesion.augment),
+    # "workers" (image by image on DataLoader workers, PIL), "auto": device when the images have one size (a
+    # prepared cache, .npz, small images or --source-size), else workers; config.json records the choice
+    augment_on: str = "auto"
     extra: dict = field(default_factory=dict)
 
 
@@ -118,6 +122,7 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         f"Unknown --decision-rule {cfg.decision_rule!r}; use most-probable or balanced.",
     )
     need(cfg.loss in ("cross-entropy", "logit-adjusted"), f"Unknown --loss {cfg.loss!r}; use cross-entropy or logit-adjusted.")
+    need(cfg.augment_on in ("auto", "device", "workers"), f"Unknown --augment-on {cfg.augment_on!r}; use auto, device or workers.")
     need(
         cfg.loss != "logit-adjusted" or cfg.balance == "none",
         f"--loss logit-adjusted balances the classes itself; pass --balance none with it (not --balance {cfg.balance}).",
@@ -189,6 +194,23 @@ class LesionModule(L.LightningModule):
     def _x(self, x):
         return x.to(memory_format=torch.channels_last) if x.device.type == "cuda" else x
 
+    # device augmentation (TrainConfig.augment_on): a training batch of uint8 pixels (data.loader.PixelSet) gets its
+    # per-sample parameters here on the host, drawn from (seed, epoch, image), and they travel with it to the device ...
+    def on_before_batch_transfer(self, batch, dataloader_idx):
+        pixels = self._pixel_set(batch, 3)
+        return batch if pixels is None else pixels.with_plan(batch, self.current_epoch)
+
+    # ... where the whole batch is augmented and normalised (skinlesion.augment); other batches pass unchanged
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        pixels = self._pixel_set(batch, 4)
+        return batch if pixels is None else pixels.augmented(batch)
+
+    def _pixel_set(self, batch, size: int):
+        if self._trainer is None or not self.trainer.training:
+            return None
+        ds = getattr(self.trainer.train_dataloader, "dataset", None)
+        return ds if hasattr(ds, "takes") and ds.takes(batch, size) else None
+
     def training_step(self, batch, _):
         x, y, pos = batch
         if self.cfg.get("extra", {}).get("record_shards") and self.current_epoch == 0:
@@ -198,7 +220,7 @@ class LesionModule(L.LightningModule):
             logits = logits + self.log_prior
         loss = torch.nn.functional.cross_entropy(logits, y, weight=self.class_w, label_smoothing=self.cfg["label_smoothing"])
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        self._train_losses.append(float(loss.detach()))
+        self._train_losses.append(loss.detach())  # a tensor: no host sync per step (read once per epoch)
         return loss
 
     def on_train_epoch_start(self):
@@ -238,7 +260,7 @@ class LesionModule(L.LightningModule):
         probs = torch.softmax(torch.from_numpy(lg), -1).numpy()
         m = compute_metrics(probs, yy)
         loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(lg), torch.from_numpy(yy)).item())
-        self.train_loss = float(np.mean(self._train_losses)) if self._train_losses else float("nan")
+        self.train_loss = float(torch.stack(self._train_losses).float().mean()) if self._train_losses else float("nan")
         self.val_metrics = {
             "val_loss": loss,
             "val_accuracy": m["accuracy"],
@@ -410,7 +432,7 @@ def build_loaders(cfg: TrainConfig, ds, manifest, start_epoch: int = 0):
     """
     import torch
 
-    from .data.loader import EpochSampler, ImageSet, make_loader
+    from .data.loader import EpochSampler, ImageSet, PixelSet, augment_where, make_loader
     from .models import resolve_preprocess
 
     by_id = {iid: i for i, iid in enumerate(ds.meta["image_id"])}
@@ -433,19 +455,34 @@ def build_loaders(cfg: TrainConfig, ds, manifest, start_epoch: int = 0):
         source_jpeg_quality=cfg.source_jpeg_quality or cfg.extra.get("source_jpeg_quality"),
     )
     prep = with_augment(prep, cfg.augment)
+    where = augment_where(cfg.augment_on, ds, prep)
     cfg = replace(
-        cfg, input_size=prep.input_size, source_size=prep.source_size, crop=prep.crop, source_jpeg_quality=prep.source_jpeg_quality
+        cfg,
+        input_size=prep.input_size,
+        source_size=prep.source_size,
+        crop=prep.crop,
+        source_jpeg_quality=prep.source_jpeg_quality,
+        augment_on=where,
     )
     gpu = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
     labels = ds.labels[tr]
     w = 1.0 / np.bincount(labels, minlength=len(ds.label_set))[labels] if cfg.balance == "sampler" else None
     # every epoch's order and augmentation are a function of (seed, epoch): a resumed run repeats them exactly
     sampler = EpochSampler(len(tr), cfg.seed, weights=w, epoch=start_epoch)
+    workers = cfg.num_workers
+    if where == "device":
+        # uint8 batches, augmented on the training device; a cache that fits in its memory is kept there and the
+        # loader hands out row numbers; otherwise workers stream pinned uint8 batches, two per worker ahead
+        train_set = PixelSet(ds, tr, prep, seed=cfg.seed, resident=gpu)
+        if workers is None and train_set.store is not None and (train_set.resident or not gpu):
+            workers = 0  # nothing to decode: indexing the array (or the device copy) is the loader's whole work
+    else:
+        train_set = ImageSet(ds, tr, prep.train_transform(), seed=cfg.seed)
     train_loader = make_loader(
-        ImageSet(ds, tr, prep.train_transform(), seed=cfg.seed),
+        train_set,
         cfg.batch_size,
         sampler=sampler,
-        num_workers=cfg.num_workers,
+        num_workers=workers,
         pin_memory=gpu,
         seed=cfg.seed,
         drop_last=len(tr) > cfg.batch_size,

@@ -1,4 +1,10 @@
-"""PyTorch datasets and loaders over a :class:`~skinlesion.data.Dataset`."""
+"""PyTorch datasets and loaders over a :class:`~skinlesion.data.Dataset`.
+
+Two training sets: :class:`ImageSet` augments each image on a DataLoader worker (PIL + torchvision,
+``Preprocess.train_transform``); :class:`PixelSet` hands whole batches of uint8 source pixels to the
+training device, which augments them there (:mod:`skinlesion.augment`), and keeps a cache that fits in
+the device's memory on the device.
+"""
 
 from __future__ import annotations
 
@@ -111,8 +117,172 @@ def jpeg_quality(ds: Dataset) -> int | None:
 
 
 def default_workers(n_items: int) -> int:
+    """DataLoader workers: every core this process may use but one (the training loop's), none for small sets."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(8, cpus - 1)) if n_items > 256 else 0
+    return max(0, cpus - 1) if n_items > 256 else 0
+
+
+class PixelSet:
+    """The images ``positions`` of ``ds`` as uint8 source pixels (``Preprocess.to_source``, unnormalised) for
+    augmentation on the training device, fetched a whole batch at a time (``__getitems__``).
+
+    A batch is ``(pixels, label, position)``: pixels uint8 (N, H, W, 3). With ``resident=True`` the set's pixels are
+    copied once to the training device (:meth:`on_device`) and a batch carries their row numbers instead (int64 (N,)),
+    so that the device gathers the batch itself and the loader does no work. ``augment`` holds the
+    :class:`~skinlesion.augment.BatchAugment` that the training module applies (``LesionModule.on_after_batch_transfer``).
+
+    Keys are indices into ``positions`` or ``(epoch, index)`` from :class:`EpochSampler`; the augmentation is drawn
+    from (seed, epoch, position), so the epoch is not needed here.
+    """
+
+    def __init__(self, ds: Dataset, positions, prep, *, seed: int = 0, resident: bool = False):
+        """``resident``: keep the pixels on the (CUDA) training device when they fit (:func:`device_budget`)."""
+        from ..augment import BatchAugment
+
+        self.ds, self.prep = ds, prep
+        self.positions = np.asarray(positions, int)
+        self.labels = ds.labels[self.positions].astype(np.int64)
+        self.augment = BatchAugment(prep, seed)
+        self.store, self.rows = source_pixels(ds, self.positions, prep)
+        if self.store is not None:
+            self.size = tuple(int(v) for v in self.store.shape[1:3])
+        else:
+            self.size = (int(prep.source_size),) * 2
+        self.resident = bool(resident) and self.store is not None and self.nbytes <= device_budget()
+        self._device: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self) * self.size[0] * self.size[1] * 3
+
+    def __getitems__(self, keys):
+        import torch
+
+        idx = np.fromiter((k[1] if isinstance(k, tuple) else k for k in keys), np.int64, len(keys))
+        pos, y = self.positions[idx], self.labels[idx]
+        if self.resident:
+            x = torch.from_numpy(idx)
+        elif self.store is not None:
+            x = torch.from_numpy(np.ascontiguousarray(self.store[self.rows[idx]]))
+        else:
+            x = torch.from_numpy(np.stack([self._decode(int(p)) for p in pos]))
+        return x, torch.from_numpy(y), torch.from_numpy(pos.astype(np.int64))
+
+    def __getitem__(self, key):
+        x, y, pos = self.__getitems__([key])
+        return x[0], y[0], pos[0]
+
+    def _decode(self, position: int) -> np.ndarray:
+        arr = np.asarray(self.prep.to_source(self.ds.image(position)), dtype=np.uint8)
+        if arr.shape[:2] != self.size:
+            from ..errors import SkinLesionError
+
+            raise SkinLesionError(
+                f"Image {self.ds.meta['image_id'].iat[position]} is {arr.shape[1]}x{arr.shape[0]} after the source stage, "
+                f"not {self.size[1]}x{self.size[0]}; pass --source-size or train with --augment-on workers."
+            )
+        return arr
+
+    def on_device(self, device):
+        """The set's pixels on ``device`` (uint8 (N, H, W, 3), copied once, in chunks)."""
+        import torch
+
+        key = str(device)
+        if key not in self._device:
+            dev = torch.empty((len(self), *self.size, 3), dtype=torch.uint8, device=device)
+            for a in range(0, len(self), 1024):
+                dev[a : a + 1024].copy_(torch.from_numpy(np.ascontiguousarray(self.store[self.rows[a : a + 1024]])))
+            self._device = {key: dev}
+        return self._device[key]
+
+    # ---- the training module's hooks (skinlesion.train.LesionModule) ----
+    def takes(self, batch, size: int) -> bool:
+        """True for one of this set's batches (``size`` entries: 3 from the loader, 4 with its plan): uint8 pixels or,
+        resident, row numbers. Validation batches (float images) are not."""
+        import torch
+
+        if not isinstance(batch, (tuple, list)) or len(batch) != size:
+            return False
+        x = batch[0]
+        return x.dtype == torch.uint8 and x.ndim == 4 or self.resident and x.dtype == torch.int64 and x.ndim == 1
+
+    def with_plan(self, batch, epoch: int):
+        """On the host, before the copy to the device: the batch with its augmentation plan appended."""
+        import torch
+
+        x, y, pos = batch
+        pin = torch.cuda.is_available() and x.is_pinned()
+        return x, y, pos, self.augment.plan(self.augment.draw(epoch, pos.numpy(), *self.size), pin=pin)
+
+    def augmented(self, batch):
+        """On the device: ``(images, label, position)``, the images augmented and normalised."""
+        x, y, pos, plan = batch
+        if x.ndim == 1:
+            return self.augment.apply(self.on_device(x.device), plan, rows=x), y, pos
+        return self.augment.apply(x, plan), y, pos
+
+
+RESIDENT_SHARE = 0.25  # the share of a GPU's memory a resident training set may take (HAM10000 at 256 px: 1.4 GB)
+
+
+def device_budget() -> int:
+    """Bytes of training pixels to keep on this process's GPU: :data:`RESIDENT_SHARE` of its memory (0 without one).
+
+    Asks for the device's properties only (no memory is allocated there, so no context is made on another rank's GPU).
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        return 0
+    device = int(os.environ.get("LOCAL_RANK", 0)) % max(1, torch.cuda.device_count())
+    return int(torch.cuda.get_device_properties(device).total_memory * RESIDENT_SHARE)
+
+
+def augment_where(requested: str, ds: Dataset, prep) -> str:
+    """Where the training augmentation runs, "device" or "workers", for ``--augment-on`` (auto, device or workers).
+
+    The device path needs images of one size after the source stage: a ``source_size`` (a prepared cache's, small
+    images', or ``--source-size``) or an array of images; "auto" picks it then, and workers otherwise. One sentence
+    when "device" cannot be had.
+    """
+    from ..errors import SkinLesionError
+
+    if requested not in ("auto", "device", "workers"):
+        raise SkinLesionError(f"Unknown --augment-on {requested!r}; use auto, device or workers.")
+    if requested == "workers":
+        return "workers"
+    one_size = prep.source_size is not None or (ds.arrays is not None and (prep.crop == "none" or ds.arrays.shape[1] == ds.arrays.shape[2]))
+    if one_size and prep.interpolation in ("bilinear", "bicubic", "box"):
+        return "device"
+    if requested == "device" and not one_size:
+        raise SkinLesionError(
+            "--augment-on device needs images of one size: train from a prepared cache (skinlesion prepare) or pass "
+            "--source-size, or use --augment-on workers."
+        )
+    if requested == "device":
+        raise SkinLesionError(
+            f"--augment-on device resamples with bilinear, bicubic or box filters, not {prep.interpolation}; use --augment-on workers."
+        )
+    return "workers"
+
+
+def source_pixels(ds: Dataset, positions, prep):
+    """``(store, rows)`` with ``store[rows[i]]`` the source pixels of ``positions[i]``, when they can be read without
+    decoding: a cache or .npz already at the source size (``to_source`` is then the identity), or small images,
+    decoded once here. ``(None, None)`` otherwise (each batch decodes its images)."""
+    positions = np.asarray(positions, int)
+    if ds.arrays is not None:
+        h, w = ds.arrays.shape[1:3]
+        at_size = (h, w) == (prep.source_size,) * 2 if prep.source_size else prep.crop == "none" or h == w
+        if at_size:  # square at the source size (a centre crop of a square is the square), or no source stage at all
+            return ds.arrays, ds.meta["index"].to_numpy()[positions]
+    if native_size(ds) <= SMALL_SIDE:
+        store = np.stack([np.asarray(prep.to_source(ds.image(int(p))), dtype=np.uint8) for p in positions])
+        return store, np.arange(len(positions))
+    return None, None
 
 
 def make_loader(
@@ -137,8 +307,14 @@ def make_loader(
         shuffle=shuffle if sampler is None else False,
         sampler=sampler,
         num_workers=workers,
+        collate_fn=whole_batch if hasattr(dataset, "__getitems__") else None,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
         drop_last=drop_last,
         generator=g,
     )
+
+
+def whole_batch(batch):
+    """The collate function of a set that fetches whole batches (:class:`PixelSet`): nothing left to collate."""
+    return batch
