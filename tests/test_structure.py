@@ -103,3 +103,19 @@ def test_only_the_bundle_module_writes_a_model_config():
         if 'with_suffix(".json").write_text' in text or "default.json" in text and "write_text" in text:
             offenders.append(p.name)
     assert not offenders, offenders
+
+
+def test_a_bad_train_option_is_refused_before_torch_is_imported(tmp_path):
+    """Issue 18: bad options used to be refused after 12 s and 1 GB of imports."""
+    code = (
+        "import sys; from skinlesion.cli import main\n"
+        "try:\n"
+        f"    main(['train', {str(tmp_path)!r}, '--split', 's.csv', '--out', {str(tmp_path / 'o')!r}, '--epochs', '0'])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 2, e.code\n"
+        "assert 'torch' not in sys.modules and 'lightning' not in sys.modules, 'torch was imported before the refusal'\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "--epochs 0 must be at least 1." in r.stderr
+    assert not (tmp_path / "o").exists()  # nothing written either

@@ -13,6 +13,7 @@ Read top-down:
 - :mod:`skinlesion.augment`     the training augmentation over whole batches on the training device (GPU or CPU)
 - :mod:`skinlesion.models`      timm backbones, their ImageNet weights, the preprocessing resolver, stage features
 - :mod:`skinlesion.bundle`      the model on disk (safetensors + validated JSON; members, rules); its only writer
+- :mod:`skinlesion.recipe`      the training recipe (``TrainConfig``), read and checked before torch is imported
 - :mod:`skinlesion.train`       Lightning training (``LesionModule``, ``ExportModels``) of one network
 - :mod:`skinlesion.finish`      a single run's post-training step (TTA choice, calibration, rules, OOD) on val
 - :mod:`skinlesion.cv`          cross-validated ensembles: members, out-of-fold predictions, assembly
@@ -55,7 +56,7 @@ _API = {
     "load_config": "skinlesion.bundle",
     "save_bundle": "skinlesion.bundle",
     "train": "skinlesion.train",
-    "TrainConfig": "skinlesion.train",
+    "TrainConfig": "skinlesion.recipe",
     "train_cv": "skinlesion.cv",
     "evaluate": ("skinlesion.evaluate", "evaluate_model"),
     "evaluate_model": "skinlesion.evaluate",

@@ -302,10 +302,9 @@ def train(
 ) -> None:
     """Train a model on a split, or a cross-validated ensemble with --folds; writes models, config, manifest and metrics into --out.
 
-    Defaults live in one place, skinlesion.train.TrainConfig; --config reruns a run from its resolved config.json.
+    Defaults live in one place, skinlesion.recipe.TrainConfig; --config reruns a run from its resolved config.json.
     """
-    from .train import check_config, config_from
-    from .train import train as run
+    from .recipe import check_config, config_from  # no torch yet: a bad option is refused at once
 
     if metadata not in ("auto", "yes", "no"):
         raise SkinLesionError(f"Unknown --metadata {metadata!r}; use auto, yes or no.")
@@ -355,6 +354,8 @@ def train(
         path = train_cv(cfg, folds, metadata=metadata)
         _say(f"ensemble written to {path} (out-of-fold report: {out / 'oof_report' / 'report.md'})")
         return
+    from .train import train as run
+
     run(cfg, resume=resume)
     _say(f"run written to {out}")
 
