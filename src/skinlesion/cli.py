@@ -71,15 +71,17 @@ class Source(str, Enum):
 
 @app.command()
 def info(
-    data: Path = typer.Argument(..., help="HAM10000 folder, metadata CSV, DermaMNIST .npz or prepared cache."),
+    data: List[Path] = typer.Argument(
+        ..., help="HAM10000 or ISIC folder, metadata CSV, DermaMNIST .npz or prepared cache; several folders: combined."
+    ),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Drop metadata rows whose image is missing."),
     quick: bool = typer.Option(False, "--quick", help="Do not decode every image to look for corrupt files."),
 ) -> None:
-    """Describe a dataset: images per class, lesions, metadata coverage, problems."""
+    """Describe a dataset (or several combined): images per class, lesions, metadata coverage, problems."""
     from .data.describe import describe
     from .data.ham10000 import check_images, load_dataset
 
-    ds = load_dataset(data, allow_missing=allow_missing)
+    ds = load_dataset(list(data), allow_missing=allow_missing)
     problems = [] if quick else check_images(ds)
     _say(describe(ds, problems))
     for w in ds.warnings:
@@ -92,7 +94,9 @@ def info(
 
 @app.command()
 def split(
-    data: Path = typer.Argument(..., help="HAM10000 folder, metadata CSV or DermaMNIST .npz."),
+    data: List[Path] = typer.Argument(
+        ..., help="HAM10000 or ISIC folder, metadata CSV or DermaMNIST .npz; several folders: one split of their combination."
+    ),
     out: Path = typer.Option(Path("split.csv"), "--out", "-o", help="Where to write the manifest CSV."),
     kind: SplitKind = typer.Option(
         SplitKind.lesion, "--kind", help="lesion (default, leak-free), image (leaky reference), official (DermaMNIST)."
@@ -112,14 +116,14 @@ def split(
     from .data.ham10000 import load_dataset, read_metadata, with_official_split
     from .data.split import make_split
 
-    path = Path(data)
+    path = Path(data[0])
     groups = None
-    if path.is_file() and path.suffix.lower() == ".csv":
+    if len(data) == 1 and path.is_file() and path.suffix.lower() == ".csv":
         if dedup:
             raise SkinLesionError("--dedup compares the images; pass the dataset folder, not its metadata CSV.")
         meta = with_official_split(read_metadata(path), path.parent)  # a split needs only the metadata, not the pixels
     else:
-        ds = load_dataset(path, allow_missing=allow_missing)
+        ds = load_dataset(list(data), allow_missing=allow_missing)
         for w in ds.warnings:
             _warn(w)
         meta = ds.meta
@@ -158,7 +162,11 @@ def _check_distance(max_distance: int) -> None:
 
 @app.command()
 def audit(
-    data: Path = typer.Argument(..., help="HAM10000 folder or DermaMNIST .npz (images compared too), or a metadata CSV (lesions only)."),
+    data: List[Path] = typer.Argument(
+        ...,
+        help="HAM10000 or ISIC folder or DermaMNIST .npz (images compared too), or a metadata CSV (lesions only); "
+        "several folders: audited as their combination.",
+    ),
     split: Optional[Path] = typer.Option(None, "--split", help="Split manifest to audit (default: the dataset's official split)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write every shared pair (lesion or near-duplicate) to this CSV."),
     max_distance: int = typer.Option(2, "--max-distance", help="pHash bits two near-duplicate images may differ in."),
@@ -174,24 +182,27 @@ def audit(
     from .data.split import read_manifest
 
     _check_distance(max_distance)
-    path = Path(data)
+    path = Path(data[0])
+    where = " ".join(map(str, data))
     ds = None
-    if path.is_file() and path.suffix.lower() == ".csv":
+    if len(data) == 1 and path.is_file() and path.suffix.lower() == ".csv":
         meta = with_official_split(read_metadata(path), path.parent)
     else:
-        ds = load_dataset(path, allow_missing=allow_missing)
+        ds = load_dataset(list(data), allow_missing=allow_missing)
         meta = ds.meta
+        for w in ds.warnings:
+            _warn(w)
     if split is not None:
         manifest = read_manifest(split)
         unknown = set(manifest["image_id"]) - set(meta["image_id"])
         if unknown:
             raise SkinLesionError(
-                f"{len(unknown)} image(s) of {split.name} are not in {data} (first: {sorted(unknown)[0]}); audit the split with its dataset."
+                f"{len(unknown)} image(s) of {split.name} are not in {where} (first: {sorted(unknown)[0]}); audit the split with its dataset."
             )
     elif "split" in meta.columns:
         manifest = meta[["image_id", "lesion_id", "dx", "split"]].copy()
     else:
-        raise SkinLesionError(f"{data} has no official split; pass --split FILE (from `skinlesion split`).")
+        raise SkinLesionError(f"{where} has no official split; pass --split FILE (from `skinlesion split`).")
     hashes = None
     if ds is not None:
         pos = ds.meta.reset_index(drop=True).reset_index().set_index("image_id").loc[manifest["image_id"], "index"].to_numpy()
@@ -232,7 +243,11 @@ def _augment_pairs(items: list[str]) -> dict:
 
 @app.command()
 def train(
-    data: Optional[Path] = typer.Argument(None, help="Dataset (folder, CSV, .npz or prepared cache); default: the --config run's."),
+    data: Optional[List[Path]] = typer.Argument(
+        None,
+        help="Dataset (folder, CSV, .npz or prepared cache), or several folders combined (one label set, each image once); "
+        "default: the --config run's.",
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (checkpoints, config, metrics)."),
     config: Optional[Path] = typer.Option(None, "--config", help="A run's config.json: rerun it; flags given here override it."),
     split: Optional[Path] = typer.Option(None, "--split", help="Split manifest from `skinlesion split` (not with --folds)."),
@@ -311,7 +326,7 @@ def train(
     given = {
         k: v
         for k, v in dict(
-            data=str(data) if data else None,
+            data=(str(data[0]) if len(data) == 1 else [str(d) for d in data]) if data else None,
             split=str(split) if split else None,
             backbone=backbone,
             pretrained=pretrained,

@@ -18,7 +18,7 @@ from .preprocess import Preprocess, with_augment
 
 @dataclass
 class TrainConfig:
-    data: str
+    data: str | list  # one dataset, or several combined (skinlesion.data.combine)
     split: str
     out: str
     backbone: str = "resnet50"

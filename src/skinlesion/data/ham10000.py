@@ -62,8 +62,15 @@ class Dataset:
         return load_rgb(row["path"])
 
 
-def load_dataset(data: str | Path, *, allow_missing: bool = False) -> Dataset:
-    """Read ``data`` in any accepted layout; see the module docstring."""
+def load_dataset(data: str | Path | list, *, allow_missing: bool = False) -> Dataset:
+    """Read ``data`` in any accepted layout; see the module docstring. Several: one combined dataset
+    (:mod:`skinlesion.data.combine`: one label set, each image once)."""
+    if isinstance(data, (list, tuple)):
+        if len(data) == 1:
+            return load_dataset(data[0], allow_missing=allow_missing)
+        from .combine import combine
+
+        return combine([load_dataset(d, allow_missing=allow_missing) for d in data], [str(d) for d in data])
     path = Path(data).expanduser()
     if not path.exists():
         raise SkinLesionError(f"{missing(path)}; pass the folder that holds {METADATA_NAME} (or a DermaMNIST .npz file).")

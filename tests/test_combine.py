@@ -1,0 +1,82 @@
+"""Several datasets as one (issue 21): one label set, each image once by id and by near-duplicate hash,
+lesions kept together, and the drops said."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory):
+    """A: a synthetic HAM10000 folder. B: 10 of A's images under the same ids, one of A's images re-encoded and
+    resized under a new id and lesion (the same picture), and 20 images of its own."""
+    from skinlesion.data.synthetic import write_synthetic
+
+    root = tmp_path_factory.mktemp("combine")
+    a = write_synthetic(root / "a", n_lesions=30, layout="flat", size=(96, 72), seed=1)
+    own = write_synthetic(root / "own", n_lesions=14, layout="flat", size=(96, 72), seed=2)
+    b = root / "b"
+    (b / "images").mkdir(parents=True)
+    meta_a = pd.read_csv(a / "HAM10000_metadata.csv")
+    shared = meta_a.iloc[:10]
+    for iid in shared["image_id"]:
+        shutil.copy(a / "images" / f"{iid}.jpg", b / "images" / f"{iid}.jpg")
+    copy_of = meta_a.iloc[20]
+    buf = io.BytesIO()
+    Image.open(a / "images" / f"{copy_of['image_id']}.jpg").resize((120, 90)).save(buf, "JPEG", quality=80)
+    (b / "images" / "ISIC_9000001.jpg").write_bytes(buf.getvalue())
+    copy_row = {**copy_of.to_dict(), "image_id": "ISIC_9000001", "lesion_id": "HAM_9000001"}
+    meta_own = pd.read_csv(own / "HAM10000_metadata.csv").iloc[:20].copy()
+    new_ids = [f"ISIC_8{i:06d}" for i in range(len(meta_own))]
+    for old, new in zip(meta_own["image_id"], new_ids):
+        shutil.copy(own / "images" / f"{old}.jpg", b / "images" / f"{new}.jpg")
+    meta_own["image_id"] = new_ids
+    meta_own["lesion_id"] = [f"OWN_{lid}" for lid in meta_own["lesion_id"]]
+    pd.concat([shared, pd.DataFrame([copy_row]), meta_own]).to_csv(b / "HAM10000_metadata.csv", index=False)
+    return a, b, len(meta_a)
+
+
+def test_each_image_counts_once_by_id_and_by_near_duplicate_hash(two):
+    from skinlesion.data import load_dataset
+
+    a, b, n_a = two
+    ds = load_dataset([a, b])
+    assert len(ds) == n_a + 20  # B's ten shared ids and its re-encoded copy are dropped
+    assert ds.meta["image_id"].is_unique and "ISIC_9000001" not in set(ds.meta["image_id"])
+    assert ds.meta["dataset"].value_counts().to_dict() == {str(a): n_a, str(b): 20}
+    said = ds.warnings[-1]
+    assert f"{b}: 31 images, dropped 10 already in an earlier dataset by id; 1 near-duplicates" in said, said
+    for i in (0, len(ds) - 1):  # the pixels of each row come from its own dataset's file
+        assert ds.image(i).size == (96, 72)
+
+
+def test_split_and_train_run_on_the_combination(two, run_cli, tmp_path):
+    a, b, n_a = two
+    code, out, err = run_cli("split", a, b, "--out", tmp_path / "split.csv", "--train", "0.6", "--val", "0.2", "--test", "0.2")
+    assert code == 0, err
+    manifest = pd.read_csv(tmp_path / "split.csv")
+    assert len(manifest) == n_a + 20 and "combined" in err
+    assert manifest.groupby("lesion_id")["split"].nunique().max() == 1  # lesions stay in one split across datasets
+    code, _, err = run_cli(
+        "train", a, b, "--split", tmp_path / "split.csv", "--out", tmp_path / "run", "--backbone", "resnet18",
+        "--input-size", "32", "--epochs", "1", "--batch-size", "16", "--no-progress", "--num-workers", "0",
+    )  # fmt: skip
+    assert code == 0, err
+    import json
+
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"] == [str(a), str(b)]
+    assert pd.read_csv(tmp_path / "run" / "metrics.csv")["val_n"].iloc[0] == int((manifest["split"] == "val").sum())
+
+
+def test_a_cache_or_npz_cannot_be_combined(two, tmp_path, run_cli):
+    import numpy as np
+
+    a, _, _ = two
+    np.savez(tmp_path / "d.npz", train_images=np.zeros((2, 28, 28, 3), np.uint8), train_labels=np.array([0, 1]))
+    code, _, err = run_cli("info", a, tmp_path / "d.npz", "--quick")
+    assert code == 2 and "cannot be combined with other datasets" in err and "Traceback" not in err
