@@ -80,3 +80,36 @@ def test_a_cache_or_npz_cannot_be_combined(two, tmp_path, run_cli):
     np.savez(tmp_path / "d.npz", train_images=np.zeros((2, 28, 28, 3), np.uint8), train_labels=np.array([0, 1]))
     code, _, err = run_cli("info", a, tmp_path / "d.npz", "--quick")
     assert code == 2 and "cannot be combined with other datasets" in err and "Traceback" not in err
+
+
+def test_external_validation_maps_the_data_classes_and_reports_what_it_left_out(tmp_path):
+    import numpy as np
+
+    from skinlesion.classes import HAM10000, ISIC2019, MELANOMA
+    from skinlesion.data.ham10000 import Dataset
+    from skinlesion.errors import SkinLesionError
+    from skinlesion.evaluate import map_labels
+
+    codes = ["mel", "nv", "ak", "scc", "bcc", "bkl", "df", "vasc", "ak"]
+    meta = pd.DataFrame({"image_id": [f"i{k}" for k in range(len(codes))], "dx": codes, "label": [ISIC2019.index(c) for c in codes]})
+    ds = Dataset(root=tmp_path, layout="folder", meta=meta, label_set=ISIC2019)
+    pos, labels, info = map_labels(ds, np.arange(len(codes)), HAM10000)
+    assert info["n_unmapped"] == 0 and [HAM10000.codes[i] for i in labels] == [
+        "mel",
+        "nv",
+        "akiec",
+        "akiec",
+        "bcc",
+        "bkl",
+        "df",
+        "vasc",
+        "akiec",
+    ]
+    (tmp_path / "map.csv").write_text("from,to\nscc,\n")  # say: SCC has no counterpart here
+    pos, labels, info = map_labels(ds, np.arange(len(codes)), HAM10000, tmp_path / "map.csv")
+    assert info["unmapped"] == {"scc": 1} and info["n_mapped"] == 8 and 3 not in pos
+    _, labels, info = map_labels(ds, np.arange(len(codes)), MELANOMA)
+    assert [MELANOMA.codes[i] for i in labels] == ["mel"] + ["other"] * 8
+    (tmp_path / "bad.csv").write_text("from,to\nak,actinic\n")
+    with pytest.raises(SkinLesionError, match="'actinic' is not a class of the model's ham10000 label set"):
+        map_labels(ds, np.arange(len(codes)), HAM10000, tmp_path / "bad.csv")
