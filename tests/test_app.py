@@ -179,7 +179,9 @@ def test_report_html_carries_the_image_probabilities_tier_and_model_version(tiny
     html = report_html(p, pred, img)
     assert "data:image/png;base64," in html and NOTICE in html and p.model_hash in html
     assert f"skinlesion {p.config.created_with['skinlesion']}" in html and f"{pred.top_probability:.1%}" in html
-    assert html.count("<tr><td>") == 7 and (pred.tier or "n/a") in html
+    from skinlesion.verdict import verdict
+
+    assert html.count("<tr><td>") == 7 and verdict(pred, p.config).headline in html
 
 
 @pytest.mark.browser

@@ -83,6 +83,18 @@ CASES = [
         ["cannot be loaded safely", "Unsupported global", "print", "another --out.", "!weights_only", "!trust", "!ran code"],
     ),
     (
+        "train-resume-with-another-option",
+        lambda c: ["train", "--resume", "--out", c["d"] / "evilrun", "--epochs", "99"],
+        2,
+        ["--resume continues the run", "--epochs", "another --out"],
+    ),
+    (
+        "train-resume-of-an-empty-folder",
+        lambda c: ["train", "--resume", "--out", c["d"] / "norun"],
+        2,
+        ["Nothing to resume in", "no config.json"],
+    ),
+    (
         "split-would-overwrite-a-manifest",
         lambda c: ["split", c["data"], "--out", c["d"] / "manifest_in_use.csv"],
         2,

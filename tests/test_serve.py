@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import pandas as pd
 from PIL import Image
 
 from skinlesion.classes import CODES
@@ -415,6 +416,7 @@ API_CASES = {
     "predict-format-bogus": ({"params": {"format": "bogus"}}, "format"),
     "predict-backend-bogus": ({"params": {"backend": "tpu"}}, "backend"),
     "unknown-option": ({"data": {"colour": "red"}}, "colour"),
+    "predict-rule-unknown": ({"params": {"rule": "fastest"}}, "rule"),
 }
 NOT_REQUESTS = {
     "predict-missing-file": "a local path: `predict --server` gives it the local row (test_predict_server_...)",
@@ -524,6 +526,15 @@ def test_predict_server_writes_the_same_csv_as_a_local_predict(service, keys, im
     assert Path("remote.csv").read_text() == Path("local.csv").read_text()
     text = Path("remote.csv").read_text()
     assert "missing.jpg does not exist" in text and "notes.jpg is not an image" in text
+    # --rule travels to the service: the same rows as a local run under that rule
+    code, out, err = run_cli("predict", "default", *files[:3], "--rule", "balanced", "--out", "local_b.csv")
+    assert code == 0, err
+    code, out, err = run_cli(
+        "predict", "--server", service.url, "--api-key-file", key, *files[:3], "--rule", "balanced", "--out", "remote_b.csv"
+    )
+    assert code == 0, err
+    assert Path("remote_b.csv").read_text() == Path("local_b.csv").read_text()
+    assert set(pd.read_csv("remote_b.csv")["decision_rule"]) == {"balanced"}
 
 
 def test_predict_server_refusals_are_sentences(service, keys, images, run_cli, tmp_path):
@@ -536,6 +547,7 @@ def test_predict_server_refusals_are_sentences(service, keys, images, run_cli, t
         (["predict", "--server", service.url, "--api-key-file", tmp_path / "nope.key", paths[0]], "nope.key"),
         (["predict", "--server", service.url, "--tta", paths[0]], "--tta"),
         (["predict", "--server", service.url, "default", paths[0]], "leave out MODEL"),
+        (["predict", "--server", service.url, "--api-key-file", keys[0].parent / "cli.key", "--rule", "fastest", paths[0]], "'fastest'"),
         (["predict", "default", paths[0], "--api-key-file", bad], "--server"),
         (["predict", "--server", "localhost:1", paths[0]], "not a URL"),
         (["predict", "--server", f"http://127.0.0.1:{free_port()}", paths[0]], "Could not reach"),

@@ -157,7 +157,7 @@ def test_app_says_soon_and_never_benign_for_it(alarming, monkeypatch):
     assert not at.exception, at.exception
     banner = " ".join(str(e.value) for e in at.error)  # "soon" is shown as an error banner
     assert "Triage: **See a dermatologist soon**" in banner
-    shown = [str(m.value) for m in at.markdown] + [str(c.value) for c in at.caption]
+    shown = [str(m.value) for m in at.main.markdown] + [str(c.value) for c in at.main.caption]  # the result, not the sidebar's model card
     card = " ".join(shown).lower()
     assert pred.verdict.summary.lower() in card
     assert not any(w in card for w in ("benign", "harmless")), card

@@ -355,6 +355,8 @@ def train(
     }
     if augment:
         given["augment"] = _augment_pairs(augment)
+    if resume:
+        config = _resume_config(out, config, given)
     cfg = config_from(config, out=str(out), progress=progress, extra={"record_shards": record_shards}, **given)
     if not cfg.data:
         raise SkinLesionError("Pass the dataset (DATA), or --config RUN/config.json of an earlier run.")
@@ -373,6 +375,35 @@ def train(
 
     run(cfg, resume=resume)
     _say(f"run written to {out}")
+
+
+def _resume_config(out: Path, config: Optional[Path], given: dict) -> Path:
+    """The run's own config.json; an option given with --resume must agree with it, never be silently replaced."""
+    saved_path = out / "config.json"
+    if not saved_path.is_file():
+        raise SkinLesionError(f"Nothing to resume in {out}: it has no config.json from an earlier run; check --out.")
+    if config is not None and Path(config).resolve() != saved_path.resolve():
+        raise SkinLesionError(f"--resume continues the run in {out} with its own config.json; leave out --config.")
+    from .recipe import read_config
+
+    saved = read_config(saved_path)
+    for key, value in given.items():
+        if key in ("num_workers",):  # how this machine runs it, not what the run is
+            continue
+        was = saved.get(key)
+        if key in ("data", "split", "weights") and was is not None:
+            same = [str(Path(v).resolve()) for v in ([value] if isinstance(value, str) else value)] == [
+                str(Path(v).resolve()) for v in ([was] if isinstance(was, str) else was)
+            ]
+        else:
+            same = value == was
+        if not same:
+            flag = "DATA" if key == "data" else "--" + key.replace("_", "-")
+            raise SkinLesionError(
+                f"--resume continues the run in {out} as it was configured ({flag} {was}); "
+                f"leave out {flag}, or start a new run in another --out."
+            )
+    return saved_path
 
 
 @app.command()
@@ -498,7 +529,7 @@ def predict(
     if fmt not in ("skinlesion", "isic2018", "isic2019"):
         raise SkinLesionError(f"Unknown --format {fmt!r}; use skinlesion, isic2018 or isic2019.")
     if server:  # the service's model answers: every argument is a file (MODEL is not given)
-        _check_remote(model, tta, backend, rule)
+        _check_remote(model, tta, backend)
         images = [model, *(images or [])]
     elif api_key_file:
         raise SkinLesionError("--api-key-file goes with --server URL; a local run needs no key.")
@@ -511,7 +542,13 @@ def predict(
 
         with _progress("predicting") as progress:
             rows, codes = predict_remote(
-                server, paths, key_file=api_key_file, meta=meta_rows, progress=lambda n: progress(n, len(paths)), warn=_warn
+                server,
+                paths,
+                key_file=api_key_file,
+                meta=meta_rows,
+                progress=lambda n: progress(n, len(paths)),
+                warn=_warn,
+                rule=rule,
             )
     else:
         predictor = Predictor(model, backend=backend, tta=tta, rule=rule)
@@ -552,12 +589,12 @@ def predict(
             raise typer.Exit(1)
 
 
-def _check_remote(model: str, tta, backend: str, rule: str | None = None) -> None:
-    """With --server no local model runs: options that would choose one are refused, never ignored."""
-    if tta is not None or backend != "auto" or rule is not None:
+def _check_remote(model: str, tta, backend: str) -> None:
+    """With --server no local model runs: options that would choose one are refused, never ignored (--rule travels)."""
+    if tta is not None or backend != "auto":
         raise SkinLesionError(
-            "--tta, --backend and --rule choose how a local model runs; leave them out with --server "
-            "(the service's model answers, with its own decision rule)."
+            "--tta and --backend choose how a local model runs; leave them out with --server "
+            "(the service's model answers, with its own settings; --rule is sent to it)."
         )
     if model == "default" and not Path(model).exists():
         raise SkinLesionError("With --server the service's model answers; give only the files (leave out MODEL).")
@@ -800,6 +837,13 @@ def _click_exceptions():
     return tuple(usage), tuple(abort)
 
 
+def _say_interrupted() -> None:
+    """Ctrl-C: "interrupted", and how to continue when the run said so (typer and click drop the exception itself)."""
+    from .errors import Interrupted
+
+    typer.echo(f"interrupted; {Interrupted.last}" if Interrupted.last else "interrupted", err=True)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point: user errors become one sentence and exit code 2, never a traceback."""
     from .runtime import passive_waits
@@ -809,20 +853,18 @@ def main(argv: Optional[List[str]] = None) -> None:
     try:
         rc = app(args=argv, standalone_mode=False)  # a verb's typer.Exit(n) comes back as n here
         if rc == 130:  # typer turns Ctrl-C into Exit(130), silently
-            typer.echo("interrupted", err=True)
+            _say_interrupted()
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except SkinLesionError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except (KeyboardInterrupt, *abort) as exc:
-        from .errors import Interrupted
-
-        typer.echo(f"interrupted; {exc}" if isinstance(exc, Interrupted) and str(exc) else "interrupted", err=True)
+    except (KeyboardInterrupt, *abort):
+        _say_interrupted()
         sys.exit(130)
     except typer.Exit as exc:  # typer's own exits (--help, a verb's exit code; typer turns Ctrl-C into Exit(130))
         if exc.exit_code == 130:
-            typer.echo("interrupted", err=True)
+            _say_interrupted()
         sys.exit(exc.exit_code)
     except usage as exc:  # usage errors: unknown verb or option, bad choice or number
         exc.show()

@@ -12,7 +12,16 @@ class SkinLesionError(Exception):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C (SIGINT) stopped a run; the message says how to continue it (the CLI prints it and exits 130)."""
+    """Ctrl-C (SIGINT) stopped a run; the message says how to continue it (the CLI prints it and exits 130).
+
+    Typer turns any ``KeyboardInterrupt`` into a bare exit code 130, so the latest message is also kept
+    here (``Interrupted.last``) for the CLI to print."""
+
+    last: str = ""
+
+    def __init__(self, message: str = ""):
+        super().__init__(message)
+        Interrupted.last = message
 
 
 def lock_folder(folder, what: str = "run"):

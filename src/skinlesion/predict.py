@@ -250,12 +250,15 @@ class Predictor:
         intake = open_image(source, name)
         return self.predict_images([intake.image], [intake.name], [intake.warnings], [meta or {}])[0]
 
-    def predict_images(self, images, names, warnings=None, meta=None) -> list[Prediction]:
-        """Predict PIL images; ``meta``: one dict (age, sex, localization; any may be missing) per image."""
-        from .posthoc import analyse, decide, encode_metadata
+    def predict_images(self, images, names, warnings=None, meta=None, rule: str | None = None) -> list[Prediction]:
+        """Predict PIL images; ``meta``: one dict (age, sex, localization; any may be missing) per image;
+        ``rule``: this call's decision rule (default: the predictor's)."""
+        from .posthoc import analyse, decide, encode_metadata, rule_log_weights
         from .quality import advice as quality_advice
         from .verdict import verdict
 
+        rule = rule or self.rule
+        rule_log_weights(self.config.decision, rule, len(self.labels))  # an unknown rule: one sentence, before any work
         batch = self.prep.batch(images)
         meta_x = None
         if self.uses_metadata and meta is not None:
@@ -274,7 +277,7 @@ class Predictor:
             grey = colourless([self.prep.to_source(im) for im in images], self.ood[1])
             flags = flags | grey
         rules = analyse(probs, self.config, self.aux, flags)
-        named = decide(probs, self.config.decision, self.rule)
+        named = decide(probs, self.config.decision, rule)
         problems = self.quality_problems(images, feats)
         codes = self.labels.codes
         mal_mask = np.asarray(self.labels.malignant_mask)
@@ -297,7 +300,7 @@ class Predictor:
                 ood_score=score,
                 out_of_distribution=bool(flags[i]),
                 warnings=notes,
-                rule=self.rule,
+                rule=rule,
                 quality=problems[i],
                 quality_advice=[quality_advice(q) for q in problems[i]],
                 **rules[i],
@@ -367,11 +370,14 @@ def error_row(name: str, error: str, codes=CODES) -> dict:
     return {**{c: None for c in row_columns(codes)}, "image": name, "top_class": "", "error": error}
 
 
-def predict_files(predictor: Predictor, paths, batch_size: int = 32, meta: dict | None = None, progress=None) -> list[dict]:
+def predict_files(
+    predictor: Predictor, paths, batch_size: int = 32, meta: dict | None = None, progress=None, rule: str | None = None
+) -> list[dict]:
     """One row per file; a bad file gets a row with its error and the batch carries on.
 
     ``meta``: image id (file name without extension) -> dict of age, sex, localization.
-    ``progress``: called with the number of files done after each batch.
+    ``progress``: called with the number of files done after each batch. ``rule``: the decision rule
+    (default: the predictor's).
     """
     rows = []
     good, names, notes = [], [], []
@@ -379,7 +385,7 @@ def predict_files(predictor: Predictor, paths, batch_size: int = 32, meta: dict 
     def flush():
         if good:
             m = [(meta or {}).get(Path(n).stem, {}) for n in names]
-            rows.extend(p.row() for p in predictor.predict_images(good, names, notes, m))
+            rows.extend(p.row() for p in predictor.predict_images(good, names, notes, m, rule=rule))
             good.clear(), names.clear(), notes.clear()
             if progress:
                 progress(len(rows))

@@ -57,19 +57,25 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
 
+def read_config(p: Path) -> dict:
+    """A run's ``config.json`` as a dict, or one sentence saying why it cannot be read."""
+    if not p.is_file():
+        raise SkinLesionError(f"The config {p} does not exist; pass the config.json of an earlier run.")
+    try:
+        saved = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SkinLesionError(f"The config {p} is not valid JSON ({exc}).") from None
+    if not isinstance(saved, dict):
+        raise SkinLesionError(f"The config {p} must hold a JSON object (a run's config.json).")
+    return saved
+
+
 def config_from(path: str | Path | None = None, **overrides) -> TrainConfig:
     """A :class:`TrainConfig` from a run's ``config.json`` (or the defaults), with ``overrides`` on top."""
     base: dict = {"data": "", "split": "", "out": ""}
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise SkinLesionError(f"The config {p} does not exist; pass the config.json of an earlier run.")
-        try:
-            saved = json.loads(p.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise SkinLesionError(f"The config {p} is not valid JSON ({exc}).") from None
-        if not isinstance(saved, dict):
-            raise SkinLesionError(f"The config {p} must hold a JSON object (a run's config.json).")
+        saved = read_config(p)
         unknown = sorted(set(saved) - set(TrainConfig.__dataclass_fields__) - {"folds"})
         if unknown:
             raise SkinLesionError(

@@ -249,6 +249,26 @@ class HoldForTests(L.Callback):
                 time.sleep(0.05)
 
 
+def _atomic_checkpoint_io():
+    """Lightning's checkpoint IO, written to a temporary file and renamed: a full disk leaves the last whole
+    checkpoint (or none), never half of one that a resume would then refuse."""
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint, path, storage_options=None):
+            path = Path(path)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                super().save_checkpoint(checkpoint, tmp, storage_options)
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+
+    return AtomicCheckpointIO()
+
+
 def _safe_load(ckpt: Path) -> dict:
     """A resume checkpoint read with ``weights_only=True``: tensors and plain data only, never code."""
     import pickle
@@ -457,6 +477,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, finish_model: bool = True) 
         strategy=cfg.strategy,
         precision=precision,
         callbacks=callbacks,
+        plugins=[_atomic_checkpoint_io()],
         logger=False,
         enable_progress_bar=cfg.progress,
         num_sanity_val_steps=0,

@@ -56,7 +56,8 @@ class CombineReport:
 def combine(datasets, names=None, *, mapping=None, max_distance: int = 2, hashes=True):
     """One :class:`~skinlesion.data.ham10000.Dataset` from several (see the module docstring)."""
     from ..classes import default_mapping, read_mapping
-    from .ham10000 import Dataset
+
+    Dataset = type(datasets[0])  # the readers' own class (skinlesion.data.ham10000 calls this module: no import back)
 
     names = list(names or [str(d.root) for d in datasets])
     for ds, name in zip(datasets, names):

@@ -154,12 +154,17 @@ def create_app(settings: Settings) -> FastAPI:
     async def analyse(
         request: Request,
         heatmap: Optional[str] = Query(None, description="A class code (or `top`): add its Grad-CAM heat map (one image only)."),
+        rule: Optional[str] = Query(
+            None, description="The decision rule naming each image's class: most-probable or balanced (default: the model's own)."
+        ),
         who: str = Depends(caller),
     ):
         service.accepting()
-        unknown = sorted(set(request.query_params) - {"heatmap"})
+        unknown = sorted(set(request.query_params) - {"heatmap", "rule"})
         if unknown:
-            raise Refusal(422, f"Unknown query parameter {unknown[0]!r}; the only one is heatmap.", field=unknown[0])
+            raise Refusal(422, f"Unknown query parameter {unknown[0]!r}; the only ones are heatmap and rule.", field=unknown[0])
+        if rule is not None:
+            service.check_rule(rule)
         codes = service.predictor.labels.codes if service.predictor is not None else CODES
         if heatmap is not None and heatmap not in (*codes, "top"):
             raise Refusal(422, f"heatmap {heatmap!r} is not a class; use one of {', '.join(codes)} or top.", field="heatmap")
@@ -172,7 +177,7 @@ def create_app(settings: Settings) -> FastAPI:
                         f"A heat map is made for one image; this request holds {len(uploads)} (send that image alone).",
                         field="heatmap",
                     )
-                result = await service.analyse(uploads, meta, heatmap)
+                result = await service.analyse(uploads, meta, heatmap, rule)
         except SkinLesionError as exc:  # the model itself failed (e.g. non-finite probabilities): its sentence, as a 500
             raise Refusal(500, str(exc)) from None
         except TimeoutError:

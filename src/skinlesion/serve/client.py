@@ -78,14 +78,14 @@ class Remote:
             raise SkinLesionError(f"The service at {self.url} refused (HTTP {r.status_code}): {self.sentence(r)}")
         return r.json()
 
-    def analyse(self, batch: list[tuple[str, bytes]], meta: list[dict] | None) -> list[dict]:
+    def analyse(self, batch: list[tuple[str, bytes]], meta: list[dict] | None, rule: str | None = None) -> list[dict]:
         files = [("images", (name, data, "application/octet-stream")) for name, data in batch]
         data = {}
         if meta is not None:
             from ..posthoc import META_FIELDS
 
             data = {f: ["" if _missing(m.get(f)) else str(m.get(f)) for m in meta] for f in META_FIELDS}
-        r = self.call("POST", "/v1/analyse", files=files, data=data)
+        r = self.call("POST", "/v1/analyse", files=files, data=data, params={"rule": rule} if rule else None)
         body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
         if r.status_code == 200 or (r.status_code == 422 and "images" in body):
             rows = body["images"]
@@ -102,10 +102,10 @@ def _missing(v) -> bool:
 
 
 def predict_remote(
-    url: str, paths, *, key_file: Path | None = None, meta: dict | None = None, progress=None, warn=None
+    url: str, paths, *, key_file: Path | None = None, meta: dict | None = None, progress=None, warn=None, rule: str | None = None
 ) -> tuple[list[dict], tuple[str, ...]]:
     """(one row per file, in order, as :func:`skinlesion.predict.predict_files` makes them, from the service at ``url``;
-    the classes of the service's model)."""
+    the classes of the service's model). ``rule``: the decision rule (default: the service model's own)."""
     remote = Remote(url, read_key(key_file))
     try:
         info = remote.model()
@@ -127,7 +127,7 @@ def predict_remote(
             nonlocal batch, where, size
             if batch:
                 m = [(meta or {}).get(Path(n).stem, {}) for n, _ in batch] if meta is not None else None
-                for i, (name, _), row in zip(where, batch, remote.analyse(batch, m)):
+                for i, (name, _), row in zip(where, batch, remote.analyse(batch, m, rule)):
                     rows[i] = {c: row.get(c) for c in columns} | {"image": name}
                 batch, where, size = [], [], 0
                 if progress:

@@ -151,12 +151,21 @@ class Service:
                 503, f"The service is busy ({self._waiting} analyses waiting); retry in a few seconds.", headers={"Retry-After": "2"}
             )
 
-    async def analyse(self, uploads: list[Upload], meta: dict | None, heat: str | None):
+    def check_rule(self, rule: str) -> None:
+        """A decision rule the model holds, or a 422 naming the ones it does."""
+        from ..posthoc import rule_log_weights
+
+        try:
+            rule_log_weights(self.predictor.config.decision, rule, len(self.predictor.labels))
+        except SkinLesionError as exc:
+            raise Refusal(422, str(exc), field="rule") from None
+
+    async def analyse(self, uploads: list[Upload], meta: dict | None, heat: str | None, rule: str | None = None):
         abandoned = threading.Event()
         with self._lock:
             self._waiting += 1
         self.metrics.queued.inc()
-        job = self.pool.submit(self._job, uploads, meta, heat, abandoned)
+        job = self.pool.submit(self._job, uploads, meta, heat, abandoned, rule)
         try:
             return await asyncio.wrap_future(job)
         except asyncio.CancelledError:  # the request's timeout (or its client) gave up: do not start, or drop the answer
@@ -168,7 +177,7 @@ class Service:
                 self.metrics.abandoned.inc()
             raise
 
-    def _job(self, uploads, meta, heat, abandoned):
+    def _job(self, uploads, meta, heat, abandoned, rule=None):
         with self._lock:
             self._waiting -= 1
         self.metrics.queued.dec()
@@ -184,7 +193,7 @@ class Service:
             if abandoned.is_set():
                 self.metrics.abandoned.inc()
                 return None
-            rows = predict_files(self.predictor, uploads, batch_size=len(uploads), meta=meta)
+            rows = predict_files(self.predictor, uploads, batch_size=len(uploads), meta=meta, rule=rule)
             columns = row_columns(self.predictor.labels.codes)
             rows = [{c: r.get(c) for c in columns} for r in rows]  # the CSV's columns, in its order
             heatmap = self._heatmap(uploads[0], rows[0], heat) if heat and not rows[0]["error"] else None
