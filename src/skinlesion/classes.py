@@ -92,7 +92,15 @@ REGISTRY: dict[str, Diagnosis] = {
             "A cancer of the pigment cells. It can spread to other organs and is the most "
             "dangerous skin cancer; found early it is usually curable.",
             True,
-            aliases=("mel", "melanoma", "melanoma invasive", "melanoma in situ", "melanoma, nos", "melanoma metastasis"),
+            aliases=(
+                "mel",
+                "melanoma",
+                "melanoma invasive",
+                "melanoma in situ",
+                "melanoma, nos",
+                "melanoma metastasis",
+                "malignant melanocytic proliferations (melanoma)",  # the ISIC Archive's diagnosis_2 for any melanoma
+            ),
         ),
         Diagnosis(
             "nv",
@@ -117,6 +125,8 @@ REGISTRY: dict[str, Diagnosis] = {
                 "cherry angioma",
                 "angiokeratoma",
                 "pyogenic granuloma",
+                "hemorrhage",  # HAM10000's vasc includes haemorrhage (Tschandl et al. 2018); the Archive's "Hemorrhage"
+                "benign soft tissue proliferations - vascular",  # the ISIC Archive's diagnosis_2 above hemangioma etc.
             ),
         ),
         Diagnosis(
@@ -145,6 +155,7 @@ REGISTRY: dict[str, Diagnosis] = {
             "Not melanoma",
             "Any lesion other than a melanoma.",
             False,
+            aliases=("benign",),  # the ISIC Archive's diagnosis_1 "Benign": not a melanoma, whatever else it is
         ),
     )
 }

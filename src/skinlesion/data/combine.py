@@ -57,7 +57,7 @@ def combine(datasets, names=None, *, mapping=None, max_distance: int = 2, hashes
     """One :class:`~skinlesion.data.ham10000.Dataset` from several (see the module docstring)."""
     from ..classes import default_mapping, read_mapping
 
-    Dataset = type(datasets[0])  # the readers' own class (skinlesion.data.ham10000 calls this module: no import back)
+    from .dataset import Dataset
 
     names = list(names or [str(d.root) for d in datasets])
     for ds, name in zip(datasets, names):

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..classes import DIAGNOSES
 from .ham10000 import OPTIONAL_COLUMNS, Dataset
 
 
 def describe(ds: Dataset, problems: list[str] | None = None) -> str:
     m = ds.meta
+    labels = ds.label_set
     lines = [f"dataset: {ds.root}", f"layout: {ds.layout}", f"images: {len(m)}"]
+    lines.append(f"label set: {labels.name} ({len(labels)} classes: {', '.join(labels.codes)})")
     lines.append("")
     lines.append(f"{'class':<6} {'images':>7} {'share':>7}  name")
     counts = m["dx"].value_counts()
-    for d in DIAGNOSES:
+    for d in labels.diagnoses:
         n = int(counts.get(d.code, 0))
         lines.append(f"{d.code:<6} {n:>7} {100 * n / max(len(m), 1):6.1f}%  {d.name}")
     if "split" in m.columns and m["split"].notna().any():
@@ -24,15 +25,20 @@ def describe(ds: Dataset, problems: list[str] | None = None) -> str:
             + ", ".join(f"{s} {int(n)}" for s, n in m["split"].value_counts().reindex(["train", "val", "test"]).dropna().items())
         )
     per_lesion = m.groupby("lesion_id").size()
+    by_patient = "patient_id" in m.columns and (m["lesion_id"].astype(str) == m["patient_id"].astype(str)).all()
+    unit = "patient" if by_patient else "lesion"
     lines.append("")
-    lines.append(f"lesions: {len(per_lesion)}")
     lines.append(
-        f"images per lesion: mean {per_lesion.mean():.2f}, max {per_lesion.max()}, "
-        f"lesions with more than one image: {int((per_lesion > 1).sum())}"
+        f"{unit}s: {len(per_lesion)}"
+        + (" (lesion_id holds the patient id: splits and folds group by patient)" if unit == "patient" else "")
+    )
+    lines.append(
+        f"images per {unit}: mean {per_lesion.mean():.2f}, max {per_lesion.max()}, "
+        f"{unit}s with more than one image: {int((per_lesion > 1).sum())}"
     )
     lines.append("")
     lines.append("metadata coverage:")
-    for col in OPTIONAL_COLUMNS:
+    for col in [*OPTIONAL_COLUMNS, *(c for c in ("source", "copyright_license") if c in m.columns)]:
         if col not in m.columns:
             lines.append(f"  {col:<13} absent")
             continue

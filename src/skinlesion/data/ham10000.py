@@ -10,7 +10,7 @@ Accepted ``DATA``:
 - a DermaMNIST / medmnist ``.npz`` file (``{train,val,test}_images/_labels``, any subset);
 - a prepared cache written by ``skinlesion prepare``.
 
-Whatever the layout, the result is a :class:`Dataset`: a metadata table with one
+Whatever the layout, the result is a :class:`~skinlesion.data.dataset.Dataset`: a metadata table with one
 row per image (``image_id, lesion_id, dx, label`` and whatever else is known)
 and a way to load each image as upright RGB.
 """
@@ -18,16 +18,15 @@ and a way to load each image as upright RGB.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
-from ..classes import CODES, HAM10000, LabelSet
-from ..errors import SkinLesionError, missing, walk_files
-from ..intake import IMAGE_SUFFIXES, load_rgb
+from ..classes import CODES
+from ..errors import SkinLesionError, missing
+from ..intake import IMAGE_SUFFIXES, load_rgb  # noqa: F401 (IMAGE_SUFFIXES: part of this module's interface)
+from .dataset import Dataset, index_images  # noqa: F401 (re-exported: skinlesion.data.ham10000.Dataset)
 
 METADATA_NAME = "HAM10000_metadata.csv"
 REQUIRED_COLUMNS = ("lesion_id", "image_id", "dx")
@@ -36,41 +35,22 @@ OFFICIAL_SPLIT_NAME = "dermamnist_split.csv"
 NPZ_SPLITS = ("train", "val", "test")
 
 
-@dataclass
-class Dataset:
-    """A dataset's metadata (one row per image) and access to its pixels."""
-
-    root: Path
-    layout: str  # "kaggle", "folder", "npz" or "cache"
-    meta: pd.DataFrame  # image_id, lesion_id, dx, label, [split], [path | index], optional columns
-    arrays: np.ndarray | None = None  # (N, H, W, 3) uint8 for npz / cache layouts
-    warnings: list[str] = field(default_factory=list)
-    label_set: LabelSet = HAM10000  # what ``label`` indexes (``dx`` holds its codes)
-
-    def __len__(self) -> int:
-        return len(self.meta)
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self.meta["label"].to_numpy()
-
-    def image(self, i: int) -> Image.Image:
-        """Image ``i`` (row position in :attr:`meta`) as upright RGB."""
-        row = self.meta.iloc[i]
-        if self.arrays is not None:
-            return Image.fromarray(self.arrays[int(row["index"])], "RGB")
-        return load_rgb(row["path"])
-
-
 def load_dataset(data: str | Path | list, *, allow_missing: bool = False) -> Dataset:
     """Read ``data`` in any accepted layout; see the module docstring. Several: one combined dataset
-    (:mod:`skinlesion.data.combine`: one label set, each image once)."""
+    (:mod:`skinlesion.data.combine`: one label set, each image once).
+
+    The ISIC layouts (:mod:`skinlesion.data.isic_layouts`) are recognised by their CSV files' columns: a CSV
+    file passed itself, a folder without ``HAM10000_metadata.csv`` whose CSV files are an ISIC layout's, or,
+    where nothing else is found, one of its sub-folders.
+    """
     if isinstance(data, (list, tuple)):
         if len(data) == 1:
             return load_dataset(data[0], allow_missing=allow_missing)
         from .combine import combine
 
         return combine([load_dataset(d, allow_missing=allow_missing) for d in data], [str(d) for d in data])
+    from . import isic_layouts
+
     path = Path(data).expanduser()
     if not path.exists():
         raise SkinLesionError(f"{missing(path)}; pass the folder that holds {METADATA_NAME} (or a DermaMNIST .npz file).")
@@ -78,20 +58,29 @@ def load_dataset(data: str | Path | list, *, allow_missing: bool = False) -> Dat
         if path.suffix.lower() == ".npz":
             return _read_npz(path)
         if path.suffix.lower() == ".csv":
+            found = isic_layouts.layout_of_csv(path)
+            if found is not None:
+                return isic_layouts.read_layout(found, allow_missing=allow_missing)
             return _read_folder(path.parent, path, allow_missing)
         raise SkinLesionError(f"{path} is neither a folder, a metadata .csv nor a .npz file; pass the HAM10000 folder.")
     if (path / "cache.json").exists():
         return read_cache(path)
     if not any(path.iterdir()):
         raise SkinLesionError(f"{path} is an empty folder; download HAM10000 into it first (skinlesion download ham10000 --to DIR).")
+    found = None if (path / METADATA_NAME).exists() else isic_layouts.find_layout(path)
+    if found is not None:
+        return isic_layouts.read_layout(found, allow_missing=allow_missing)
     csv = _find_metadata(path)
     if csv is None:
         npzs = sorted(path.glob("*.npz"))
         if len(npzs) == 1:
             return _read_npz(npzs[0])
+        found = isic_layouts.find_layout(path, depth=1)
+        if found is not None:
+            return isic_layouts.read_layout(found, allow_missing=allow_missing)
         raise SkinLesionError(
-            f"No {METADATA_NAME} found in {path}; pass the folder of the HAM10000 download "
-            "(it holds the metadata CSV and the image folders) or a DermaMNIST .npz file."
+            f"No {METADATA_NAME} found in {path}, nor the CSV files of an ISIC 2019, ISIC 2020 or isic-cli layout; pass the folder "
+            "of the HAM10000 download (it holds the metadata CSV and the image folders), an ISIC download's folder or a DermaMNIST .npz file."
         )
     return _read_folder(path, csv, allow_missing)
 
@@ -107,19 +96,6 @@ def _find_metadata(root: Path) -> Path | None:
     # any other name that looks like HAM10000 metadata
     found = sorted(p for p in root.glob("*metadata*.csv"))
     return found[0] if found else None
-
-
-def index_images(root: Path) -> dict[str, Path]:
-    """Map image_id (file stem) to path for every image under ``root``, any depth.
-
-    The Kaggle download holds each image twice (``HAM10000_images_part_1`` and its
-    lower-case twin); the first in sorted order wins.
-    """
-    found: dict[str, Path] = {}
-    for p in walk_files(root):
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.stem not in found:
-            found[p.stem] = p
-    return found
 
 
 def read_metadata(csv: Path) -> pd.DataFrame:
