@@ -316,7 +316,9 @@ def evaluate_model(
         metrics["external"] = external
     metrics.update(analysis_metrics(probs, labels, cfg, aux, rule))
     if "source" in ds.meta.columns:
-        metrics["per_source"] = per_source(probs, labels, pred, ds.meta["source"].iloc[pos].astype(str).to_numpy(), cfg.labels)
+        src = ds.meta["source"].iloc[pos]
+        src = np.array(["not stated" if pd.isna(v) or str(v).strip() == "" else str(v) for v in src], dtype=object)
+        metrics["per_source"] = per_source(probs, labels, pred, src, cfg.labels)
     sub_meta = ds.meta.iloc[pos]
     if any(c in sub_meta.columns for c in ("age", "sex", "localization")):
         from .metrics import subgroup_metrics

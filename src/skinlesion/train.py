@@ -58,10 +58,15 @@ def _set_epoch(loader, epoch: int) -> None:
 class LesionModule(L.LightningModule):
     """The research code: a timm backbone, weighted cross-entropy, AdamW with warm-up + cosine."""
 
-    def __init__(self, cfg: dict, weights: list[float], prior: list[float] | None = None):
+    def __init__(self, cfg: dict, weights: list[float], prior: list[float] | None = None, label_set: tuple | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.cfg = cfg
+        from .classes import LABEL_SETS, LabelSet
+
+        name, codes = label_set or ("ham10000", LABEL_SETS["ham10000"].codes)  # (name, codes): what the outputs are
+        known = LABEL_SETS.get(name)
+        self.labels = known if known is not None and tuple(known.codes) == tuple(codes) else LabelSet("custom", tuple(codes))
         self.model = create_model(  # one output per class of the dataset's label set
             cfg["backbone"], len(weights), pretrained=cfg["pretrained"], weights=cfg["weights"], drop_rate=cfg["drop_rate"]
         )
@@ -149,7 +154,7 @@ class LesionModule(L.LightningModule):
         _, first = np.unique(pos_np, return_index=True)
         lg, yy = logits.cpu().numpy()[first], y.cpu().numpy()[first]
         probs = torch.softmax(torch.from_numpy(lg), -1).numpy()
-        m = compute_metrics(probs, yy)
+        m = compute_metrics(probs, yy, classes=self.labels)
         loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(lg), torch.from_numpy(yy)).item())
         self.train_loss = float(torch.stack(self._train_losses).float().mean()) if self._train_losses else float("nan")
         self.val_metrics = {
@@ -446,7 +451,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, finish_model: bool = True) 
     weights = class_weights(ds.labels[tr], cfg.balance if cfg.balance != "sampler" else "none", k)
 
     counts = np.bincount(ds.labels[tr], minlength=k).astype(float)
-    module = LesionModule(asdict(cfg), weights.tolist(), (np.maximum(counts, 1) / counts.sum()).tolist())
+    labels = (ds.label_set.name, list(ds.label_set.codes))
+    module = LesionModule(asdict(cfg), weights.tolist(), (np.maximum(counts, 1) / counts.sum()).tolist(), labels)
     base = ModelConfig(
         label_set=ds.label_set.name,
         classes=list(ds.label_set.codes),
