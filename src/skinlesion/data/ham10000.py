@@ -71,6 +71,12 @@ def load_dataset(data: str | Path | list, *, allow_missing: bool = False) -> Dat
         from .combine import combine
 
         return combine([load_dataset(d, allow_missing=allow_missing) for d in data], [str(d) for d in data])
+    # ---- litdata streaming chunks (skinlesion.data.shards): a folder with index.json / our marker, or a URL ----
+    from .shards import is_litdata, read_litdata
+
+    if is_litdata(data):
+        return read_litdata(data)
+    # ---- end of the litdata block ----
     path = Path(data).expanduser()
     if not path.exists():
         raise SkinLesionError(f"{missing(path)}; pass the folder that holds {METADATA_NAME} (or a DermaMNIST .npz file).")
