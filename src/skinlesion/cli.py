@@ -821,9 +821,11 @@ def prepare(
 ) -> None:
     """Decode and resize every image once: a memory-mapped cache, or litdata streaming chunks; train/evaluate accept either as DATA."""
     if format == "litdata":
+        from .data import load_dataset
         from .data.shards import prepare_litdata
 
-        state = prepare_litdata(data, out, size, chunk_mb=chunk_mb, force=force, allow_missing=allow_missing)
+        ds = load_dataset(data, allow_missing=allow_missing)
+        state = prepare_litdata(ds, out, size, source=data, chunk_mb=chunk_mb, force=force)
         _say(f"litdata chunks {out}: {state['n']} images at {size}x{size}; use it as DATA for split, train and evaluate")
         return
     if format != "cache":

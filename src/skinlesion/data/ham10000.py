@@ -75,7 +75,7 @@ def load_dataset(data: str | Path | list, *, allow_missing: bool = False) -> Dat
     from .shards import is_litdata, read_litdata
 
     if is_litdata(data):
-        return read_litdata(data)
+        return Dataset(layout="litdata", **read_litdata(data))
     # ---- end of the litdata block ----
     path = Path(data).expanduser()
     if not path.exists():

@@ -110,26 +110,25 @@ def _clear_local(out: Path, force: bool) -> None:
 
 
 def prepare_litdata(
-    data,
+    ds,
     out,
     size: int = 256,
     *,
+    source,
     chunk_mb: float = 64,
     force: bool = False,
-    allow_missing: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Write ``data`` as litdata chunks into ``out`` (a folder or an object-storage URL); see the module docstring."""
-    from .ham10000 import load_dataset
+    """Write the :class:`~skinlesion.data.Dataset` ``ds`` (read from ``source``) as litdata chunks into ``out`` (a folder
+    or an object-storage URL); see the module docstring."""
 
     if size < 8 or size > 2048:
         raise SkinLesionError(f"--size {size} is out of range; use 8 to 2048 pixels (256 suits 224 px training).")
     if not 0.01 <= chunk_mb <= 4096:
         raise SkinLesionError(f"--chunk-mb {chunk_mb:g} is out of range; use 0.01 to 4096 (litdata suggests about 64).")
     litdata = _litdata()
-    ds = load_dataset(data, allow_missing=allow_missing)
     if ds.layout in ("cache", "litdata"):
-        raise SkinLesionError(f"{data} is already prepared ({ds.layout}); prepare the original dataset instead.")
+        raise SkinLesionError(f"{source} is already prepared ({ds.layout}); prepare the original dataset instead.")
     remote = is_url(str(out))
     lock = None
     if not remote:
@@ -172,7 +171,7 @@ def prepare_litdata(
         "label_set": ds.label_set.name,
         "classes": list(ds.label_set.codes),
         "chunk_mb": float(chunk_mb),
-        "source": str(Path(data).resolve()) if not isinstance(data, (list, tuple)) else [str(Path(d).resolve()) for d in data],
+        "source": str(Path(source).resolve()),
         "layout": ds.layout,
         "sample": "image_id (str), label (int), pixels (uint8 size x size x 3)",
     }
@@ -247,12 +246,12 @@ def read_marker(folder: Path, where: str) -> dict:
     return state
 
 
-def read_litdata(data):
-    """Open a chunks folder (or URL) written by :func:`prepare_litdata` as a :class:`~skinlesion.data.Dataset`."""
+def read_litdata(data) -> dict:
+    """Open a chunks folder (or URL) written by :func:`prepare_litdata`: the fields of its
+    :class:`~skinlesion.data.Dataset` (``load_dataset`` makes it, layout "litdata")."""
     import pandas as pd
 
     from ..classes import label_set
-    from .ham10000 import Dataset
 
     where = str(data)
     folder = _fetch_beside(where) if is_url(where) else Path(data)
@@ -268,8 +267,7 @@ def read_litdata(data):
     if meta is None or len(meta) != state["n"] or not {"image_id", "lesion_id", "dx", "label", "index"} <= set(meta.columns):
         raise SkinLesionError(f"{where}/{META} is missing or damaged; prepare the chunks again with --force.")
     arrays = ChunkArray(where, int(state["n"]), int(state["size"]))
-    root = Path(folder) if not is_url(where) else folder
-    return Dataset(root=root, layout="litdata", meta=meta, arrays=arrays, label_set=label_set(state["classes"]))
+    return {"root": folder, "meta": meta, "arrays": arrays, "label_set": label_set(state["classes"])}
 
 
 class ChunkArray:
