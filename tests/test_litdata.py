@@ -232,3 +232,19 @@ def test_an_object_store_url_goes_to_litdata_as_it_is(synth_kaggle, run_cli, mon
     line = _one_sentence(*run_cli("prepare", synth_kaggle, "--format", "litdata", "--size", "16", "--out", "s3://bucket/ham")[::2])
     assert seen["output_dir"] == "s3://bucket/ham"  # not a local path made of it
     assert "litdata could not write the chunks to s3://bucket/ham (Could not connect" in line
+
+
+def test_reading_chunks_from_an_object_store_asks_litdata_for_that_url(run_cli, monkeypatch):
+    import litdata.streaming.fs_provider as fs_provider
+
+    asked = []
+
+    class Offline:
+        def download_file(self, remote, local):
+            asked.append(remote)
+            raise ConnectionError("Could not connect to the endpoint URL")
+
+    monkeypatch.setattr(fs_provider, "_get_fs_provider", lambda url, *a, **k: asked.append(url) or Offline())
+    line = _one_sentence(*run_cli("info", "s3://bucket/ham")[::2])  # typer's Path makes it s3:/bucket/ham: still the URL
+    assert asked[:2] == ["s3://bucket/ham", "s3://bucket/ham/meta.csv"]
+    assert "Could not read the chunks' skinlesion_litdata.json at s3://bucket/ham (Could not connect" in line

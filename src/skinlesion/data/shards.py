@@ -55,9 +55,22 @@ ORDER_SEED = 20240521  # the write order's seed (any fixed number: the order onl
 _KEEP = {MARKER, META, INDEX}
 
 
+_SCHEMES = ("s3", "gs", "r2", "hf")
+
+
 def is_url(data) -> bool:
-    """True for an object-storage address (``s3://bucket/x``, ``gs://...``): handed to litdata as it is."""
-    return isinstance(data, str) and "://" in data
+    """True for an object-storage address (``s3://bucket/x``, ``gs://...``): handed to litdata as it is. A
+    ``pathlib.Path`` made of one (``s3:/bucket/x``, as a command-line path option turns it) counts too."""
+    return as_url(data) is not None
+
+
+def as_url(data) -> str | None:
+    """``data`` as an object-storage URL (``s3://bucket/x``), or None for a local path."""
+    text = str(data)
+    scheme, sep, rest = text.partition(":/")
+    if not sep or scheme.lower() not in _SCHEMES:
+        return None
+    return f"{scheme.lower()}://{rest.lstrip('/')}"
 
 
 def _litdata():
@@ -73,7 +86,7 @@ def _litdata():
 
 def is_litdata(path) -> bool:
     """True for a folder that holds litdata chunks (litdata's index.json) or our marker."""
-    if is_url(str(path)):
+    if is_url(path):
         return True
     p = Path(path)
     return p.is_dir() and ((p / MARKER).exists() or (p / INDEX).exists())
@@ -129,9 +142,11 @@ def prepare_litdata(
     litdata = _litdata()
     if ds.layout in ("cache", "litdata"):
         raise SkinLesionError(f"{source} is already prepared ({ds.layout}); prepare the original dataset instead.")
-    remote = is_url(str(out))
+    remote = is_url(out)
     lock = None
-    if not remote:
+    if remote:
+        out = as_url(out)
+    else:
         out = Path(out)
         lock = lock_folder(out, "prepare")  # noqa: F841 (held until this function returns)
         _clear_local(out, force)
@@ -253,7 +268,7 @@ def read_litdata(data) -> dict:
 
     from ..classes import label_set
 
-    where = str(data)
+    where = as_url(data) or str(data)
     folder = _fetch_beside(where) if is_url(where) else Path(data)
     if not is_url(where) and not (folder / INDEX).exists():
         raise SkinLesionError(
