@@ -5,7 +5,9 @@ Read top-down:
 - :mod:`skinlesion.classes`     the registry of diagnoses (names, plain and neutral descriptions, malignancy) and
                                 label sets (a model's classes, carried in its bundle; HAM10000's seven)
 - :mod:`skinlesion.data`        reading HAM10000 / DermaMNIST and prepared caches, splits and CV folds, the leakage
-                                audit (shared lesions, near-duplicates), synthetic data, downloads, loaders
+                                audit (shared lesions, near-duplicates), synthetic data, downloads, loaders;
+                                litdata streaming chunks (``data.shards``: write, read; ``data.stream``: train
+                                from them, sharded across DDP ranks by litdata)
 - :mod:`skinlesion.errors`      the one user-facing error, one writer per folder, atomic files, link-safe scans
 - :mod:`skinlesion.intake`      opening one image file safely (EXIF, modes, bombs, corrupt files)
 - :mod:`skinlesion.preprocess`  the ONE definition of image preprocessing and augmentation
