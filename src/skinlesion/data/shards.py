@@ -303,7 +303,8 @@ class ChunkArray:
 
     def _dataset(self):
         if self._sd is None:
-            self._sd = _litdata().StreamingDataset(self.input_dir, shuffle=False, drop_last=False)
+            # random access: one sample decoded per read (litdata's "auto" window would decode its neighbours too)
+            self._sd = _litdata().StreamingDataset(self.input_dir, shuffle=False, drop_last=False, batch_decode=0)
         return self._sd
 
     def __getitem__(self, key):

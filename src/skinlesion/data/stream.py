@@ -43,7 +43,9 @@ class StreamSet(torch.utils.data.IterableDataset):
         self.augment = BatchAugment(prep, seed) if mode == "device" else None
         self.transform = prep.train_transform() if mode == "workers" else None
         index = ds.meta["index"].to_numpy()[self.positions]
-        base = _litdata().StreamingDataset(ds.arrays.input_dir, shuffle=True, seed=self.seed, drop_last=False)
+        # batch_decode=0: one sample decoded per read. litdata's "auto" decodes a window of samples at a time, and with
+        # the in-chunk shuffle it decoded ~43 samples per image read (245 against 15,600 images/s, benchmarks/RESULTS.md)
+        base = _litdata().StreamingDataset(ds.arrays.input_dir, shuffle=True, seed=self.seed, drop_last=False, batch_decode=0)
         self.stream = base.subset(sorted(int(i) for i in index))
         self.set_epoch(epoch)
 
@@ -80,7 +82,7 @@ class StreamSet(torch.utils.data.IterableDataset):
         position = self._by_id[sample["image_id"]]
         label = int(self.labels[position])
         if self.mode == "device":
-            return torch.from_numpy(np.ascontiguousarray(sample["pixels"])), label, position
+            return sample["pixels"], label, position  # stacked by stack_pixels
         from PIL import Image
 
         with torch.random.fork_rng(devices=[]):
@@ -91,6 +93,18 @@ class StreamSet(torch.utils.data.IterableDataset):
     takes = PixelSet.takes
     with_plan = PixelSet.with_plan
     augmented = PixelSet.augmented
+
+
+def stack_pixels(items):
+    """The device path's collate: ``(uint8 (N, H, W, 3), label, position)`` stacked by numpy, as PixelSet's batch is
+    cut from its array. (torch.stack of uint8 images on its 2-thread pool took 0.15-0.5 s a batch of 64 at 256 px on
+    the shared 2-core box, against 8 ms on one thread: a busy neighbour's cores stall the pool.)"""
+    x = np.stack([np.asarray(i[0], dtype=np.uint8) for i in items])
+    return (
+        torch.from_numpy(x),
+        torch.tensor([i[1] for i in items], dtype=torch.int64),
+        torch.tensor([i[2] for i in items], dtype=torch.int64),
+    )
 
 
 class StreamLoader(torch.utils.data.DataLoader):
@@ -111,4 +125,5 @@ def stream_loader(train_set: StreamSet, batch_size: int, *, num_workers: int, pi
         pin_memory=pin_memory,
         persistent_workers=False,
         drop_last=drop_last,
+        collate_fn=stack_pixels if train_set.mode == "device" else None,
     )
