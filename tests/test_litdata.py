@@ -248,3 +248,29 @@ def test_reading_chunks_from_an_object_store_asks_litdata_for_that_url(run_cli, 
     line = _one_sentence(*run_cli("info", "s3://bucket/ham")[::2])  # typer's Path makes it s3:/bucket/ham: still the URL
     assert asked[:2] == ["s3://bucket/ham", "s3://bucket/ham/meta.csv"]
     assert "Could not read the chunks' skinlesion_litdata.json at s3://bucket/ham (Could not connect" in line
+
+
+def test_chunks_written_to_a_url_get_their_meta_and_marker_beside_them(synth_kaggle, run_cli, monkeypatch):
+    import litdata
+    import litdata.streaming.fs_provider as fs_provider
+
+    uploaded = {}
+
+    class Store:
+        def upload_file(self, local, remote):
+            uploaded[remote] = open(local).read()
+
+    monkeypatch.setattr(litdata, "optimize", lambda fn, inputs, output_dir, **kw: None)
+    monkeypatch.setattr(fs_provider, "_get_fs_provider", lambda url, *a, **k: Store())
+    code, _, err = run_cli("prepare", synth_kaggle, "--format", "litdata", "--size", "16", "--out", "gs://bucket/ham/")
+    assert code == 0, err
+    assert list(uploaded) == ["gs://bucket/ham/meta.csv", "gs://bucket/ham/skinlesion_litdata.json"]  # the marker last
+    assert json.loads(uploaded["gs://bucket/ham/skinlesion_litdata.json"])["size"] == 16
+
+    class Offline:
+        def upload_file(self, local, remote):
+            raise PermissionError("Access denied")
+
+    monkeypatch.setattr(fs_provider, "_get_fs_provider", lambda url, *a, **k: Offline())
+    line = _one_sentence(*run_cli("prepare", synth_kaggle, "--format", "litdata", "--size", "16", "--out", "gs://bucket/ham")[::2])
+    assert "could not be written (Access denied); rerun with --force" in line

@@ -217,9 +217,15 @@ def _upload_beside(url: str, meta, state: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         meta.to_csv(Path(tmp) / META, index=False)
         (Path(tmp) / MARKER).write_text(json.dumps(state, indent=2))
-        fs = _get_fs_provider(url)
-        for name in (META, MARKER):
-            fs.upload_file(str(Path(tmp) / name), url.rstrip("/") + "/" + name)
+        try:
+            fs = _get_fs_provider(url)
+            for name in (META, MARKER):  # the marker last: chunks with a marker are complete
+                fs.upload_file(str(Path(tmp) / name), url.rstrip("/") + "/" + name)
+        except Exception as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SkinLesionError(
+                f"The chunks are in {url} but its {META} and {MARKER} could not be written ({reason}); rerun with --force."
+            ) from None
 
 
 def _fetch_beside(url: str) -> Path:
