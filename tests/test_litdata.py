@@ -126,7 +126,7 @@ dist.destroy_process_group()
 """
 
 
-@pytest.mark.parametrize("batch,workers", [(4, 0), (3, 2)])
+@pytest.mark.parametrize("batch,workers", [(4, 0), pytest.param(3, 2, marks=pytest.mark.slow)])  # 2 workers a rank: slow
 def test_two_ddp_ranks_read_disjoint_parts(prepared, tmp_path, batch, workers):
     """gloo on CPU, two processes: litdata deals the shuffled chunk regions of the train ids to the ranks (and their
     DataLoader workers). Under DDP it drops the epoch's tail so that each rank gets (n // batch // 2) * batch items."""
