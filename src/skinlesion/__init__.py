@@ -5,9 +5,10 @@ Read top-down:
 - :mod:`skinlesion.classes`     the registry of diagnoses (names, plain and neutral descriptions, malignancy) and
                                 label sets (a model's classes, carried in its bundle; HAM10000's seven)
 - :mod:`skinlesion.data`        one ``Dataset`` from every reader: HAM10000 / DermaMNIST and prepared caches, the ISIC
-                                2019 / 2020 / isic-cli layouts, several combined; splits and CV folds (by lesion, or
-                                patient), the leakage audit (shared lesions, near-duplicates), synthetic data,
-                                downloads, loaders
+                                2019 / 2020 / isic-cli layouts, litdata streaming chunks (``data.shards``: write,
+                                read; ``data.stream``: train from them, sharded across DDP ranks by litdata),
+                                several combined; splits and CV folds (by lesion, or patient), the leakage audit
+                                (shared lesions, near-duplicates), synthetic data, downloads, loaders
 - :mod:`skinlesion.errors`      the one user-facing error, one writer per folder, atomic files, link-safe scans
 - :mod:`skinlesion.intake`      opening one image file safely (EXIF, modes, bombs, corrupt files)
 - :mod:`skinlesion.preprocess`  the ONE definition of image preprocessing and augmentation

@@ -808,14 +808,31 @@ def serve(
 @app.command()
 def prepare(
     data: Path = typer.Argument(..., help="HAM10000 folder, metadata CSV or .npz."),
-    out: Path = typer.Option(..., "--out", "-o", help="Cache folder to write (resumable)."),
+    out: str = typer.Option(
+        ..., "--out", "-o", help="Cache folder to write (resumable); with --format litdata a folder or an s3:// / gs:// URL."
+    ),
     size: int = typer.Option(256, "--size", help="Square side of the cached images."),
+    format: str = typer.Option(
+        "cache", "--format", help="cache (one memory-mapped array) or litdata (streaming chunks, litdata.optimize)."
+    ),
+    chunk_mb: float = typer.Option(64.0, "--chunk-mb", help="With --format litdata: the size of one chunk in MB."),
+    force: bool = typer.Option(False, "--force", help="With --format litdata: replace the chunks already in --out."),
     allow_missing: bool = typer.Option(False, "--allow-missing"),
 ) -> None:
-    """Decode and resize every image once into a memory-mapped cache that train/evaluate accept as DATA."""
+    """Decode and resize every image once: a memory-mapped cache, or litdata streaming chunks; train/evaluate accept either as DATA."""
+    if format == "litdata":
+        from .data import load_dataset
+        from .data.shards import prepare_litdata
+
+        ds = load_dataset(data, allow_missing=allow_missing)
+        state = prepare_litdata(ds, out, size, source=data, chunk_mb=chunk_mb, force=force)
+        _say(f"litdata chunks {out}: {state['n']} images at {size}x{size}; use it as DATA for split, train and evaluate")
+        return
+    if format != "cache":
+        raise SkinLesionError(f"Unknown --format {format!r}; use cache or litdata.")
     from .data.prepare import prepare as run
 
-    state = run(data, out, size, allow_missing=allow_missing)
+    state = run(data, Path(out), size, allow_missing=allow_missing)
     _say(
         f"cache {out}: {state['done']} images at {size}x{size}; use it as DATA for train and evaluate "
         f"(train on the raw folder with --source-size {size} to get the same pixels)"

@@ -44,7 +44,7 @@ def resolve_preprocess(
 
         native = native_size(ds)
         tiny = native <= SMALL_SIDE
-        if source_size is None and (tiny or ds.layout == "cache"):
+        if source_size is None and (tiny or ds.layout in ("cache", "litdata")):
             source_size = native
         if input_size is None and tiny:
             input_size = 4 * native

@@ -49,6 +49,9 @@ def class_weights(labels: np.ndarray, mode: str, k: int) -> np.ndarray:
 
 def _set_epoch(loader, epoch: int) -> None:
     """Tell our EpochSampler the epoch also where DDP wrapped it (Lightning sets only the outer sampler)."""
+    stream = getattr(loader, "dataset", None)
+    if hasattr(stream, "stream") and hasattr(stream, "set_epoch"):  # litdata chunks (data.stream.StreamSet)
+        stream.set_epoch(epoch)
     sampler = getattr(loader, "sampler", None)
     for s in (sampler, getattr(getattr(sampler, "dataset", None), "_sampler", None)):
         if hasattr(s, "set_epoch") and hasattr(s, "seed") and hasattr(s, "weights"):
@@ -381,6 +384,19 @@ def build_loaders(cfg: TrainConfig, ds, manifest, start_epoch: int = 0):
         augment_on=where,
     )
     gpu = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
+    val_loader = make_loader(ImageSet(ds, va, prep.eval_transform()), cfg.batch_size * 2, num_workers=cfg.num_workers, pin_memory=gpu)
+    if ds.layout == "litdata":  # streamed from the chunks: litdata shuffles and shards (skinlesion.data.shards)
+        from .data.loader import default_workers
+        from .data.stream import StreamSet, stream_loader
+
+        if cfg.balance == "sampler":
+            raise SkinLesionError(
+                "--balance sampler draws images at random, which streaming chunks cannot; use --balance sqrt or weights with litdata chunks."
+            )
+        train_set = StreamSet(ds, tr, prep, mode=where, seed=cfg.seed, batch_size=cfg.batch_size, epoch=start_epoch)
+        workers = default_workers(len(tr)) if cfg.num_workers is None else cfg.num_workers
+        train_loader = stream_loader(train_set, cfg.batch_size, num_workers=workers, pin_memory=gpu, drop_last=len(tr) > cfg.batch_size)
+        return cfg, prep, tr, va, train_loader, val_loader
     labels = ds.labels[tr]
     w = 1.0 / np.bincount(labels, minlength=len(ds.label_set))[labels] if cfg.balance == "sampler" else None
     # every epoch's order and augmentation are a function of (seed, epoch): a resumed run repeats them exactly
@@ -403,7 +419,6 @@ def build_loaders(cfg: TrainConfig, ds, manifest, start_epoch: int = 0):
         seed=cfg.seed,
         drop_last=len(tr) > cfg.batch_size,
     )
-    val_loader = make_loader(ImageSet(ds, va, prep.eval_transform()), cfg.batch_size * 2, num_workers=cfg.num_workers, pin_memory=gpu)
     return cfg, prep, tr, va, train_loader, val_loader
 
 

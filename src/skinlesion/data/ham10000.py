@@ -49,6 +49,12 @@ def load_dataset(data: str | Path | list, *, allow_missing: bool = False) -> Dat
         from .combine import combine
 
         return combine([load_dataset(d, allow_missing=allow_missing) for d in data], [str(d) for d in data])
+    # ---- litdata streaming chunks (skinlesion.data.shards): a folder with index.json / our marker, or a URL ----
+    from .shards import is_litdata, read_litdata
+
+    if is_litdata(data):
+        return Dataset(layout="litdata", **read_litdata(data))
+    # ---- end of the litdata block ----
     from . import isic_layouts
 
     path = Path(data).expanduser()
