@@ -283,3 +283,31 @@ def test_robustness_benchmark_on_a_single_model_split_matches_the_predictor(tiny
     assert clean["corruption"] == "none"
     assert clean["accuracy"] == pytest.approx(np.mean([CODES.index(p.top) == ds.labels[i] for p, i in zip(preds, test)]))
     assert clean["ood_flagged"] == pytest.approx(np.mean([p.out_of_distribution for p in preds]))
+
+
+def test_the_shipped_config_is_strict_json():
+    """No NaN or Infinity in the bundle's JSON (an undefined metric is null): browsers, jq and the API parse it."""
+    import json
+
+    from skinlesion.bundle import resolve_model_path
+
+    text = resolve_model_path("default").with_suffix(".json").read_text()
+
+    def refuse(name):
+        raise AssertionError(f"non-standard JSON constant {name} in the shipped config")
+
+    json.loads(text, parse_constant=refuse)
+
+
+def test_a_written_bundle_stores_an_undefined_metric_as_null(tiny_run, tmp_path):
+    import json
+
+    from skinlesion.bundle import load_config, update_config
+    from skinlesion.train import copy_model
+
+    _, _, run = tiny_run
+    path = copy_model(run, tmp_path / "m.safetensors")
+    cfg = load_config(path, check_backbones=False)
+    update_config(path, metrics={**(cfg.metrics or {}), "undefined": float("nan")})
+    saved = json.loads(path.with_suffix(".json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert saved["metrics"]["undefined"] is None

@@ -444,13 +444,30 @@ def save_bundle(nets, config: ModelConfig, path: str | Path, *, half: bool = Fal
             raise ValueError(f"auxiliary tensor {k} uses the members' prefix")
         sd[k] = torch.as_tensor(np.asarray(v)).contiguous()
     config.created_with = library_versions()
-    d = validate(json.loads(json.dumps(config.to_dict(), default=float)), path.name + ".json", check_backbones=False).to_dict()
+    d = validate(_strict(config.to_dict()), path.name + ".json", check_backbones=False).to_dict()
     weights = path.with_suffix(".safetensors")
     # serialised in memory, written by Python: a full disk is an OSError (one sentence), never a SafetensorError
     blob = to_bytes(sd, metadata={"format": "pt", "skinlesion_format": str(FORMAT_VERSION)})
     _atomic_write(weights, lambda t: t.write_bytes(blob))
-    _atomic_write(path.with_suffix(".json"), lambda t: t.write_text(json.dumps(d, indent=2, default=float) + "\n"))
+    _atomic_write(path.with_suffix(".json"), lambda t: t.write_text(json.dumps(_strict(d), indent=2, allow_nan=False) + "\n"))
     return weights
+
+
+def _strict(d: dict) -> dict:
+    """``d`` as plain JSON data, every non-finite number (an undefined metric: NaN) as null, so the config
+    is strict JSON that any reader (a browser, jq, the REST API) parses."""
+    import math
+
+    def fix(v):
+        if isinstance(v, dict):
+            return {k: fix(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        return v
+
+    return fix(json.loads(json.dumps(d, default=float)))
 
 
 def update_config(weights_path: str | Path, **changes) -> ModelConfig:
@@ -461,8 +478,8 @@ def update_config(weights_path: str | Path, **changes) -> ModelConfig:
         if k not in ModelConfig.__dataclass_fields__:
             raise ValueError(f"unknown config field {k}")
         setattr(cfg, k, v)
-    d = validate(json.loads(json.dumps(cfg.to_dict(), default=float)), path.with_suffix(".json").name, check_backbones=False).to_dict()
-    _atomic_write(path.with_suffix(".json"), lambda t: t.write_text(json.dumps(d, indent=2, default=float) + "\n"))
+    d = validate(_strict(cfg.to_dict()), path.with_suffix(".json").name, check_backbones=False).to_dict()
+    _atomic_write(path.with_suffix(".json"), lambda t: t.write_text(json.dumps(_strict(d), indent=2, allow_nan=False) + "\n"))
     return cfg
 
 

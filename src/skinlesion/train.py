@@ -434,6 +434,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, finish_model: bool = True) 
     from .data.ham10000 import load_dataset
     from .data.split import read_manifest
 
+    from .runtime import threads_for
+
+    # the intra-op pool at its default (every usable core): an earlier in-process Predictor may have sized it to
+    # its own concurrency, and a run must not compute differently (reduction order) because of that
+    torch.set_num_threads(threads_for(1))
     out = Path(cfg.out)
     lock = lock_folder(out, "training run")  # noqa: F841 (held until this function returns)
     ckpt = out / "checkpoints" / "last.ckpt"
