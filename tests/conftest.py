@@ -37,12 +37,27 @@ def synth_kaggle(tmp_path_factory) -> Path:
     return write_synthetic(tmp_path_factory.mktemp("synth_kaggle"), n_lesions=40, layout="kaggle", seed=1)
 
 
+def _rebind_closed_log_streams() -> None:
+    """Lightning adds a StreamHandler on sys.stderr when it is first imported; imported inside a test, that is
+    the test's capture stream, closed once the test ends, and a later log line would print a logging error
+    into another test's stderr. Point such handlers at the current stderr (the running test's capture)."""
+    import logging
+    import sys
+
+    loggers = [logging.getLogger()] + [v for v in logging.root.manager.loggerDict.values() if isinstance(v, logging.Logger)]
+    for logger in loggers:
+        for h in logger.handlers:
+            if type(h) is logging.StreamHandler and getattr(h.stream, "closed", False):
+                h.stream = sys.stderr  # not setStream: it flushes the closed stream first
+
+
 @pytest.fixture
 def run_cli(capsys):
     """Run the skinlesion CLI in-process; return (exit_code, stdout, stderr)."""
     from skinlesion.cli import main
 
     def run(*args: str):
+        _rebind_closed_log_streams()
         code = 0
         try:
             main([str(a) for a in args])
