@@ -17,7 +17,9 @@ Read top-down:
 - :mod:`skinlesion.models`      timm backbones, their ImageNet weights, the preprocessing resolver, stage features
 - :mod:`skinlesion.bundle`      the model on disk (safetensors + validated JSON; members, rules); its only writer
 - :mod:`skinlesion.recipe`      the training recipe (``TrainConfig``), read and checked before torch is imported
-- :mod:`skinlesion.train`       Lightning training (``LesionModule``, ``ExportModels``) of one network
+- :mod:`skinlesion.losses`      the training objective for the tail: weighted / logit-adjusted / balanced-softmax
+                                cross-entropy, deferred re-weighting, mixup and CutMix (timm)
+- :mod:`skinlesion.train`       Lightning training (``LesionModule``, ``ExportModels``) of one network, its experiment tracking (TensorBoard, CSV, MLflow)
 - :mod:`skinlesion.finish`      a single run's post-training step (TTA choice, calibration, rules, OOD) on val
 - :mod:`skinlesion.cv`          cross-validated ensembles: members, out-of-fold predictions, assembly
 - :mod:`skinlesion.posthoc`     fitted after training: calibration with prior correction, metadata fusion,

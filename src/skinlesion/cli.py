@@ -300,7 +300,27 @@ def train(
     loss: Optional[str] = typer.Option(
         None,
         "--loss",
-        help="cross-entropy (default; class weights from --balance) or logit-adjusted (Menon et al. 2021; with --balance none).",
+        help="cross-entropy (default; class weights from --balance), logit-adjusted (Menon et al. 2021) or balanced-softmax "
+        "(Ren et al. 2020; the logit adjustment with tau 1); both with --balance none.",
+    ),
+    loss_tau: Optional[float] = typer.Option(None, "--loss-tau", help="The logit adjustment of --loss logit-adjusted [default: 1]."),
+    drw_epochs: Optional[int] = typer.Option(
+        None,
+        "--drw-epochs",
+        help="Deferred re-weighting (Cao et al. 2019): class-balanced loss weights for the last N epochs, the plain loss before "
+        "(with --balance none) [default: 0, off].",
+    ),
+    mixup: Optional[float] = typer.Option(None, "--mixup", help="Mixup alpha (timm's Mixup, e.g. 0.2) [default: 0, off]."),
+    cutmix: Optional[float] = typer.Option(None, "--cutmix", help="CutMix alpha (e.g. 1.0) [default: 0, off]."),
+    mix_prob: Optional[float] = typer.Option(None, "--mix-prob", help="Share of batches mixed by --mixup/--cutmix [default: 1]."),
+    logger: Optional[str] = typer.Option(
+        None,
+        "--logger",
+        help="Experiment tracking: tensorboard (into OUT/tensorboard), csv (OUT/logs), mlflow (--tracking-uri), none, or auto "
+        "[default: tensorboard where installed, else csv].",
+    ),
+    tracking_uri: Optional[str] = typer.Option(
+        None, "--tracking-uri", help="With --logger mlflow: the tracking URI [default: MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db]."
     ),
     decision_rule: Optional[str] = typer.Option(
         None,
@@ -349,6 +369,13 @@ def train(
             precision=precision,
             decision_rule=decision_rule,
             loss=loss,
+            loss_tau=loss_tau,
+            drw_epochs=drw_epochs,
+            mixup=mixup,
+            cutmix=cutmix,
+            mix_prob=mix_prob,
+            logger=logger,
+            tracking_uri=tracking_uri,
             augment_on=augment_on,
         ).items()
         if v is not None
@@ -388,7 +415,7 @@ def _resume_config(out: Path, config: Optional[Path], given: dict) -> Path:
 
     saved = read_config(saved_path)
     for key, value in given.items():
-        if key in ("num_workers",):  # how this machine runs it, not what the run is
+        if key in ("num_workers", "logger", "tracking_uri"):  # how this machine runs or watches it, not what the run is
             continue
         was = saved.get(key)
         if key in ("data", "split", "weights") and was is not None:

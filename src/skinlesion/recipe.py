@@ -49,7 +49,19 @@ class TrainConfig:
     progress: bool = True
     augment: dict = field(default_factory=dict)  # training augmentation strengths (skinlesion.preprocess.AUGMENT)
     decision_rule: str = "most-probable"  # the rule the model names its top class by (skinlesion.posthoc.RULES)
-    loss: str = "cross-entropy"  # or "logit-adjusted" (Menon et al., ICLR 2021: CE on logits + log prior; = balanced softmax)
+    # the training objective (skinlesion.losses): cross-entropy (weights from --balance), logit-adjusted (Menon et al.,
+    # ICLR 2021: CE on logits + loss_tau * log prior) or balanced-softmax (Ren et al., NeurIPS 2020: the same with tau 1)
+    loss: str = "cross-entropy"
+    loss_tau: float = 1.0
+    drw_epochs: int = 0  # deferred re-weighting (Cao et al. 2019): class-balanced weights for the last N epochs
+    mixup: float = 0.0  # mixup alpha (timm.data.Mixup); 0: off
+    cutmix: float = 0.0  # CutMix alpha; 0: off (with both on, each batch is one or the other)
+    mix_prob: float = 1.0  # the share of batches mixed
+    # experiment tracking (Lightning's loggers): tensorboard (into OUT/tensorboard), csv (OUT/logs), mlflow (tracking_uri,
+    # default MLFLOW_TRACKING_URI or ./mlruns/mlflow.db), none; auto (default): tensorboard where installed, else csv.
+    # How a run is watched, not what it computes
+    logger: str = "auto"
+    tracking_uri: str | None = None
     # where the training augmentation runs: "device" (whole batches on the training device, skinlesion.augment),
     # "workers" (image by image on DataLoader workers, PIL), "auto": device when the images have one size (a
     # prepared cache, .npz, small images or --source-size), else workers; config.json records the choice
@@ -110,11 +122,34 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         cfg.decision_rule in ("most-probable", "balanced"),
         f"Unknown --decision-rule {cfg.decision_rule!r}; use most-probable or balanced.",
     )
-    need(cfg.loss in ("cross-entropy", "logit-adjusted"), f"Unknown --loss {cfg.loss!r}; use cross-entropy or logit-adjusted.")
+    need(
+        cfg.loss in ("cross-entropy", "logit-adjusted", "balanced-softmax"),
+        f"Unknown --loss {cfg.loss!r}; use cross-entropy, logit-adjusted or balanced-softmax.",
+    )
+    need(0 < cfg.loss_tau <= 5 and math.isfinite(cfg.loss_tau), f"--loss-tau {cfg.loss_tau} must be above 0 and at most 5 (1 is usual).")
+    need(
+        cfg.loss_tau == 1.0 or cfg.loss == "logit-adjusted",
+        f"--loss-tau sets the logit adjustment of --loss logit-adjusted; pass --loss logit-adjusted with it (not {cfg.loss}).",
+    )
+    need(0 <= cfg.drw_epochs < cfg.epochs, f"--drw-epochs {cfg.drw_epochs} must be at least 0 and fewer than --epochs {cfg.epochs}.")
+    need(
+        not cfg.drw_epochs or (cfg.loss == "cross-entropy" and cfg.balance == "none"),
+        "--drw-epochs re-weights the classes itself in the last epochs; pass it with --loss cross-entropy --balance none.",
+    )
+    for flag, alpha in (("--mixup", cfg.mixup), ("--cutmix", cfg.cutmix)):
+        need(0 <= alpha <= 10 and math.isfinite(alpha), f"{flag} {alpha} must be an alpha of 0 (off) to 10 (0.2-1.0 is usual).")
+    need(0 < cfg.mix_prob <= 1, f"--mix-prob {cfg.mix_prob} must be above 0 and at most 1.")
+    need(
+        cfg.logger in ("auto", "tensorboard", "csv", "mlflow", "none"),
+        f"Unknown --logger {cfg.logger!r}; use tensorboard, csv, mlflow, none or auto.",
+    )
+    need(
+        cfg.tracking_uri is None or cfg.logger == "mlflow", "--tracking-uri is where MLflow records the run; pass --logger mlflow with it."
+    )
     need(cfg.augment_on in ("auto", "device", "workers"), f"Unknown --augment-on {cfg.augment_on!r}; use auto, device or workers.")
     need(
-        cfg.loss != "logit-adjusted" or cfg.balance == "none",
-        f"--loss logit-adjusted balances the classes itself; pass --balance none with it (not --balance {cfg.balance}).",
+        cfg.loss == "cross-entropy" or cfg.balance == "none",
+        f"--loss {cfg.loss} balances the classes itself; pass --balance none with it (not --balance {cfg.balance}).",
     )
     if str(cfg.devices).isdigit():
         import torch  # only to count the devices a --devices N asks for

@@ -61,7 +61,14 @@ def _set_epoch(loader, epoch: int) -> None:
 class LesionModule(L.LightningModule):
     """The research code: a timm backbone, weighted cross-entropy, AdamW with warm-up + cosine."""
 
-    def __init__(self, cfg: dict, weights: list[float], prior: list[float] | None = None, label_set: tuple | None = None):
+    def __init__(
+        self,
+        cfg: dict,
+        weights: list[float],
+        prior: list[float] | None = None,
+        label_set: tuple | None = None,
+        counts: list[float] | None = None,
+    ):
         super().__init__()
         self.save_hyperparameters()
         self.cfg = cfg
@@ -77,6 +84,10 @@ class LesionModule(L.LightningModule):
         self.register_buffer("class_w", torch.tensor(weights, dtype=torch.float32))
         # the logit-adjusted loss adds log(prior) to the logits it trains (never to those it predicts with)
         self.register_buffer("log_prior", torch.log(torch.tensor(prior or [1.0 / len(weights)] * len(weights), dtype=torch.float32)))
+        from .losses import objective
+
+        # the loss (skinlesion.losses): weights, logit adjustment, deferred re-weighting, mixup/CutMix from the recipe
+        self.objective = objective(cfg, weights, counts if counts is not None else (prior or [1.0] * len(weights)))
         self._val = []
         self._train_losses = []
         self._seen: list[int] = []
@@ -114,10 +125,9 @@ class LesionModule(L.LightningModule):
         x, y, pos = batch
         if self.cfg.get("extra", {}).get("record_shards") and self.current_epoch == 0:
             self._seen.extend(pos.tolist())
-        logits = self(self._x(x)).float()
-        if self.cfg.get("loss") == "logit-adjusted":
-            logits = logits + self.log_prior
-        loss = torch.nn.functional.cross_entropy(logits, y, weight=self.class_w, label_smoothing=self.cfg["label_smoothing"])
+        x, target = self.objective.mix(self._x(x), y)  # mixup/CutMix: soft targets; otherwise the labels as they are
+        logits = self(x).float()
+        loss = self.objective(logits, target, self.current_epoch)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         self._train_losses.append(loss.detach())  # a tensor: no host sync per step (read once per epoch)
         return loss
@@ -128,6 +138,12 @@ class LesionModule(L.LightningModule):
         from .data.loader import epoch_seed
 
         torch.manual_seed(epoch_seed(self.cfg["seed"], self.current_epoch, -2))
+        if self.objective.mixup is not None:  # timm's Mixup draws from numpy's and Python's global generators
+            import random
+
+            mix_seed = epoch_seed(self.cfg["seed"] + 7919, self.current_epoch, -2)  # apart from the draws above
+            np.random.seed(mix_seed % 2**32)
+            random.seed(mix_seed)
         _set_epoch(self.trainer.train_dataloader, self.current_epoch)
 
     def on_train_epoch_end(self):
@@ -344,6 +360,42 @@ def _stopped_by_disk(exc: BaseException, out: Path) -> SkinLesionError | None:
     return SkinLesionError(write_failure(out, err, "--out"))
 
 
+def make_logger(cfg: TrainConfig, out: Path):
+    """Lightning's logger for ``--logger`` (False for none): TensorBoard into OUT/tensorboard, CSV into OUT/logs,
+    MLflow to ``--tracking-uri`` (else MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db). One folder per run, so a resumed run
+    goes on in the same place. The default (auto) is TensorBoard where it is installed, else CSV."""
+    from importlib.util import find_spec
+
+    kind = cfg.logger
+    if kind == "auto":
+        kind = "tensorboard" if find_spec("tensorboard") or find_spec("tensorboardX") else "csv"
+    if kind == "none":
+        return False
+    if kind == "tensorboard" and find_spec("tensorboard") is None and find_spec("tensorboardX") is None:
+        if kind == "tensorboard":
+            raise SkinLesionError(
+                "--logger tensorboard needs the tensorboard package; install it with `pip install 'skinlesion[tensorboard]'`, "
+                "or pass --logger csv."
+            )
+    if kind == "tensorboard":
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        return TensorBoardLogger(save_dir=str(out), name="tensorboard", version="", default_hp_metric=False)
+    if kind == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(save_dir=str(out), name="logs", version="")
+    if find_spec("mlflow") is None:
+        raise SkinLesionError("--logger mlflow needs the mlflow package; install it with `pip install 'skinlesion[mlflow]'`.")
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:  # MLflow's own default store is a SQLite database (its file store is retired); ours lives in ./mlruns
+        (Path.cwd() / "mlruns").mkdir(exist_ok=True)
+        uri = f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}"
+    return MLFlowLogger(experiment_name="skinlesion", run_name=out.name, tracking_uri=uri)
+
+
 def build_loaders(cfg: TrainConfig, ds, manifest, start_epoch: int = 0):
     """Resolve ``cfg`` against the data and build the train/val loaders exactly as training uses them.
 
@@ -446,7 +498,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, finish_model: bool = True) 
         if not (out / "config.json").exists():
             raise SkinLesionError(f"Nothing to resume in {out}: it has no config.json from an earlier run.")
         saved = json.loads((out / "config.json").read_text())
-        keep = {k: getattr(cfg, k) for k in ("progress", "num_workers")}
+        keep = {k: getattr(cfg, k) for k in ("progress", "num_workers", "logger", "tracking_uri")}
         cfg = TrainConfig(**{**saved, **keep})
     elif ckpt.exists():
         raise SkinLesionError(f"{out} already holds a training run; pass --resume to continue it or choose a new --out.")
@@ -472,7 +524,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, finish_model: bool = True) 
 
     counts = np.bincount(ds.labels[tr], minlength=k).astype(float)
     labels = (ds.label_set.name, list(ds.label_set.codes))
-    module = LesionModule(asdict(cfg), weights.tolist(), (np.maximum(counts, 1) / counts.sum()).tolist(), labels)
+    module = LesionModule(asdict(cfg), weights.tolist(), (np.maximum(counts, 1) / counts.sum()).tolist(), labels, counts.tolist())
     base = ModelConfig(
         label_set=ds.label_set.name,
         classes=list(ds.label_set.codes),
@@ -504,7 +556,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, finish_model: bool = True) 
         precision=precision,
         callbacks=callbacks,
         plugins=[_atomic_checkpoint_io()],
-        logger=False,
+        logger=make_logger(cfg, out),
+        log_every_n_steps=10,
         enable_progress_bar=cfg.progress,
         num_sanity_val_steps=0,
         deterministic=False,
