@@ -271,7 +271,7 @@ def test_an_eps_upload_never_reaches_ghostscript(limited):
     r = httpx.post(f"{limited.url}/v1/analyse", files={"images": ("photo.jpg", eps)}, timeout=60)
     assert r.status_code == 422
     err = r.json()["images"][0]["error"]
-    assert "not a recognised image" in err and one_sentence(err)
+    assert "not an image that can be read" in err and one_sentence(err)
 
 
 def test_formats_widens_the_decoders(tmp_path):

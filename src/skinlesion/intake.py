@@ -120,10 +120,11 @@ def open_image(source: str | Path | bytes, name: str | None = None, *, warn_tiny
         )
     if formats is not None:
         kind = sniff(data)
+        if kind is None:
+            raise SkinLesionError(f"{name} is not an image that can be read; upload a JPEG or PNG file.")  # as Pillow's refusal below
         if kind not in formats:
             allowed = " or ".join(formats)
-            what = f"a {kind} image" if kind else "not a recognised image"
-            raise SkinLesionError(f"{name} is {what}, and only {allowed} files are accepted here; export it as {allowed}.")
+            raise SkinLesionError(f"{name} is a {kind} image, and only {allowed} files are accepted here; export it as {allowed}.")
     try:
         with _warnings.catch_warnings():
             _warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -101,7 +101,7 @@ class Service:
             Image.fromarray(pixels).save(buf, "JPEG")
             self.predictor.predict(buf.getvalue(), "warm-up")
             if self.settings.heatmaps:  # the first heat map must not pay torch's import and the weights (seconds)
-                self._torch_net()
+                threading.Thread(target=self._load_heatmaps, name="heatmap-weights", daemon=True).start()
             self.info = model_info(self.predictor, self.settings)
             self.ready = not self.draining
             self.metrics.ready.set(1 if self.ready else 0)
@@ -119,6 +119,15 @@ class Service:
                 str(exc) if isinstance(exc, SkinLesionError) else f"the model could not be loaded ({type(exc).__name__}: {exc})"
             )
             log.error("not ready: %s", self.load_error, exc_info=not isinstance(exc, SkinLesionError))
+
+    def _load_heatmaps(self) -> None:
+        """The PyTorch weights Grad-CAM needs, loaded right after the model is warm (a heat map asked before waits for them)."""
+        try:
+            t0 = time.perf_counter()
+            self._torch_net()
+            log.info("heat-map weights loaded in %.1f s", time.perf_counter() - t0)
+        except Exception as exc:  # heat maps then fail in one sentence on request; analyses are unaffected
+            log.error("heat-map weights could not be loaded (%s: %s)", type(exc).__name__, exc)
 
     # ---- SIGTERM: drain, then let the server stop ----
     def install_drain(self, loop: asyncio.AbstractEventLoop) -> None:
