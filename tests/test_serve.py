@@ -49,7 +49,11 @@ class running_service:
             env["SKINLESION_SERVE_TEST_HOLD"] = str(self.hold)
         cmd = [sys.executable, "-m", "skinlesion.cli", "serve", "--port", str(self.port), *self.args]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        wait_for(lambda: self._ready() or self.proc.poll() is not None, self.timeout, "the service to become ready", self)
+        try:
+            wait_for(lambda: self._ready() or self.proc.poll() is not None, self.timeout, "the service to become ready", self)
+        except AssertionError:
+            self.__exit__(None, None, None)  # never leave a server behind a failed start
+            raise
         if self.proc.poll() is not None:
             raise AssertionError(f"the service exited with {self.proc.returncode}:\n{self.read_log()}")
         return self

@@ -148,8 +148,8 @@ def open_image(source: str | Path | bytes, name: str | None = None, *, warn_tiny
         raise SkinLesionError(f"{name} is corrupt or truncated ({exc}); re-export or re-download the image.") from None
     original_size, original_mode = img.size, img.mode
     notes: list[str] = []
-    try:
-        upright = ImageOps.exif_transpose(img)
+    try:  # exif_transpose copies even an upright image: a large upload would be held twice
+        upright = img if _exif_orientation(img) in (0, 1) else ImageOps.exif_transpose(img)
     except Exception:  # a broken EXIF block must not lose the image
         upright = img
     if upright is not None and upright.size != img.size or upright is not img and _exif_orientation(img) not in (0, 1):

@@ -34,6 +34,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 log = logging.getLogger("uvicorn.error")
 DRAIN_BYTES = 64 * 2**20  # at most this much of an unwanted body is read before a refusal's close
 DRAIN_SECONDS = 10.0
+REFUSED_LINGER = 1.0  # a connection refused at the cap is held this long at most (its descriptor is what is short)
 EVICT_QUIET = 1.0  # a connection quiet for this long may be closed to make room for a new one
 _REASONS = {400: "Bad Request", 408: "Request Timeout", 503: "Service Unavailable"}
 _limits: dict | None = None
@@ -92,7 +93,7 @@ class GuardedH11Protocol(H11Protocol):
         if len(self.connections) >= cap and not self._evict_one():
             super().connection_made(transport)
             self.transport = _Transport(transport, self)
-            self.refuse(503, "The service has too many open connections; retry in a few seconds.", retry_after=2)
+            self.refuse(503, "The service has too many open connections; retry in a few seconds.", retry_after=2, linger=REFUSED_LINGER)
             return
         super().connection_made(transport)
         self.transport = _Transport(transport, self)
@@ -179,11 +180,11 @@ class GuardedH11Protocol(H11Protocol):
         return super().eof_received()
 
     # ---- closing ----
-    def refuse(self, status: int, sentence: str, retry_after: int | None = None) -> None:
+    def refuse(self, status: int, sentence: str, retry_after: int | None = None, linger: float = DRAIN_SECONDS) -> None:
         """Answer outside the request cycle (before a request, or instead of one), then close softly."""
         self._disarm()
         self.transport.write(raw_response(status, sentence, retry_after))
-        self._linger()
+        self._linger(linger)
 
     def close_softly(self) -> None:
         """Close after a response; if the client is still sending its body, read it away first (bounded)."""
@@ -192,12 +193,12 @@ class GuardedH11Protocol(H11Protocol):
         else:
             self._close_now()
 
-    def _linger(self) -> None:
+    def _linger(self, seconds: float = DRAIN_SECONDS) -> None:
         t = self.transport._transport
         if self._draining_until is not None or t.is_closing():
             return
         self._disarm()
-        self._draining_until = time.monotonic() + DRAIN_SECONDS
+        self._draining_until = time.monotonic() + seconds
         try:
             if t.can_write_eof():
                 t.write_eof()  # the answer, then FIN: the client sees the end of the response
@@ -205,7 +206,7 @@ class GuardedH11Protocol(H11Protocol):
             pass
         self.flow.resume_reading()
         self._timer_kind = "drain"
-        self._timer = self.loop.call_later(DRAIN_SECONDS, self._close_now)
+        self._timer = self.loop.call_later(seconds, self._close_now)
 
     def _close_now(self) -> None:
         self._disarm()
