@@ -489,6 +489,8 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(default_model, i
     _, paths = images
     data = paths[0].read_bytes()
     with running_service(tmp_path, "--workers", workers, hold=hold) as s:
+        # /v1/ready answered by one worker says nothing of the other: wait until every worker is ready
+        wait_for(lambda: metric(s.url, "skinlesion_ready") == workers, 120, "every worker to be ready", s)
         answer = {}
         held = threading.Thread(
             target=lambda: answer.update(r=httpx.post(f"{s.url}/v1/analyse", files={"images": ("hold-a.jpg", data)}, timeout=120))
