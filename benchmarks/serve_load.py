@@ -20,6 +20,14 @@ between requests shows here), and whether the service's rows equal the in-proces
     python benchmarks/serve_load.py --seconds 60 --json runs/serve_load.json
     python benchmarks/serve_load.py --short          # smoke test: 2 s, 1 and 4 clients, 1 worker
     python benchmarks/serve_load.py --short --url http://127.0.0.1:8000 --api-key-file key.txt   # a running service
+    python benchmarks/serve_load.py --hostile --json runs/serve_hostile.json   # the resource-exhaustion targets
+
+``--hostile`` (issue 25) runs instead: (a) 1,100 idle connections and a header-trickling client against a
+service whose file-descriptor limit is 1,024 (one real client's p50 before and during, its errors, the
+log's line count); (b) one request of 32 solid 7745x7745 PNGs (the worker's peak RSS, and 10 s later);
+(c) ``--timeout 2 --concurrency 1``: how long the next small request waits after a timed-out one;
+(d) a 150-request burst at ``--concurrency 1``: how many wait, how fast the rest are refused; and
+whether any answer was a plain-text 500, and whether ``urllib`` reads the 413 of a 25 MB body.
 """
 
 from __future__ import annotations
@@ -288,5 +296,235 @@ def main(argv=None) -> dict:
     return result
 
 
+# ---- --hostile: the resource-exhaustion targets (issue 25) -------------------------------------------
+
+
+def _logged_service(args: list[str], log: Path, nofile: int | None = None):
+    import resource
+
+    port = _free_port()
+    cmd = [sys.executable, "-m", "skinlesion.cli", "serve", "--port", str(port), *args]
+    limit = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))) if nofile else None
+    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=limit)
+    svc = Service.__new__(Service)
+    svc.port, svc.url, svc.proc = port, f"http://127.0.0.1:{port}", proc
+    svc.wait_ready(600)
+    return svc
+
+
+def _png(side: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), (180, 120, 100)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _sequential(url: str, data: bytes, n: int) -> dict:
+    import httpx
+
+    lat, errors = [], 0
+    with httpx.Client(base_url=url, timeout=30) as c:
+        for i in range(n):
+            t0 = time.perf_counter()
+            try:
+                ok = c.post("/v1/analyse", files={"images": (f"r{i}.jpg", data, "image/jpeg")}).status_code == 200
+            except httpx.TransportError:
+                ok = False
+            lat.append((time.perf_counter() - t0) * 1000)
+            errors += not ok
+    return {"p50_ms": _pct(lat, 50), "p95_ms": _pct(lat, 95), "errors": errors, "requests": n}
+
+
+def _attack(svc, small: bytes, requests: int, log: Path) -> dict:
+    """(a) one real client before and during 1,100 idle connections and a header trickler."""
+    import threading
+
+    res = {"idle": _sequential(svc.url, small, requests)}
+    before = len(log.read_text().splitlines())
+    socks, stop = [], threading.Event()
+    for _ in range(1100):
+        try:
+            socks.append(socket.create_connection(("127.0.0.1", svc.port), timeout=5))
+        except OSError:
+            break
+    trickler = socket.create_connection(("127.0.0.1", svc.port))
+
+    def trickle():
+        for b in b"GET /v1/health HTTP/1.1\r\nHost: x\r\n" * 10:
+            if stop.wait(1.0):
+                return
+            try:
+                trickler.send(bytes([b]))
+            except OSError:
+                return
+
+    threading.Thread(target=trickle, daemon=True).start()
+    res["under_attack"] = _sequential(svc.url, small, requests)
+    res["under_attack"]["idle_connections_opened"] = len(socks)
+    stop.set()
+    for s_ in [trickler, *socks]:
+        s_.close()
+    lines = log.read_text().splitlines()[before:]
+    res["log_lines_during_attack"] = len(lines)
+    res["log_lines_during_attack_not_access"] = sum('HTTP/1.1"' not in x for x in lines)
+    return res
+
+
+def _timeout_case(svc, files, small: bytes, idle_p50_ms: float) -> dict:
+    """(c) a request of 32 big PNGs times out; how long does the next small one take?"""
+    import httpx
+
+    t0 = time.perf_counter()
+    r = httpx.post(svc.url + "/v1/analyse", files=files, timeout=60)
+    t1 = time.perf_counter()
+    n = httpx.post(svc.url + "/v1/analyse", files={"images": ("next.jpg", small, "image/jpeg")}, timeout=60)
+    return {
+        "timed_out_status": r.status_code,
+        "timed_out_after_s": round(t1 - t0, 2),
+        "next_status": n.status_code,
+        "next_latency_s": round(time.perf_counter() - t1, 2),
+        "idle_p50_s": round(idle_p50_ms / 1000, 2),
+    }
+
+
+def _burst(svc, small: bytes, n: int = 150) -> dict:
+    """(d) n requests at once; the refusals by kind and how fast they came."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    def one(i):
+        t = time.perf_counter()
+        try:
+            r = httpx.post(svc.url + "/v1/analyse", files={"images": (f"b{i}.jpg", small, "image/jpeg")}, timeout=120)
+            kind = r.headers.get("content-type", "")
+            detail = r.json().get("detail", "") if "json" in kind else r.text[:80]
+            return r.status_code, (time.perf_counter() - t) * 1000, kind, detail
+        except httpx.TransportError as e:
+            return -1, (time.perf_counter() - t) * 1000, "", str(e)
+
+    with ThreadPoolExecutor(n) as ex:
+        got = list(ex.map(one, range(n)))
+    busy = [ms for c, ms, _, d in got if c == 503 and "busy" in d]
+    served = [ms for c, ms, _, _ in got if c == 200]
+    return {
+        "served": len(served),
+        "refused_busy_503": len(busy),
+        "other": [(c, d[:60]) for c, _, _, d in got if c != 200 and not (c == 503 and "busy" in d)][:5],
+        "other_count": sum(1 for c, _, _, d in got if c != 200 and not (c == 503 and "busy" in d)),
+        "busy_p50_ms": _pct(busy, 50) if busy else None,
+        "busy_p95_ms": _pct(busy, 95) if busy else None,
+        "served_max_ms": max(served) if served else None,
+        "plain_text_or_500": sum(1 for c, _, kind, _ in got if c == 500 or (c > 0 and "json" not in kind)),
+    }
+
+
+def _urllib_413(svc) -> str:
+    import urllib.error
+    import urllib.request
+
+    body = b"--b\r\nContent-Disposition: form-data; name=images; filename=a.jpg\r\n\r\n" + os.urandom(25 * 2**20) + b"\r\n--b--\r\n"
+    req = urllib.request.Request(svc.url + "/v1/analyse", data=body, headers={"Content-Type": "multipart/form-data; boundary=b"})
+    try:
+        urllib.request.urlopen(req, timeout=60)
+        return "no refusal"
+    except urllib.error.HTTPError as e:
+        return f"{e.code} {json.loads(e.read())['detail']}"
+    except OSError as e:
+        return f"transport error: {e}"
+
+
+def _memory(svc, files) -> dict:
+    """(b) the worker's RSS around one request of 32 solid 7745x7745 PNGs, and each second for 10 s after."""
+    import threading
+
+    import httpx
+
+    pid = svc.proc.pid  # one worker: uvicorn serves in the CLI's own process
+    time.sleep(5)  # the heat-map weights (if any) finish loading in the background
+    base = _rss_mib(pid)
+    peak, done = [base], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mib(pid))
+            time.sleep(0.02)
+
+    th = threading.Thread(target=sample)
+    th.start()
+    t0 = time.perf_counter()
+    r = httpx.post(svc.url + "/v1/analyse", files=files, timeout=600)
+    took = time.perf_counter() - t0
+    done.set()
+    th.join()
+    after = {}
+    for k in range(11):
+        after[str(k)] = round(_rss_mib(pid))
+        time.sleep(1)
+    return {
+        "status": r.status_code,
+        "seconds": round(took, 1),
+        "rss_before_mib": round(base),
+        "peak_rss_mib": round(peak[0]),
+        "rss_after_mib": {k: v for k, v in after.items() if k in ("0", "1", "5", "10")},
+        "body_mib": round(sum(len(f[1][1]) for f in files) / 2**20, 1),
+    }
+
+
+def hostile(out: Path, parts: str = "acdbm", requests: int = 40) -> dict:
+    """The issue-25 targets; ``parts``: a (connections), c (timeout), d (burst), b (413 via urllib), m (memory)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))  # this client holds the 1,100 sockets
+    out.mkdir(parents=True, exist_ok=True)
+    found = default_images()
+    small = found[0].read_bytes() if found else _png(300)
+    res: dict = {"uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}
+    files: list = []
+    if "c" in parts or "m" in parts:
+        big = _png(7745)
+        files = [("images", (f"big{i}.png", big, "image/png")) for i in range(32)]
+    if "a" in parts or "c" in parts or "b" in parts:  # the common 1,024 descriptor limit, --timeout 2
+        svc = _logged_service(["--concurrency", "1", "--timeout", "2", "--no-heatmaps"], out / "a.log", nofile=1024)
+        try:
+            idle = None
+            if "a" in parts:
+                res["connections"] = _attack(svc, small, requests, out / "a.log")
+                idle = res["connections"]["idle"]["p50_ms"]
+            if "c" in parts:
+                idle = idle or _sequential(svc.url, small, 10)["p50_ms"]
+                res["timeout"] = _timeout_case(svc, files, small, idle)
+            if "b" in parts:
+                res["urllib_413"] = _urllib_413(svc)
+        finally:
+            res["exit_a"] = svc.stop()
+    if "d" in parts:  # --concurrency 1, the default queue (64) and timeout (30 s)
+        svc = _logged_service(["--concurrency", "1", "--no-heatmaps"], out / "d.log")
+        try:
+            res["burst"] = _burst(svc, small)
+        finally:
+            res["exit_d"] = svc.stop()
+    if "m" in parts:  # the defaults (heat maps on), a long timeout
+        svc = _logged_service(["--timeout", "600"], out / "m.log")
+        try:
+            res["memory"] = _memory(svc, files)
+        finally:
+            res["exit_m"] = svc.stop()
+    return res
+
+
 if __name__ == "__main__":
-    main()
+    if "--hostile" in sys.argv:
+        out = Path(sys.argv[sys.argv.index("--json") + 1]) if "--json" in sys.argv else None
+        parts = sys.argv[sys.argv.index("--parts") + 1] if "--parts" in sys.argv else "acdbm"
+        result = hostile(Path("runs/serve_hostile"), parts)
+        print(json.dumps(result, indent=2))
+        if out:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=2))
+    else:
+        main()

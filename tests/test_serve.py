@@ -49,7 +49,11 @@ class running_service:
             env["SKINLESION_SERVE_TEST_HOLD"] = str(self.hold)
         cmd = [sys.executable, "-m", "skinlesion.cli", "serve", "--port", str(self.port), *self.args]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        wait_for(lambda: self._ready() or self.proc.poll() is not None, self.timeout, "the service to become ready", self)
+        try:
+            wait_for(lambda: self._ready() or self.proc.poll() is not None, self.timeout, "the service to become ready", self)
+        except AssertionError:
+            self.__exit__(None, None, None)  # never leave a server behind a failed start
+            raise
         if self.proc.poll() is not None:
             raise AssertionError(f"the service exited with {self.proc.returncode}:\n{self.read_log()}")
         return self
@@ -485,6 +489,8 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(default_model, i
     _, paths = images
     data = paths[0].read_bytes()
     with running_service(tmp_path, "--workers", workers, hold=hold) as s:
+        # /v1/ready answered by one worker says nothing of the other: wait until every worker is ready
+        wait_for(lambda: metric(s.url, "skinlesion_ready") == workers, 120, "every worker to be ready", s)
         answer = {}
         held = threading.Thread(
             target=lambda: answer.update(r=httpx.post(f"{s.url}/v1/analyse", files={"images": ("hold-a.jpg", data)}, timeout=120))

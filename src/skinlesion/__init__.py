@@ -40,7 +40,7 @@ Read top-down:
 - :mod:`skinlesion.sample`      the app's bundled sample image (a HAM10000 melanoma) with its ground truth
 - :mod:`skinlesion.app`         the Streamlit web app
 - :mod:`skinlesion.serve`       the REST service (FastAPI on uvicorn): routes over the predictor, API keys,
-                                request limits, metrics, draining on SIGTERM, the ``predict --server`` client
+                                connection and request limits, metrics, draining on SIGTERM, the ``predict --server`` client
 - :mod:`skinlesion.cli`         the ``skinlesion`` command
 
 Heavy libraries (torch, timm) are imported lazily: ``import skinlesion`` is cheap, and the

@@ -788,6 +788,20 @@ def serve(
     concurrency: Optional[int] = typer.Option(
         None, "--concurrency", help="Analyses at once per worker [default: its share of the cores, one thread each]."
     ),
+    max_queue: int = typer.Option(64, "--max-queue", help="Requests admitted to wait per worker beyond --concurrency (503 beyond)."),
+    max_connections: int = typer.Option(
+        1000, "--max-connections", help="Open connections per worker (the oldest idle one is closed at the cap; 503 if none is idle)."
+    ),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds a connection has to send its request headers."),
+    keep_alive: float = typer.Option(5.0, "--keep-alive", help="Seconds an idle connection stays open between requests."),
+    max_megapixels: float = typer.Option(
+        64.0, "--max-megapixels", help="Decoded megapixels one analysis holds at once (images are decoded one at a time)."
+    ),
+    formats: str = typer.Option("JPEG,PNG", "--formats", help="Image formats accepted, by their first bytes (also GIF, TIFF, BMP, WEBP)."),
+    heatmaps: bool = typer.Option(True, "--heatmaps/--no-heatmaps", help="Allow ?heatmap= (its PyTorch weights load at start)."),
+    metrics: str = typer.Option(
+        "auto", "--metrics", help="/metrics: open, key (an API key needed) or off [default: open on loopback, key otherwise]."
+    ),
 ) -> None:
     """Serve the REST API (FastAPI on uvicorn): /v1/analyse, /v1/model, /v1/health, /v1/ready, /metrics, /docs."""
     from .serve.settings import Settings
@@ -814,6 +828,14 @@ def serve(
         timeout=timeout,
         grace=grace,
         concurrency=concurrency,
+        max_queue=max_queue,
+        max_connections=max_connections,
+        header_timeout=header_timeout,
+        keep_alive=keep_alive,
+        max_megapixels=max_megapixels,
+        formats=formats.split(","),
+        heatmaps=heatmaps,
+        metrics=metrics,
     ).check()
     from .bundle import load_config, onnx_for, resolve_model_path
 

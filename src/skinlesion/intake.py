@@ -21,6 +21,23 @@ MAX_FILE_BYTES = 40 * 1024 * 1024  # a 600x450 HAM10000 JPEG is ~250 kB
 MAX_PIXELS = 60_000_000  # larger images are refused as possible decompression bombs
 TINY_SIDE = 64  # images with a shorter side than this get a warning
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# the first bytes of each format a caller may allow (``open_image(formats=...)``), checked before Pillow sees the file
+SIGNATURES = {
+    "JPEG": (b"\xff\xd8\xff",),
+    "PNG": (b"\x89PNG\r\n\x1a\n",),
+    "GIF": (b"GIF87a", b"GIF89a"),
+    "TIFF": (b"II*\x00", b"MM\x00*"),
+    "BMP": (b"BM",),
+    "WEBP": (b"RIFF",),  # and "WEBP" at offset 8
+}
+
+
+def sniff(data: bytes) -> str | None:
+    """The format named by a file's first bytes (one of :data:`SIGNATURES`), or None."""
+    for fmt, heads in SIGNATURES.items():
+        if any(data.startswith(h) for h in heads) and (fmt != "WEBP" or data[8:12] == b"WEBP"):
+            return fmt
+    return None
 
 
 @dataclass
@@ -69,11 +86,13 @@ def check_upload_name(name: str) -> None:
         raise SkinLesionError(f"{name} is {kind}, not a JPEG or PNG image; export it as JPEG or PNG and upload it again.")
 
 
-def open_image(source: str | Path | bytes, name: str | None = None, *, warn_tiny: bool = True) -> Intake:
+def open_image(source: str | Path | bytes, name: str | None = None, *, warn_tiny: bool = True, formats=None) -> Intake:
     """Decode ``source`` (a path or the bytes of an upload) into an upright RGB image.
 
     Raises :class:`SkinLesionError` for empty, oversized, non-image, corrupt or
-    truncated files and for decompression bombs.
+    truncated files and for decompression bombs. ``formats`` (e.g. ``("JPEG", "PNG")``): only
+    these decoders may open the file, chosen by its first bytes before Pillow reads it
+    (default: every format Pillow reads).
     """
     if isinstance(source, (bytes, bytearray)):
         data = bytes(source)
@@ -99,10 +118,17 @@ def open_image(source: str | Path | bytes, name: str | None = None, *, warn_tiny
             f"{name} is {len(data) / 2**20:.0f} MiB, over the {MAX_FILE_BYTES / 2**20:.0f} MiB limit; "
             "resize it or export it as a JPEG first."
         )
+    if formats is not None:
+        kind = sniff(data)
+        if kind is None:
+            raise SkinLesionError(f"{name} is not an image that can be read; upload a JPEG or PNG file.")  # as Pillow's refusal below
+        if kind not in formats:
+            allowed = " or ".join(formats)
+            raise SkinLesionError(f"{name} is a {kind} image, and only {allowed} files are accepted here; export it as {allowed}.")
     try:
         with _warnings.catch_warnings():
             _warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=None if formats is None else list(formats))
             w, h = img.size
             if w * h > MAX_PIXELS:
                 raise SkinLesionError(
@@ -122,8 +148,8 @@ def open_image(source: str | Path | bytes, name: str | None = None, *, warn_tiny
         raise SkinLesionError(f"{name} is corrupt or truncated ({exc}); re-export or re-download the image.") from None
     original_size, original_mode = img.size, img.mode
     notes: list[str] = []
-    try:
-        upright = ImageOps.exif_transpose(img)
+    try:  # exif_transpose copies even an upright image: a large upload would be held twice
+        upright = img if _exif_orientation(img) in (0, 1) else ImageOps.exif_transpose(img)
     except Exception:  # a broken EXIF block must not lose the image
         upright = img
     if upright is not None and upright.size != img.size or upright is not img and _exif_orientation(img) not in (0, 1):

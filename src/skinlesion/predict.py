@@ -370,34 +370,65 @@ def error_row(name: str, error: str, codes=CODES) -> dict:
     return {**{c: None for c in row_columns(codes)}, "image": name, "top_class": "", "error": error}
 
 
+class Cancelled(Exception):
+    """The caller gave up on :func:`predict_files` (its ``cancelled`` check said so); no rows are returned."""
+
+
 def predict_files(
-    predictor: Predictor, paths, batch_size: int = 32, meta: dict | None = None, progress=None, rule: str | None = None
+    predictor: Predictor,
+    paths,
+    batch_size: int = 32,
+    meta: dict | None = None,
+    progress=None,
+    rule: str | None = None,
+    *,
+    max_pixels: int | None = None,
+    cancelled=None,
+    formats=None,
 ) -> list[dict]:
     """One row per file; a bad file gets a row with its error and the batch carries on.
 
     ``meta``: image id (file name without extension) -> dict of age, sex, localization.
     ``progress``: called with the number of files done after each batch. ``rule``: the decision rule
-    (default: the predictor's).
+    (default: the predictor's). Files are decoded one at a time; ``max_pixels`` bounds the decoded
+    pixels a batch holds (a batch is analysed early rather than pass it; one image always fits).
+    ``cancelled``: a callable checked before each file and each batch; when it returns true,
+    :class:`Cancelled` is raised. ``formats``: the image formats accepted (see :func:`open_image`).
     """
     rows = []
     good, names, notes = [], [], []
+    held = 0
+
+    def stop_if_cancelled():
+        if cancelled is not None and cancelled():
+            good.clear()
+            raise Cancelled()
 
     def flush():
+        nonlocal held
         if good:
+            stop_if_cancelled()
             m = [(meta or {}).get(Path(n).stem, {}) for n in names]
             rows.extend(p.row() for p in predictor.predict_images(good, names, notes, m, rule=rule))
             good.clear(), names.clear(), notes.clear()
+            held = 0
             if progress:
                 progress(len(rows))
 
     for path in paths:
+        stop_if_cancelled()
         try:
-            intake = open_image(path, str(path))
+            intake = open_image(path, str(path), formats=formats)
         except SkinLesionError as exc:
             flush()
             rows.append(error_row(str(path), str(exc), predictor.labels.codes))
             continue
+        pixels = intake.image.size[0] * intake.image.size[1]
+        if max_pixels is not None and good and held + pixels > max_pixels:
+            flush()
         good.append(intake.image), names.append(str(path)), notes.append(intake.warnings)
+        held += pixels
+        del intake
         if len(good) >= batch_size:
             flush()
     flush()

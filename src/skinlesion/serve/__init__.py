@@ -9,6 +9,7 @@
 - :mod:`skinlesion.serve.service`  one worker's state: the predictor, the bounded analysis pool, draining on SIGTERM
 - :mod:`skinlesion.serve.api`      the FastAPI application: the routes, who may call them
 - :mod:`skinlesion.serve.runner`   running it on uvicorn, one or several worker processes
+- :mod:`skinlesion.serve.protocol` connection limits: header and body deadlines, the connection cap, lingering close
 - :mod:`skinlesion.serve.client`   the client behind ``skinlesion predict --server URL``
 
 Nothing here is imported by ``import skinlesion.cli``: fastapi, uvicorn and httpx load inside the verbs.

@@ -10,7 +10,8 @@
 - ``GET /metrics``: Prometheus. ``/docs``: the generated OpenAPI documentation.
 
 ``/v1/model`` and ``/v1/analyse`` need an API key when the service has ``--api-keys`` (401 without,
-403 with a wrong one), checked before the body is read; the probes and ``/metrics`` need none.
+403 with a wrong one), checked before the body is read; the probes need none, and ``/metrics`` needs
+one where ``--metrics key`` (the default on a non-loopback bind with keys), none with ``--metrics open``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from .refusals import ERRORS, Refusal
 from .forms import FORM, read_request
 from .limits import BodyLimit, RateLimit
 from .metrics import Metrics, Observe
+from .protocol import quiet_emfile
 from .service import Service, log
 from .settings import Settings
 
@@ -111,6 +113,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app):
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(quiet_emfile())  # one line every 10 s if descriptors run out, not one per accept
         service.install_drain(loop)
         loader = loop.run_in_executor(None, service.load)
         yield
@@ -166,26 +169,34 @@ def create_app(settings: Settings) -> FastAPI:
         if rule is not None:
             service.check_rule(rule)
         codes = service.predictor.labels.codes if service.predictor is not None else CODES
+        if heatmap is not None and not settings.heatmaps:
+            raise Refusal(422, "This service makes no heat maps (started with --no-heatmaps); leave out ?heatmap.", field="heatmap")
         if heatmap is not None and heatmap not in (*codes, "top"):
             raise Refusal(422, f"heatmap {heatmap!r} is not a class; use one of {', '.join(codes)} or top.", field="heatmap")
-        try:
-            async with asyncio.timeout(settings.timeout):
-                uploads, meta = await read_request(request, settings)
-                if heatmap and len(uploads) > 1:
-                    raise Refusal(
-                        422,
-                        f"A heat map is made for one image; this request holds {len(uploads)} (send that image alone).",
-                        field="heatmap",
-                    )
-                result = await service.analyse(uploads, meta, heatmap, rule)
-        except SkinLesionError as exc:  # the model itself failed (e.g. non-finite probabilities): its sentence, as a 500
-            raise Refusal(500, str(exc)) from None
-        except TimeoutError:
-            raise Refusal(
-                503,
-                f"The request took longer than the service's {settings.timeout:g} s limit and was abandoned; send fewer images or retry.",
-                headers={"Retry-After": "5"},
-            ) from None
+
+        async def work():
+            uploads, meta = await read_request(request, settings)
+            if heatmap and len(uploads) > 1:
+                raise Refusal(
+                    422,
+                    f"A heat map is made for one image; this request holds {len(uploads)} (send that image alone).",
+                    field="heatmap",
+                )
+            return meta, await service.analyse(uploads, meta, heatmap, rule)
+
+        with service.admission():  # counted from here: a burst past the queue is refused before its body is read
+            try:
+                async with asyncio.timeout(settings.timeout):
+                    meta, result = await service.until_stopped(work())
+            except SkinLesionError as exc:  # the model itself failed (e.g. non-finite probabilities): its sentence, as a 500
+                raise Refusal(500, str(exc)) from None
+            except TimeoutError:
+                raise Refusal(
+                    503,
+                    f"The request took longer than the service's {settings.timeout:g} s limit and was abandoned; "
+                    "send fewer images or retry.",
+                    headers={"Retry-After": "5"},
+                ) from None
         rows, heat = result
         service.metrics.images.labels("analysed").inc(sum(1 for r in rows if not r["error"]))
         service.metrics.images.labels("refused").inc(sum(1 for r in rows if r["error"]))
@@ -200,10 +211,14 @@ def create_app(settings: Settings) -> FastAPI:
             return JSONResponse({"detail": detail, **body}, status_code=422)
         return JSONResponse(body)
 
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
-    async def metrics():
-        data, kind = service.metrics.render()
-        return Response(data, media_type=kind)
+    access = settings.metrics_access()
+    if access != "off":
+        guard = [Depends(caller)] if access == "key" else []
+
+        @app.get("/metrics", summary="Prometheus metrics", response_class=Response, dependencies=guard)
+        async def metrics():
+            data, kind = service.metrics.render()
+            return Response(data, media_type=kind)
 
     app.add_middleware(BodyLimit, limit=settings.max_bytes)
     app.add_middleware(Observe, metrics=service.metrics, service=service)

@@ -18,6 +18,7 @@ from .refusals import Refusal
 from .settings import Settings
 
 MAX_NAME = 4096  # characters of a file name kept (it labels the row and its sentences): a long path fits
+MAX_VALUE = 64  # characters of a patient-data field (the longest localization is 15)
 
 
 class Upload(bytes):
@@ -73,6 +74,19 @@ async def read_request(request: Request, settings: Settings) -> tuple[list[Uploa
             raise Refusal(422, f"This request holds more than {n} images; send at most {n} per request.", field="images") from None
         if str(exc.detail).startswith("Too many fields"):
             raise Refusal(422, "This request holds too many fields; send at most one age, sex and localization per image.") from None
+        if str(exc.detail).startswith("Part exceeded maximum size"):
+            raise Refusal(
+                422,
+                "A part over 64 KiB has no filename, so it reads as a text field; send each image as a file part "
+                "with a filename (curl -F images=@photo.jpg).",
+                field="images",
+            ) from None
+        if str(exc.detail).startswith("Invalid multipart"):
+            raise Refusal(
+                400,
+                "The request body is not valid multipart form data (a part's headers are malformed or too long, "
+                "e.g. a file name over 4,000 characters); send the images as files named images, with shorter names.",
+            ) from None
         raise Refusal(
             400, f"The request body is not valid multipart form data ({exc.detail}); send the images as files named images."
         ) from None
@@ -81,7 +95,11 @@ async def read_request(request: Request, settings: Settings) -> tuple[list[Uploa
         for key, value in form.multi_items():
             if key == "images":
                 if not isinstance(value, UploadFile):
-                    raise Refusal(422, "images must be files (multipart file parts), not text.", field="images")
+                    raise Refusal(
+                        422,
+                        "images must be files (multipart file parts with a filename), not text; send each as images=@photo.jpg.",
+                        field="images",
+                    )
                 uploads.append(Upload(await value.read(), (value.filename or f"image {len(uploads) + 1}")[:MAX_NAME]))
             elif key in fields:
                 if isinstance(value, UploadFile):
@@ -113,6 +131,14 @@ def patient_data(uploads: list[Upload], fields: dict[str, list[str]]) -> dict | 
             raise Refusal(
                 422, f"{k} is given {len(v)} times for {n} images; give it once (for every image) or once per image, in order.", field=k
             )
+    for k, values in given.items():
+        for v in values:
+            if len(v) > MAX_VALUE:
+                raise Refusal(
+                    422, f"{k} is {len(v):,} characters long, longer than any {k}; send it in a few words, or leave it empty.", field=k
+                )
+            if k == "age" and v.strip().lower() in ("nan", "+nan", "-nan"):
+                raise Refusal(422, f"Patient data: age {v.strip()!r} is not a number; leave a field empty when it is unknown.", field="age")
     per_image = [{k: (v[0] if len(v) == 1 else v[i]) for k, v in given.items()} for i in range(n)]
     for up, d in zip(uploads, per_image):
         try:

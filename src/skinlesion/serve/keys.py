@@ -39,10 +39,20 @@ def _split(key: str) -> tuple[str, str] | None:
 
 def parse_key_file(path: Path) -> dict[str, tuple[bytes, str]]:
     """id -> (salt, hex digest); a malformed line is refused in one sentence naming it."""
+    import stat
+
     try:
-        text = path.read_text()
+        if path.exists() and not stat.S_ISREG(path.stat().st_mode):  # a FIFO or device would block or never end
+            raise SkinLesionError(f"The API key file {path} is not a regular file; point --api-keys at the file `--new-key` writes.")
+        raw = path.read_bytes()
     except OSError as exc:
         raise SkinLesionError(f"The API key file {path} cannot be read ({exc.strerror or exc}); check --api-keys.") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SkinLesionError(
+            f"The API key file {path} is not a text file (binary content); point --api-keys at the file `--new-key` writes."
+        ) from None
     out = {}
     for n, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0].strip()
@@ -67,8 +77,6 @@ def new_key(path: Path) -> str:
     """Create a key, append its salted hash to ``path`` (created if missing), and return the key (shown once)."""
     from filelock import FileLock
 
-    from ..errors import atomic_text
-
     path = Path(path)
     if path.is_dir():
         raise SkinLesionError(f"--api-keys {path} is a folder; pass a file name such as {path / 'api-keys.txt'}.")
@@ -83,8 +91,34 @@ def new_key(path: Path) -> str:
         salt = os.urandom(16)
         if text and not text.endswith("\n"):
             text += "\n"
-        atomic_text(path, text + f"{kid}:{salt.hex()}:{_digest(salt, secret)}\n", what="--api-keys")
+        _write_private(path, text + f"{kid}:{salt.hex()}:{_digest(salt, secret)}\n")
     return f"{PREFIX}_{kid}_{secret}"
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write the key file atomically (a temporary file, then a rename), readable by its owner only (0600)."""
+    from ..errors import write_failure
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise SkinLesionError(write_failure(path, exc, "--api-keys")) from None
+
+
+def loose_permissions(path: Path) -> bool:
+    """Whether others than the owner may read or write the key file."""
+    try:
+        return bool(Path(path).stat().st_mode & 0o077)
+    except OSError:
+        return False
 
 
 @dataclass

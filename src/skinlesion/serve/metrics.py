@@ -54,6 +54,7 @@ class Metrics:
         if multiprocess():
             from prometheus_client import multiprocess as mp
 
+            forget_dead_workers()
             registry = CollectorRegistry()
             mp.MultiProcessCollector(registry)
             return generate_latest(registry), CONTENT_TYPE_LATEST
@@ -65,6 +66,34 @@ class Metrics:
             from prometheus_client import multiprocess as mp
 
             mp.mark_process_dead(os.getpid())
+
+
+def forget_dead_workers(folder: str | None = None) -> list[int]:
+    """Drop the live gauges of worker processes that no longer exist (a killed worker never says it exited).
+
+    Its counters stay (they are totals); its ``skinlesion_ready`` and in-progress series go. Returns the pids dropped.
+    """
+    import re
+    from pathlib import Path
+
+    from prometheus_client import multiprocess as mp
+
+    folder = folder or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    dead = set()
+    for f in Path(folder).glob("gauge_live*_*.db"):
+        m = re.search(r"_(\d+)\.db$", f.name)
+        if not m:
+            continue
+        pid = int(m.group(1))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            dead.add(pid)
+        except PermissionError:
+            pass
+    for pid in dead:
+        mp.mark_process_dead(pid, folder)
+    return sorted(dead)
 
 
 class Observe:

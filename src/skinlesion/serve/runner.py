@@ -1,8 +1,11 @@
 """Running the service on uvicorn: one process, or ``--workers N`` processes sharing one socket.
 
 Production settings (uvicorn's deployment guide): no ``Server`` header, ``X-Forwarded-*`` trusted only
-from loopback (a reverse proxy on the same host; widen with ``FORWARDED_ALLOW_IPS``), 5 s keep-alive,
-and a bounded shutdown. Terminate TLS at the reverse proxy or load balancer in front.
+from loopback (a reverse proxy on the same host; widen with ``FORWARDED_ALLOW_IPS``), ``--keep-alive``
+(5 s), and a bounded shutdown. Terminate TLS at the reverse proxy or load balancer in front.
+Connections are served by :class:`~.protocol.GuardedH11Protocol` (header and body deadlines, a
+connection cap). The soft file-descriptor limit is raised towards the hard one so the cap fits under
+it; where it cannot be, the cap is lowered to fit, and the log says so.
 
 With several workers uvicorn binds the shared socket itself, with ``proto`` 0, so asyncio never sets
 ``TCP_NODELAY`` on the connections it accepts and every keep-alive response waits ~40 ms for the
@@ -12,6 +15,7 @@ client's delayed ACK (uvicorn issue #3149; measured here: 2 workers, one client,
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -23,6 +27,34 @@ import uvicorn
 from .settings import ENV, Settings
 
 APP = "skinlesion.serve.api:create_app_from_env"
+FD_RESERVE = 128  # descriptors kept free for the model, logs and the listening socket
+
+
+def fit_descriptors(settings: Settings) -> None:
+    """Raise the soft RLIMIT_NOFILE to fit ``--max-connections``; lower the cap where the hard limit is too low."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = settings.max_connections + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < want:
+        target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < want:
+        cap = max(1, soft - FD_RESERVE)
+        logging.getLogger("uvicorn.error").warning(
+            "--max-connections %d does not fit the file-descriptor limit (%d); serving at most %d connections per worker "
+            "(raise `ulimit -n` for more)",
+            settings.max_connections,
+            soft,
+            cap,
+        )
+        settings.max_connections = cap
 
 
 class _Config(uvicorn.Config):
@@ -38,6 +70,9 @@ def run(settings: Settings) -> int:
     """Serve until SIGTERM or Ctrl-C; 0 after a clean shutdown."""
     from uvicorn.supervisors import Multiprocess
 
+    from .protocol import GuardedH11Protocol
+
+    fit_descriptors(settings)
     os.environ[ENV] = settings.to_env()
     metrics_dir = None
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -57,7 +92,8 @@ def run(settings: Settings) -> int:
         workers=settings.workers,
         log_level="info",
         server_header=False,
-        timeout_keep_alive=5,
+        http=GuardedH11Protocol,
+        timeout_keep_alive=settings.keep_alive,
         timeout_graceful_shutdown=5,  # after the app's own drain (--grace): whatever is still open gets this long
     )
     try:

@@ -1,14 +1,20 @@
 """One worker's state: the predictor, the bounded analysis pool, readiness, and draining on SIGTERM.
 
 Analyses run in a thread pool of ``--concurrency`` threads (each with its share of the cores as
-intra-op threads), never on the event loop, so probes stay quick under load. An analysis whose
-request timed out is abandoned: not started if it still waits, its answer dropped if it runs (an
-ONNX Runtime call cannot be interrupted midway). Each image's answer is the row ``skinlesion
-predict`` writes: :func:`skinlesion.predict.predict_files` makes both.
+intra-op threads), never on the event loop, so probes stay quick under load. A request is admitted
+(counted) when its route starts, before its body is read: past ``--concurrency + --max-queue``
+admitted requests a new one is answered 503 with ``Retry-After`` at once. An analysis whose request
+timed out is abandoned: not started if it still waits, stopped at its next image or batch if it runs
+(an ONNX Runtime call cannot be interrupted midway). Images are decoded one at a time, and one
+analysis holds at most ``--max-megapixels`` of decoded pixels (plus the image being decoded); after
+a large analysis the freed memory is handed back to the system (glibc ``malloc_trim``). Each
+image's answer is the row ``skinlesion predict`` writes: :func:`skinlesion.predict.predict_files`
+makes both.
 
 SIGTERM: ``/v1/ready`` turns false and new analyses are refused (503, ``Retry-After``) at once;
-requests in flight finish (for at most ``--grace`` seconds); then the server's own SIGTERM handler
-(uvicorn's) closes the socket and the process exits.
+requests in flight finish (for at most ``--grace`` seconds); what is still queued or running then is
+answered 503 with ``Retry-After`` (JSON, like every refusal) and abandoned; then the server's own
+SIGTERM handler (uvicorn's) closes the socket and the process exits.
 
 Test hook (inert unless set): with ``SKINLESION_SERVE_TEST_HOLD=DIR`` an upload named ``hold-*``
 waits before its analysis until the file ``DIR/<its name>.go`` exists (or its request is abandoned),
@@ -19,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import ctypes
 import io
 import logging
 import os
@@ -35,7 +43,7 @@ from ..predict import row_columns
 from ..report import NOTICE
 from .refusals import Refusal
 from .forms import Upload
-from .keys import KeyRing
+from .keys import KeyRing, loose_permissions
 from .limits import RateLimit
 from .metrics import Metrics
 from .settings import Settings
@@ -50,6 +58,8 @@ class Service:
         self.settings = settings
         self.metrics = Metrics()
         self.keys = KeyRing(settings.api_keys) if settings.api_keys else None
+        if self.keys is not None and loose_permissions(self.keys.path):
+            log.warning("the API key file %s is readable by others; make it private with `chmod 600 %s`", self.keys.path, self.keys.path)
         self.rate = RateLimit(settings.rate_per_second) if settings.rate else None
         self.pool = ThreadPoolExecutor(settings.analyses_at_once(), thread_name_prefix="analysis")
         self.threads = settings.threads()
@@ -61,6 +71,8 @@ class Service:
         self.idle = asyncio.Event()
         self.idle.set()
         self._waiting = 0
+        self.admitted = 0  # requests past admission, on the event loop (reading their body, queued or running)
+        self.stopping = asyncio.Event()  # --grace is over: everything still admitted is answered 503
         self._lock = threading.Lock()
         self._torch_threads = False
 
@@ -88,6 +100,8 @@ class Service:
             pixels = np.random.default_rng(0).integers(0, 256, (450, 600, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(buf, "JPEG")
             self.predictor.predict(buf.getvalue(), "warm-up")
+            if self.settings.heatmaps:  # the first heat map must not pay torch's import and the weights (seconds)
+                threading.Thread(target=self._load_heatmaps, name="heatmap-weights", daemon=True).start()
             self.info = model_info(self.predictor, self.settings)
             self.ready = not self.draining
             self.metrics.ready.set(1 if self.ready else 0)
@@ -105,6 +119,15 @@ class Service:
                 str(exc) if isinstance(exc, SkinLesionError) else f"the model could not be loaded ({type(exc).__name__}: {exc})"
             )
             log.error("not ready: %s", self.load_error, exc_info=not isinstance(exc, SkinLesionError))
+
+    def _load_heatmaps(self) -> None:
+        """The PyTorch weights Grad-CAM needs, loaded right after the model is warm (a heat map asked before waits for them)."""
+        try:
+            t0 = time.perf_counter()
+            self._torch_net()
+            log.info("heat-map weights loaded in %.1f s", time.perf_counter() - t0)
+        except Exception as exc:  # heat maps then fail in one sentence on request; analyses are unaffected
+            log.error("heat-map weights could not be loaded (%s: %s)", type(exc).__name__, exc)
 
     # ---- SIGTERM: drain, then let the server stop ----
     def install_drain(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -131,7 +154,10 @@ class Service:
         try:
             await asyncio.wait_for(self.idle.wait(), self.settings.grace)
         except asyncio.TimeoutError:
-            log.warning("--grace %g s is over with %d request(s) still in flight; stopping", self.settings.grace, self.in_flight)
+            log.warning("--grace %g s is over with %d request(s) still in flight; answering them 503", self.settings.grace, self.in_flight)
+            self.stopping.set()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.idle.wait(), 3.0)  # their 503s go out before the server closes
         pass_on()
 
     # ---- analyses ----
@@ -146,10 +172,51 @@ class Service:
             raise Refusal(503, f"The service has no model: {self.load_error}", headers={"Retry-After": "30"})
         if not self.ready:
             raise Refusal(503, "The model is still loading; retry in a few seconds.", headers={"Retry-After": "5"})
-        if self._waiting >= self.settings.max_queue + self.settings.analyses_at_once():
+
+    @contextlib.contextmanager
+    def admission(self):
+        """Count a request from its start: past ``--concurrency + --max-queue`` of them, a 503 at once."""
+        cap = self.settings.max_queue + self.settings.analyses_at_once()
+        if self.admitted >= cap:
             raise Refusal(
-                503, f"The service is busy ({self._waiting} analyses waiting); retry in a few seconds.", headers={"Retry-After": "2"}
+                503,
+                f"The service is busy ({self.admitted} requests admitted, the most it queues); retry in a few seconds.",
+                headers={"Retry-After": "2"},
             )
+        self.admitted += 1
+        try:
+            yield
+        finally:
+            self.admitted -= 1
+
+    async def until_stopped(self, work):
+        """Await ``work``; when ``--grace`` runs out first, abandon it and answer 503."""
+        task = asyncio.ensure_future(work)
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            task.cancel(), stop.cancel()
+            raise
+        stop.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        raise Refusal(
+            503,
+            "The service is shutting down and could not finish this request; send it to another replica or retry shortly.",
+            headers={"Retry-After": "2", "Connection": "close"},
+        )
+
+    def _torch_net(self):
+        if not self._torch_threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
+            self._torch_threads = True
+        return self.predictor._torch_net()
 
     def check_rule(self, rule: str) -> None:
         """A decision rule the model holds, or a 422 naming the ones it does."""
@@ -184,7 +251,7 @@ class Service:
         if abandoned.is_set():
             self.metrics.abandoned.inc()
             return None
-        from ..predict import predict_files
+        from ..predict import Cancelled, predict_files
 
         self.metrics.in_progress.inc()
         t0 = time.perf_counter()
@@ -193,7 +260,20 @@ class Service:
             if abandoned.is_set():
                 self.metrics.abandoned.inc()
                 return None
-            rows = predict_files(self.predictor, uploads, batch_size=len(uploads), meta=meta, rule=rule)
+            try:
+                rows = predict_files(
+                    self.predictor,
+                    uploads,
+                    batch_size=len(uploads),
+                    meta=meta,
+                    rule=rule,
+                    max_pixels=self.settings.max_pixels,
+                    cancelled=abandoned.is_set,
+                    formats=self.settings.formats,
+                )
+            except Cancelled:
+                self.metrics.abandoned.inc()
+                return None
             columns = row_columns(self.predictor.labels.codes)
             rows = [{c: r.get(c) for c in columns} for r in rows]  # the CSV's columns, in its order
             heatmap = self._heatmap(uploads[0], rows[0], heat) if heat and not rows[0]["error"] else None
@@ -203,6 +283,7 @@ class Service:
         finally:
             self.metrics.in_progress.dec()
             self.metrics.analysis.observe(time.perf_counter() - t0)
+            give_back_memory()
 
     def _heatmap(self, upload: Upload, row: dict, target: str) -> dict:
         import numpy as np
@@ -212,12 +293,8 @@ class Service:
         from ..intake import open_image
 
         code = row["top_class"] if target == "top" else target
-        if not self._torch_threads:
-            import torch
-
-            torch.set_num_threads(self.threads)
-            self._torch_threads = True
-        image = open_image(upload, str(upload)).image
+        self._torch_net()
+        image = open_image(upload, str(upload), formats=self.settings.formats).image
         heat = self.predictor.explain(image, target=self.predictor.labels.index(code))
 
         def png(img) -> str:
@@ -234,6 +311,21 @@ class Service:
             "note": f"heatmap_png: the map at the model's input size, 0 (least evidence) to 255 (most); "
             f"overlay_png: coloured ({COLOURMAP}) over the image at its own size.",
         }
+
+
+def give_back_memory() -> None:
+    """Return freed heap to the system (glibc keeps it otherwise: a burst of large images would stay resident)."""
+    global _trim
+    if _trim is None:
+        try:
+            _trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc
+            _trim = False
+    if _trim:
+        _trim(0)
+
+
+_trim = None
 
 
 def _test_hold(uploads, abandoned: threading.Event) -> None:
@@ -293,7 +385,7 @@ def model_info(predictor, settings: Settings) -> dict:
         "input": {
             "preprocess": cfg.preprocess,
             "tta": cfg.tta,
-            "formats": "JPEG or PNG (anything Pillow reads); EXIF rotation applied",
+            "formats": f"{' or '.join(settings.formats)}, recognised by their first bytes; EXIF rotation applied",
             "patient_data": {
                 "used": predictor.uses_metadata,
                 "fields": list(META_FIELDS),
@@ -315,6 +407,8 @@ def model_info(predictor, settings: Settings) -> dict:
             "max_images": settings.max_images,
             "max_mb": settings.max_mb,
             "timeout_s": settings.timeout,
+            "max_megapixels": settings.max_megapixels,
+            "heatmaps": settings.heatmaps,
             "rate": settings.rate,
         },
     }

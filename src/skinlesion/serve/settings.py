@@ -36,6 +36,13 @@ class Settings:
     grace: float = 30.0  # seconds in-flight requests get to finish after SIGTERM
     concurrency: int | None = None  # analyses at once per worker (None: the worker's share of the cores)
     max_queue: int = 64  # analyses waiting per worker before new ones are answered 503
+    max_connections: int = 1000  # open connections per worker (the oldest idle one is closed at the cap)
+    header_timeout: float = 10.0  # seconds a connection has to send a request's headers
+    keep_alive: float = 5.0  # seconds an idle connection stays open between requests
+    max_megapixels: float = 64.0  # decoded megapixels one analysis holds at once (images decoded one at a time)
+    formats: list[str] = field(default_factory=lambda: ["JPEG", "PNG"])  # image decoders the service opens
+    heatmaps: bool = True  # ?heatmap= allowed (the PyTorch weights are loaded at ready time)
+    metrics: str = "auto"  # /metrics: open, key (an API key needed), off; auto: open on loopback, key otherwise
 
     # ---- derived ----
     @property
@@ -45,6 +52,16 @@ class Settings:
     @property
     def rate_per_second(self) -> float | None:
         return None if self.rate is None else parse_rate(self.rate)
+
+    @property
+    def max_pixels(self) -> int:
+        return int(self.max_megapixels * 1_000_000)
+
+    def metrics_access(self) -> str:
+        """open, key or off (auto: open on loopback or without keys, a key needed otherwise)."""
+        if self.metrics != "auto":
+            return self.metrics
+        return "open" if self.api_keys is None or is_loopback(self.host) else "key"
 
     def analyses_at_once(self) -> int:
         return self.concurrency or max(1, usable_cores() // self.workers)
@@ -73,6 +90,25 @@ class Settings:
                 raise SkinLesionError(f"{name} {v:g} must be a positive number of seconds.")
         if self.concurrency is not None and not 1 <= self.concurrency <= 256:
             raise SkinLesionError(f"--concurrency {self.concurrency} is out of range; use 1 to 256 analyses at once per worker.")
+        if not 1 <= self.max_connections <= 100_000:
+            raise SkinLesionError(f"--max-connections {self.max_connections} is out of range; use 1 to 100000 per worker.")
+        for name, v in (("--header-timeout", self.header_timeout), ("--keep-alive", self.keep_alive)):
+            if not v > 0 or not math.isfinite(v):
+                raise SkinLesionError(f"{name} {v:g} must be a positive number of seconds.")
+        if not 1 <= self.max_megapixels <= 10_000 or not math.isfinite(self.max_megapixels):
+            raise SkinLesionError(f"--max-megapixels {self.max_megapixels:g} is out of range; use 1 to 10000 (64 by default).")
+        from ..intake import SIGNATURES
+
+        self.formats = [f.strip().upper().replace("JPG", "JPEG") for f in self.formats if f.strip()]
+        unknown = [f for f in self.formats if f not in SIGNATURES]
+        if unknown or not self.formats:
+            raise SkinLesionError(
+                f"--formats {','.join(unknown) or '(none)'} is not a format the service reads; choose among {', '.join(SIGNATURES)}."
+            )
+        if self.metrics not in ("auto", "open", "key", "off"):
+            raise SkinLesionError(f"--metrics {self.metrics!r} is not a choice; use open, key, off or auto.")
+        if self.metrics == "key" and self.api_keys is None:
+            raise SkinLesionError("--metrics key needs --api-keys (the keys that may scrape /metrics).")
         if self.max_queue < 0:
             raise SkinLesionError(f"--max-queue {self.max_queue} must be 0 or more.")
         if self.rate is not None:
