@@ -118,7 +118,11 @@ def result_card(pred, labels) -> None:
     tier's threshold, the named class and its decision rule, the top three, the prediction set, and one
     ranked chart of all probabilities with their values."""
     v = pred.verdict
-    TIER_STYLE.get(v.tier, st.info)(f"Triage: **{v.headline}**" + (f" ({v.reason})" if v.reason else ""))
+    if v.analysed:
+        TIER_STYLE.get(v.tier, st.info)(f"Triage: **{v.headline}**" + (f" ({v.reason})" if v.reason else ""))
+    else:  # "Analyse anyway": the verdict stays "not analysed"; the analysis below is marked unreliable
+        st.warning(f"**{v.headline}** ({v.reason})")
+        st.markdown(f"Unreliable analysis, no advice: {v.analysis}")
     st.markdown(v.summary)
     st.markdown(f"### {v.names[pred.top]} ({pred.top})")
     st.markdown(v.decision)
@@ -144,7 +148,7 @@ def explanation(predictor, image, pred) -> None:
 def show_result(predictor, name: str, data: bytes, explain: bool, rows: list, meta: dict | None) -> None:
     from skinlesion.errors import SkinLesionError
     from skinlesion.intake import check_upload_name, open_image
-    from skinlesion.predict import OOD_EXPLAINED, error_row
+    from skinlesion.predict import error_row
 
     try:
         check_upload_name(name)
@@ -160,15 +164,9 @@ def show_result(predictor, name: str, data: bytes, explain: bool, rows: list, me
             st.warning(w)
     for advice in pred.quality_advice:  # photo quality first; the analysis is still shown below
         st.warning(advice)
-    if pred.out_of_distribution:
-        from skinlesion.predict import COLOURLESS_WARNING
-
-        why = (
-            "This image has almost no colour, and skin has colour: it does not look like the dermoscopic images the model was trained on."
-            if COLOURLESS_WARNING in pred.warnings
-            else OOD_EXPLAINED.format(score=pred.ood_score, threshold=predictor.ood[1]["threshold"])
-        )
-        st.warning(why + " No diagnosis is shown: upload a dermoscopic image of a skin lesion.")
+    if not pred.verdict.analysed:  # out of distribution: the one verdict (skinlesion.verdict), with the reason that fired
+        v = pred.verdict
+        st.warning(f"**{v.headline}** ({v.reason}). {v.advice[-1]} No diagnosis is shown.")
         st.image(intake.image, caption=name, width=320)
         with st.expander("Analyse anyway (unreliable)", expanded=False):
             result_card(pred, predictor.labels)

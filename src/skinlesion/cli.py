@@ -574,6 +574,9 @@ def predict(
     elif out:
         write_csv(table, out)
     shown = table[["image", "top_class", "probability", "tier", "prediction_set", "warnings", "error"]].copy()
+    from .verdict import tier_shown
+
+    shown["tier"] = [tier_shown(r) for r in table[["tier", "verdict"]].to_dict("records")]  # "not analysed": out of distribution
     shown["image"] = [Path(str(n)).name for n in shown["image"]]
     with pd.option_context("display.max_columns", None, "display.width", 220, "display.max_colwidth", 70):
         _say(shown.astype(object).fillna("").to_string(index=False))
