@@ -473,14 +473,11 @@ def write_csv(table, out: Path) -> None:
 
 def read_meta_csv(path: Path) -> dict:
     """image id -> {age, sex, localization} from a CSV with an image (or image_id) column."""
-    import pandas as pd
-
     if not path.is_file():
         raise SkinLesionError(f"The patient data file {path} does not exist; pass a CSV with columns image,age,sex,localization.")
-    try:
-        table = pd.read_csv(path, dtype=str)
-    except Exception as exc:
-        raise SkinLesionError(f"The patient data file {path.name} is not a readable CSV ({exc}).") from None
+    from .data.csvfile import read_csv
+
+    table = read_csv(path, "a patient data CSV with columns image,age,sex,localization", dtype=str)
     key = next((c for c in ("image", "image_id") if c in table.columns), None)
     if key is None:
         raise SkinLesionError(f"The patient data file {path.name} needs an image or image_id column (and any of age, sex, localization).")

@@ -229,8 +229,10 @@ def csv_kind(csv: Path) -> str | None:
 
 
 def _header(csv: Path) -> set[str] | None:
-    try:
-        return {str(c).strip() for c in pd.read_csv(csv, nrows=0).columns}
+    from .csvfile import sniff_separator
+
+    try:  # a file separated by ';' is still recognised by its columns (and refused, saying so, when read)
+        return {str(c).strip().lstrip("\ufeff") for c in pd.read_csv(csv, nrows=0, sep=sniff_separator(csv) or ",").columns}
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError):
         return None
 
@@ -643,11 +645,11 @@ def _with_images(ds: Dataset, csv: Path, allow_missing: bool) -> Dataset:
 
 def _read_csv(csv: Path, what: str) -> pd.DataFrame:
     """``csv`` as strings, columns stripped; one sentence when it is empty or cannot be read."""
+    from .csvfile import read_csv
+
     try:
-        table = pd.read_csv(csv, dtype=str)
-    except pd.errors.EmptyDataError:
-        raise SkinLesionError(f"{csv} is empty; it should be {what} (re-download it).") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        table = read_csv(csv, what, dtype=str)  # not UTF-8, empty, separated by ';': one sentence saying the fix
+    except (pd.errors.ParserError, ValueError) as exc:
         detail = re.sub(r"\.\s+", "; ", str(exc).strip().rstrip("."))  # pandas: "Error tokenizing data. C error: ..."
         raise SkinLesionError(f"{csv} is not a readable CSV file ({detail}); re-download {what}.") from None
     except OSError as exc:
