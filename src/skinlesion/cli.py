@@ -287,6 +287,11 @@ def train(
     strategy: Optional[str] = typer.Option(None, help="Lightning strategy, e.g. ddp [default: auto]."),
     precision: Optional[str] = typer.Option(None, help="[default: bf16-mixed on GPU, 32-true on CPU]"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last finished epoch."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="With --resume: train a run that has no checkpoint to continue from again, from epoch 0 (its models are replaced).",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     record_shards: bool = typer.Option(
         False, "--record-shards", help="Write the image positions each rank trains on in epoch 0 (checks DDP sharding)."
@@ -357,6 +362,10 @@ def train(
         given["augment"] = _augment_pairs(augment)
     if resume:
         config = _resume_config(out, config, given)
+        if _resume_is_done(out, force):
+            return
+    elif force:
+        raise SkinLesionError("--force goes with --resume (to train a run without a checkpoint again); a new run needs no --force.")
     cfg = config_from(config, out=str(out), progress=progress, extra={"record_shards": record_shards}, **given)
     if not cfg.data:
         raise SkinLesionError("Pass the dataset (DATA), or --config RUN/config.json of an earlier run.")
@@ -375,6 +384,30 @@ def train(
 
     run(cfg, resume=resume)
     _say(f"run written to {out}")
+
+
+def _resume_is_done(out: Path, force: bool) -> bool:
+    """Before a resume: True (said) when the run in ``out`` is already complete; refuse one whose finished epochs
+    cannot be continued (no checkpoints/last.ckpt) unless ``force``: training it from epoch 0 would replace its models."""
+    import csv
+
+    finished = (out / "val_metrics.json").is_file()  # finish_run writes it last: the run trained and was fitted
+    try:
+        with (out / "metrics.csv").open(newline="") as f:
+            epochs = sum(1 for _ in csv.DictReader(f))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        epochs = 0
+    has_ckpt = (out / "checkpoints" / "last.ckpt").is_file()
+    if finished and has_ckpt:
+        _say(f"the run in {out} is already complete ({epochs} epoch(s) in metrics.csv, its models written); nothing to resume")
+        return True
+    if not has_ckpt and (finished or epochs) and not force:
+        what = "is already complete" if finished else f"has {epochs} finished epoch(s) in metrics.csv"
+        raise SkinLesionError(
+            f"The run in {out} {what} but no checkpoints/last.ckpt to continue from; resuming would train it again from "
+            "epoch 0 and replace its models: keep them (they are the result), or pass --force to retrain it."
+        )
+    return False
 
 
 def _resume_config(out: Path, config: Optional[Path], given: dict) -> Path:
