@@ -662,7 +662,11 @@ def card(
 @app.command(name="app")
 def app_cmd(
     model: str = typer.Option("default", "--model", "-m", help="Model to serve."),
-    port: int = typer.Option(8501, "--port", help="Port to listen on."),
+    port: Optional[int] = typer.Option(
+        None,
+        "--port",
+        help="Port to listen on [default: STREAMLIT_SERVER_PORT, else server.port of Streamlit's config.toml, else 8501].",
+    ),
     address: str = typer.Option("localhost", "--address", help="Address to bind (0.0.0.0 to serve others)."),
     sample: Optional[Path] = typer.Option(
         None,
@@ -688,6 +692,7 @@ def app_cmd(
     from .bundle import onnx_for, resolve_model_path
 
     resolve_model_path(model)  # a wrong --model fails here, in one sentence
+    port = _app_port(port)
     _port_free(address, port)
     if onnx_for(model) is None:  # ONNX Runtime serves faster and lighter: export once, before the server starts
         try:
@@ -726,6 +731,30 @@ def app_cmd(
     ]
     _say(f"skinlesion app on http://{address}:{port}")
     raise typer.Exit(_serve(cmd))
+
+
+def _app_port(port: Optional[int]) -> int:
+    """The app's port: --port, else Streamlit's own settings (STREAMLIT_SERVER_PORT, then server.port of
+    ~/.streamlit/config.toml or ./.streamlit/config.toml), else 8501."""
+    if port is not None:
+        where = "--port"
+    elif os.environ.get("STREAMLIT_SERVER_PORT", "").strip():
+        where, port = "STREAMLIT_SERVER_PORT", os.environ["STREAMLIT_SERVER_PORT"].strip()
+    else:
+        from streamlit import config
+
+        try:
+            config.get_config_options(force_reparse=True)
+        except Exception as exc:  # a config.toml Streamlit cannot parse
+            raise SkinLesionError(f"Streamlit's config.toml cannot be read ({exc}); fix it, or pass --port.") from None
+        where, port = f"server.port in {config.get_where_defined('server.port')}", config.get_option("server.port")
+    try:
+        port = int(port)
+    except (TypeError, ValueError):
+        port = -1
+    if not 1 <= port <= 65535:
+        raise SkinLesionError(f"The app's port from {where} is not a port number (1 to 65535); fix it, or pass --port.")
+    return port
 
 
 def _port_free(address: str, port: int) -> None:
