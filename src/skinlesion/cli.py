@@ -121,7 +121,13 @@ def split(
     if len(data) == 1 and path.is_file() and path.suffix.lower() == ".csv":
         if dedup:
             raise SkinLesionError("--dedup compares the images; pass the dataset folder, not its metadata CSV.")
-        meta = with_official_split(read_metadata(path), path.parent)  # a split needs only the metadata, not the pixels
+        from .data.isic_layouts import read_table
+
+        table = read_table(path)  # an ISIC CSV (2019 ground truth, 2020 table, isic-cli): its labels, no pixels
+        if table is not None:
+            for w in table.warnings:
+                _warn(w)
+        meta = table.meta if table is not None else with_official_split(read_metadata(path), path.parent)  # metadata only
     else:
         ds = load_dataset(list(data), allow_missing=allow_missing)
         for w in ds.warnings:

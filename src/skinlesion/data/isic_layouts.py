@@ -310,9 +310,19 @@ def read_isic2019(ground_truth: Path, metadata: Path | None = None, *, allow_mis
     if not labelled.all():
         unk = onehot[:, -1] == 1 if "UNK" in classes else np.zeros(len(gt), bool)
         ids = gt.loc[~labelled, "image"].tolist()
+        none = ~labelled & ~unk
+        # a 0/1 column the label set does not know (e.g. XYZ): its rows have "no class" here, so it is named
+        unknown = [c for c in gt.columns if c not in ("image", *classes) and gt[c].isin(["0", "1", "0.0", "1.0"]).all()]
+        marked = {c: int((none & (pd.to_numeric(gt[c]) == 1).to_numpy()).sum()) for c in unknown}
+        marked = {c: k for c, k in marked.items() if k}
+        also = (
+            f" ({', '.join(f'{k} marked {c}' for c, k in marked.items())}: a class column the isic2019 label set does not know)"
+            if marked
+            else ""
+        )
         warnings.append(
             f"{len(ids)} of {len(gt)} images in {ground_truth.name} cannot be labelled ({int(unk.sum())} marked UNK, "
-            f"{int((~labelled & ~unk).sum())} with no class; first: {', '.join(ids[:5])}); they were left out."
+            f"{int(none.sum())} with no class{also}; first: {', '.join(ids[:5])}); they were left out."
         )
     if not labelled.any():
         raise SkinLesionError(
