@@ -41,7 +41,7 @@ def _model_arg() -> str:
     return _arg("--model", "SKINLESION_MODEL", "default")
 
 
-def sample_button(predictor, explain: bool, meta: dict | None) -> bool:
+def sample_button(model: str, explain: bool, meta: dict | None) -> bool:
     """'Try a sample': analyse a real image (the bundled HAM10000 melanoma, or the one ``skinlesion app --sample``
     names), with its credit and license, and after the analysis its ground truth; True when shown."""
     from skinlesion.sample import load_sample
@@ -56,13 +56,31 @@ def sample_button(predictor, explain: bool, meta: dict | None) -> bool:
     if meta is not None and not any(v for v in meta.values()):  # no patient data entered: the sample's own, where known
         meta = {k: sample.patient.get(k) for k in ("age", "sex", "localization")}
     rows: list = []
-    show_result(predictor, sample.path.name, sample.path.read_bytes(), explain, rows, meta)
+    show_result(get_predictor(model), sample.path.name, sample.path.read_bytes(), explain, rows, meta)
     truth = sample.truth()
     if truth:
         st.info(truth)
     if sample.seen_in_training_by and sample.seen_in_training_by == _model_arg():
         st.caption(sample.seen_in_training_note)
     return True
+
+
+@st.cache_resource(show_spinner=False)
+def get_card(model: str):
+    """What the first page shows of the model, without loading it (its JSON config and which back end will
+    serve): the sidebar's model card and the patient-data form wait for no network or ONNX session."""
+    from types import SimpleNamespace
+
+    from safetensors import safe_open
+
+    from skinlesion.bundle import load_config, onnx_for, resolve_model_path
+
+    path = resolve_model_path(model)
+    backend = "onnx" if onnx_for(model) is not None else "torch"  # as Predictor(backend="auto") chooses
+    cfg = load_config(path, check_backbones=backend == "torch")
+    with safe_open(str(path), framework="numpy") as f:
+        uses_metadata = bool(cfg.metadata) and "meta.coef" in f.keys()  # as Predictor.uses_metadata
+    return SimpleNamespace(config=cfg, backend=backend, labels=cfg.labels, uses_metadata=uses_metadata)
 
 
 @st.cache_resource(show_spinner="Loading the model ...")
@@ -73,6 +91,7 @@ def get_predictor(model: str):
 
 
 def sidebar(predictor) -> None:
+    """The model card; ``predictor`` is the loaded one or :func:`get_card`'s (config, back end, labels)."""
     cfg = predictor.config
     st.sidebar.header("Model card")
     st.sidebar.markdown(
@@ -205,16 +224,17 @@ def main() -> None:
     st.set_page_config(page_title="skinlesion: lesion analysis", page_icon="🔬", layout="wide")
     st.title("Skin lesion analysis")
     st.caption(NOTICE)
-    predictor = get_predictor(_model_arg())
-    sidebar(predictor)
-    meta = patient_data(predictor)
+    card = get_card(_model_arg())  # the first page loads no model: it is loaded for the first analysis
+    sidebar(card)
+    meta = patient_data(card)
     # no type=[...]: Streamlit would raise on a crafted name (and drop the uploader); skinlesion.intake refuses it in one sentence
     files = st.file_uploader("Upload dermoscopic images (JPEG or PNG)", accept_multiple_files=True)
     explain = st.toggle("Show Grad-CAM heat map", value=False)
     if not files:
-        if not sample_button(predictor, explain, meta):
+        if not sample_button(_model_arg(), explain, meta):
             st.info("Upload one or several images to analyse them.")
         return
+    predictor = get_predictor(_model_arg())
     import pandas as pd
 
     from skinlesion.predict import row_columns
