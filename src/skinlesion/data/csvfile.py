@@ -8,6 +8,7 @@ not read as one column and then refused for the columns it lacks.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -37,6 +38,7 @@ def read_csv(path: Path, what: str, **kw) -> pd.DataFrame:
         raise SkinLesionError(f"{path.name} is empty (no header, no rows); it should be {what}.") from None
     except pd.errors.ParserError as exc:
         detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        detail = re.sub(r"\.\s+", "; ", detail.rstrip("."))  # pandas: "Error tokenizing data. C error: ...": one sentence
         raise SkinLesionError(
             f"{path.name} is not a readable CSV file ({detail}); it should be {what}, "
             "one header line and one row per line, separated by commas."
