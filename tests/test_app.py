@@ -345,3 +345,65 @@ def test_a_crafted_upload_name_is_one_sentence_and_the_uploader_stays(app_test):
     at.file_uploader[0].set_value(("ISIC_0024310.jpg", real, "image/jpeg"))
     at.run()
     assert not at.exception and "calibrated probability" in _texts(at)
+
+
+# ---- issue 28: the ecosystem's port settings ----------------------------------------------------------
+
+
+def test_the_app_port_is_streamlits_own_setting_unless_port_is_given(tmp_path, monkeypatch):
+    from skinlesion.cli import _app_port
+    from skinlesion.errors import SkinLesionError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("STREAMLIT_SERVER_PORT", raising=False)
+    (tmp_path / ".streamlit").mkdir()
+    (tmp_path / ".streamlit" / "config.toml").write_text("[server]\nport = 8123\n")
+    assert _app_port(None) == 8123  # ./.streamlit/config.toml, as `streamlit run` reads it
+    monkeypatch.setenv("STREAMLIT_SERVER_PORT", "8765")
+    assert _app_port(None) == 8765  # the environment over the file, as Streamlit orders them
+    assert _app_port(9001) == 9001  # --port over both
+    monkeypatch.setenv("STREAMLIT_SERVER_PORT", "eighty")
+    with pytest.raises(SkinLesionError, match="STREAMLIT_SERVER_PORT is not a port number"):
+        _app_port(None)
+    monkeypatch.delenv("STREAMLIT_SERVER_PORT")
+    (tmp_path / ".streamlit" / "config.toml").unlink()
+    from streamlit import config
+
+    assert _app_port(None) == (8501 if config.get_where_defined("server.port") == "<default>" else config.get_option("server.port"))
+
+
+@pytest.mark.slow
+def test_streamlit_server_port_in_the_environment_is_where_the_app_serves(default_model, tmp_path):
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    from .conftest import free_port
+
+    port = free_port()
+    log = open(tmp_path / "server.log", "w")
+    env = {**os.environ, "STREAMLIT_SERVER_PORT": str(port)}
+    cmd = [sys.executable, "-m", "skinlesion.cli", "app", "--address", "127.0.0.1"]  # no --port
+    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.time() + 180  # a cold start on a loaded 2-core machine
+        healthy = False
+        while time.time() < deadline and server.poll() is None and not healthy:
+            try:
+                healthy = urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1).read() == b"ok"
+            except OSError:
+                time.sleep(0.2)
+        assert healthy, (tmp_path / "server.log").read_text()
+        assert f"127.0.0.1:{port}" in (tmp_path / "server.log").read_text()  # and it says so
+    finally:
+        import signal
+
+        try:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=15)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        log.close()

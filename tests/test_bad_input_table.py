@@ -48,6 +48,15 @@ def ctx(tiny_run, tmp_path_factory):
     np.savez(d / "wrong.npz", foo=np.zeros(3))
     (d / "ids_unknown.csv").write_text("image_id\nISIC_9999999\n")
     np.savez(d / "objects.npz", train_images=np.array([{"a": 1}], dtype=object), train_labels=np.array([0]))
+    meta_lines = (data / "HAM10000_metadata.csv").read_text().splitlines()  # issue 28: the four refusals that name the fix
+    (d / "semicolon").mkdir()
+    (d / "semicolon" / "HAM10000_metadata.csv").write_text("\n".join(ln.replace(",", ";") for ln in meta_lines) + "\n")
+    (d / "latin1").mkdir()
+    latin = list(meta_lines)
+    latin[1] = latin[1].rsplit(",", 1)[0] + ",\u00e9paule"  # a Latin-1 byte (0xe9) in the last field
+    (d / "latin1" / "HAM10000_metadata.csv").write_bytes(("\n".join(latin) + "\n").encode("latin-1"))
+    (d / "random.npz").write_bytes(np.random.default_rng(0).bytes(4096))
+    (d / "empty_manifest.csv").write_bytes(b"")
     evil = d / "evilrun"  # a run folder whose resume checkpoint is a pickle that would run code
     (evil / "checkpoints").mkdir(parents=True)
     shutil.copy(run / "config.json", evil / "config.json")
@@ -235,6 +244,16 @@ CASES = [
     # datasets
     ("info-missing", lambda c: ["info", c["d"] / "nope"], 2, ["nope"]),
     ("info-empty-folder", lambda c: ["info", c["d"] / "empty_dir"], 2, ["empty_dir"]),
+    # issue 28: a refusal names the fix (the separator, the encoding, what a .npz is, what the empty file should be)
+    ("info-semicolon-metadata", lambda c: ["info", c["d"] / "semicolon"], 2, ["separated by ';'", "save it with commas"]),
+    ("info-latin1-metadata", lambda c: ["info", c["d"] / "latin1"], 2, ["not UTF-8", "save it as UTF-8", "!re-download"]),
+    ("info-random-bytes-npz", lambda c: ["info", c["d"] / "random.npz"], 2, ["random.npz is not a .npz file", "!allow_pickle", "!pickle"]),
+    (
+        "audit-empty-manifest",
+        lambda c: ["audit", c["data"], "--split", c["d"] / "empty_manifest.csv"],
+        2,
+        ["empty_manifest.csv is empty", "skinlesion split", "!No columns to parse"],
+    ),
     ("info-wrong-npz", lambda c: ["info", c["d"] / "wrong.npz"], 2, ["wrong.npz"]),
     ("info-symlink-loop", lambda c: ["info", c["d"] / "loop_a"], 2, ["loop_a", "symbolic link in a loop"]),
     ("info-dangling-link", lambda c: ["info", c["d"] / "dangling"], 2, ["dangling", "which does not exist"]),

@@ -113,3 +113,51 @@ def test_external_validation_maps_the_data_classes_and_reports_what_it_left_out(
     (tmp_path / "bad.csv").write_text("from,to\nak,actinic\n")
     with pytest.raises(SkinLesionError, match="'actinic' is not a class of the model's ham10000 label set"):
         map_labels(ds, np.arange(len(codes)), HAM10000, tmp_path / "bad.csv")
+
+
+# ---- issue 28: conflicts said, a dataset given twice, an ambiguous mapping ------------------------------
+
+
+@pytest.fixture(scope="module")
+def conflicting(two, tmp_path_factory):
+    """B again, with two of its ten ids shared with A relabelled (the same image, another diagnosis)."""
+    a, b, n_a = two
+    c = tmp_path_factory.mktemp("conflict") / "c"
+    shutil.copytree(b, c)
+    meta = pd.read_csv(c / "HAM10000_metadata.csv")
+    meta_a = pd.read_csv(a / "HAM10000_metadata.csv").set_index("image_id")["dx"]
+    for k in (0, 1):
+        meta.loc[k, "dx"] = "vasc" if meta_a[meta.loc[k, "image_id"]] != "vasc" else "df"
+    meta.to_csv(c / "HAM10000_metadata.csv", index=False)
+    return a, c, n_a, meta.loc[[0, 1], "image_id"].tolist()
+
+
+def test_the_same_image_with_another_diagnosis_is_a_conflict_counted_and_named(conflicting):
+    from skinlesion.data import load_dataset
+    from skinlesion.data.combine import combine
+
+    a, c, n_a, ids = conflicting
+    ds = load_dataset([a, c])
+    said = ds.warnings[-1]
+    assert "2 of them with another diagnosis, a label conflict" in said and ids[0] in said and "earlier label kept" in said, said
+    first = pd.read_csv(a / "HAM10000_metadata.csv").set_index("image_id")["dx"]
+    kept = ds.meta.set_index("image_id")["dx"]
+    assert all(kept[i] == first[i] for i in ids)  # the first dataset's label
+    dropped = combine([load_dataset(a), load_dataset(c)], [str(a), str(c)], on_conflict="drop")
+    assert not set(ids) & set(dropped.meta["image_id"]) and len(dropped) == len(ds) - 2
+    assert "left out of both" in dropped.warnings[-1]
+
+
+def test_the_same_dataset_given_twice_is_refused_as_such(two, run_cli):
+    a, _, _ = two
+    code, out, err = run_cli("info", a, str(a) + "/", "--quick")
+    assert code == 2 and "given twice" in err and "duplicates" not in err and "Traceback" not in err, err
+
+
+def test_a_mapping_that_maps_a_class_twice_is_refused(tmp_path):
+    from skinlesion.classes import HAM10000, ISIC2019, read_mapping
+    from skinlesion.errors import SkinLesionError
+
+    (tmp_path / "twice.csv").write_text("from,to\nscc,akiec\nak,akiec\nSCC,\n")
+    with pytest.raises(SkinLesionError, match=r"maps 'scc' more than once \(rows 2, 4\), so the mapping is ambiguous"):
+        read_mapping(tmp_path / "twice.csv", ISIC2019, HAM10000)

@@ -274,3 +274,136 @@ def test_chunks_written_to_a_url_get_their_meta_and_marker_beside_them(synth_kag
     monkeypatch.setattr(fs_provider, "_get_fs_provider", lambda url, *a, **k: Offline())
     line = _one_sentence(*run_cli("prepare", synth_kaggle, "--format", "litdata", "--size", "16", "--out", "gs://bucket/ham")[::2])
     assert "could not be written (Access denied); rerun with --force" in line
+
+
+# ---- issue 28: a full disk, Ctrl-C, an unfinished folder ------------------------------------------------
+
+CLI = [sys.executable, "-m", "skinlesion.cli"]
+
+
+def _env():
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    return {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def _session_alive(sid: int) -> list[int]:
+    """Processes (other than zombies) still in session ``sid``: what a command left running behind it."""
+    alive = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            fields = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":  # fields after the name: state, ppid, pgrp, session
+            alive.append(int(d))
+    return alive
+
+
+def _wait_for(cond, timeout=60.0):
+    import time
+
+    t = time.time()
+    while time.time() - t < timeout:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _tmpfs(path, size: str):
+    import shutil
+
+    path.mkdir()
+    if not sys.platform.startswith("linux") or shutil.which("mount") is None:
+        pytest.skip("a real full disk needs a small tmpfs; mount is not available here")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"a real full disk needs a small tmpfs, and this user cannot mount one ({r.stderr.strip()})")
+
+
+@pytest.mark.slow
+def test_prepare_litdata_on_a_full_disk_exits_2_in_one_sentence_and_leaves_nothing_running(synth_kaggle, tmp_path):
+    """59 images at 160 px (77 KB each, 4.5 MB) onto a 3 MB tmpfs: it once ran 900 s without ending."""
+    disk = tmp_path / "disk"
+    _tmpfs(disk, "3m")
+    out = disk / "chunks"
+    try:
+        proc = subprocess.Popen(
+            [*CLI, "prepare", str(synth_kaggle), "--format", "litdata", "--size", "160", "--chunk-mb", "0.5", "--out", str(out)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+            start_new_session=True,  # its own session: every process it starts stays in it
+        )
+        try:
+            _, err = proc.communicate(timeout=180)  # bounded: a hang fails here instead of blocking the suite
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.communicate()
+            pytest.fail("prepare --format litdata on a full disk did not end within 180 s")
+        assert proc.returncode == 2, (proc.returncode, err)
+        assert _wait_for(lambda: not _session_alive(proc.pid), 10), f"left running: {_session_alive(proc.pid)}"
+        line = _one_sentence(proc.returncode, err)
+        assert "No space left on device" in line and "free some space" in line, line
+        assert not [p for p in out.iterdir() if p.suffix == ".bin"]  # the space of the failed write is given back
+        r = subprocess.run([*CLI, "info", str(out)], capture_output=True, text=True, env=_env())
+        assert r.returncode == 2 and "an unfinished `prepare --format litdata`: rerun it with --force" in r.stderr, r.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_prepare_litdata_exits_130_and_marks_the_folder_unfinished(synth_kaggle, tmp_path):
+    """litdata's optimize ended the process with os._exit(0) on SIGINT; a signal sent while it is held at its 11th image."""
+    out, held = tmp_path / "chunks", tmp_path / "held"
+    code = (
+        "import signal\n"
+        "from pathlib import Path\n"
+        "from skinlesion.data.ham10000 import Dataset\n"
+        "from skinlesion.cli import main\n"
+        "real, seen = Dataset.image, [0]\n"
+        "def image(self, i):\n"
+        "    if seen[0] == 10:\n"
+        f"        Path({str(held)!r}).write_text('held')\n"
+        "        while True:\n"
+        "            signal.pause()\n"
+        "    seen[0] += 1\n"
+        "    return real(self, i)\n"
+        "Dataset.image = image\n"
+        f"main(['prepare', {str(synth_kaggle)!r}, '--format', 'litdata', '--size', '32', '--chunk-mb', '0.01', '--out', {str(out)!r}])\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True)
+    try:
+        assert _wait_for(lambda: held.exists() or proc.poll() is not None, 120), "prepare never reached its 11th image"
+        assert proc.poll() is None, proc.communicate()[1]
+        proc.send_signal(2)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+    assert proc.returncode == 130, (proc.returncode, err)
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted") and "unfinished `prepare --format litdata`: rerun it with --force" in last, err
+    assert "Traceback" not in err
+    assert _wait_for(lambda: not _session_alive(proc.pid), 10)
+    from skinlesion.data import load_dataset
+    from skinlesion.errors import SkinLesionError
+
+    with pytest.raises(SkinLesionError, match="an unfinished `prepare --format litdata`: rerun it with --force"):
+        load_dataset(out)
+
+
+def test_half_written_chunks_are_told_they_are_unfinished(prepared, tmp_path, run_cli):
+    """Chunks with no index.json and no marker (a copy cut short): not "No HAM10000_metadata.csv found"."""
+    import shutil
+
+    lit, _, _ = prepared
+    half = tmp_path / "half"
+    half.mkdir()
+    for p in sorted(lit.glob("chunk-*.bin"))[:3]:
+        shutil.copy(p, half / p.name)
+    line = _one_sentence(*run_cli("info", half)[::2])
+    assert "an unfinished `prepare --format litdata`: rerun it with --force" in line and "HAM10000_metadata" not in line, line

@@ -41,7 +41,7 @@ def _model_arg() -> str:
     return _arg("--model", "SKINLESION_MODEL", "default")
 
 
-def sample_button(predictor, explain: bool, meta: dict | None) -> bool:
+def sample_button(model: str, explain: bool, meta: dict | None) -> bool:
     """'Try a sample': analyse a real image (the bundled HAM10000 melanoma, or the one ``skinlesion app --sample``
     names), with its credit and license, and after the analysis its ground truth; True when shown."""
     from skinlesion.sample import load_sample
@@ -56,13 +56,31 @@ def sample_button(predictor, explain: bool, meta: dict | None) -> bool:
     if meta is not None and not any(v for v in meta.values()):  # no patient data entered: the sample's own, where known
         meta = {k: sample.patient.get(k) for k in ("age", "sex", "localization")}
     rows: list = []
-    show_result(predictor, sample.path.name, sample.path.read_bytes(), explain, rows, meta)
+    show_result(get_predictor(model), sample.path.name, sample.path.read_bytes(), explain, rows, meta)
     truth = sample.truth()
     if truth:
         st.info(truth)
     if sample.seen_in_training_by and sample.seen_in_training_by == _model_arg():
         st.caption(sample.seen_in_training_note)
     return True
+
+
+@st.cache_resource(show_spinner=False)
+def get_card(model: str):
+    """What the first page shows of the model, without loading it (its JSON config and which back end will
+    serve): the sidebar's model card and the patient-data form wait for no network or ONNX session."""
+    from types import SimpleNamespace
+
+    from safetensors import safe_open
+
+    from skinlesion.bundle import load_config, onnx_for, resolve_model_path
+
+    path = resolve_model_path(model)
+    backend = "onnx" if onnx_for(model) is not None else "torch"  # as Predictor(backend="auto") chooses
+    cfg = load_config(path, check_backbones=backend == "torch")
+    with safe_open(str(path), framework="numpy") as f:
+        uses_metadata = bool(cfg.metadata) and "meta.coef" in f.keys()  # as Predictor.uses_metadata
+    return SimpleNamespace(config=cfg, backend=backend, labels=cfg.labels, uses_metadata=uses_metadata)
 
 
 @st.cache_resource(show_spinner="Loading the model ...")
@@ -73,6 +91,7 @@ def get_predictor(model: str):
 
 
 def sidebar(predictor) -> None:
+    """The model card; ``predictor`` is the loaded one or :func:`get_card`'s (config, back end, labels)."""
     cfg = predictor.config
     st.sidebar.header("Model card")
     st.sidebar.markdown(
@@ -118,7 +137,11 @@ def result_card(pred, labels) -> None:
     tier's threshold, the named class and its decision rule, the top three, the prediction set, and one
     ranked chart of all probabilities with their values."""
     v = pred.verdict
-    TIER_STYLE.get(v.tier, st.info)(f"Triage: **{v.headline}**" + (f" ({v.reason})" if v.reason else ""))
+    if v.analysed:
+        TIER_STYLE.get(v.tier, st.info)(f"Triage: **{v.headline}**" + (f" ({v.reason})" if v.reason else ""))
+    else:  # "Analyse anyway": the verdict stays "not analysed"; the analysis below is marked unreliable
+        st.warning(f"**{v.headline}** ({v.reason})")
+        st.markdown(f"Unreliable analysis, no advice: {v.analysis}")
     st.markdown(v.summary)
     st.markdown(f"### {v.names[pred.top]} ({pred.top})")
     st.markdown(v.decision)
@@ -144,7 +167,7 @@ def explanation(predictor, image, pred) -> None:
 def show_result(predictor, name: str, data: bytes, explain: bool, rows: list, meta: dict | None) -> None:
     from skinlesion.errors import SkinLesionError
     from skinlesion.intake import check_upload_name, open_image
-    from skinlesion.predict import OOD_EXPLAINED, error_row
+    from skinlesion.predict import error_row
 
     try:
         check_upload_name(name)
@@ -160,15 +183,9 @@ def show_result(predictor, name: str, data: bytes, explain: bool, rows: list, me
             st.warning(w)
     for advice in pred.quality_advice:  # photo quality first; the analysis is still shown below
         st.warning(advice)
-    if pred.out_of_distribution:
-        from skinlesion.predict import COLOURLESS_WARNING
-
-        why = (
-            "This image has almost no colour, and skin has colour: it does not look like the dermoscopic images the model was trained on."
-            if COLOURLESS_WARNING in pred.warnings
-            else OOD_EXPLAINED.format(score=pred.ood_score, threshold=predictor.ood[1]["threshold"])
-        )
-        st.warning(why + " No diagnosis is shown: upload a dermoscopic image of a skin lesion.")
+    if not pred.verdict.analysed:  # out of distribution: the one verdict (skinlesion.verdict), with the reason that fired
+        v = pred.verdict
+        st.warning(f"**{v.headline}** ({v.reason}). {v.advice[-1]} No diagnosis is shown.")
         st.image(intake.image, caption=name, width=320)
         with st.expander("Analyse anyway (unreliable)", expanded=False):
             result_card(pred, predictor.labels)
@@ -207,16 +224,17 @@ def main() -> None:
     st.set_page_config(page_title="skinlesion: lesion analysis", page_icon="🔬", layout="wide")
     st.title("Skin lesion analysis")
     st.caption(NOTICE)
-    predictor = get_predictor(_model_arg())
-    sidebar(predictor)
-    meta = patient_data(predictor)
+    card = get_card(_model_arg())  # the first page loads no model: it is loaded for the first analysis
+    sidebar(card)
+    meta = patient_data(card)
     # no type=[...]: Streamlit would raise on a crafted name (and drop the uploader); skinlesion.intake refuses it in one sentence
     files = st.file_uploader("Upload dermoscopic images (JPEG or PNG)", accept_multiple_files=True)
     explain = st.toggle("Show Grad-CAM heat map", value=False)
     if not files:
-        if not sample_button(predictor, explain, meta):
+        if not sample_button(_model_arg(), explain, meta):
             st.info("Upload one or several images to analyse them.")
         return
+    predictor = get_predictor(_model_arg())
     import pandas as pd
 
     from skinlesion.predict import row_columns

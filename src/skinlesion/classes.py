@@ -290,19 +290,24 @@ def read_mapping(path, source: LabelSet, target: LabelSet) -> dict[str, str | No
     """
     from pathlib import Path
 
-    import pandas as pd
-
     from .errors import SkinLesionError
 
     path = Path(path)
     if not path.is_file():
         raise SkinLesionError(f"The mapping file {path} does not exist; pass a CSV with columns from,to (e.g. ak,akiec).")
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-        raise SkinLesionError(f"{path.name} is not a readable CSV; a mapping file has the columns from,to.") from None
+    from .data.csvfile import read_csv
+
+    table = read_csv(path, "a mapping file with the columns from,to (e.g. ak,akiec)", dtype=str, keep_default_na=False)
     if not {"from", "to"} <= set(table.columns):
         raise SkinLesionError(f"{path.name} needs the columns from,to (found: {', '.join(table.columns) or 'none'}).")
+    froms = table["from"].str.strip().str.lower()
+    twice = froms[froms.duplicated(keep=False)]
+    if len(twice):
+        first = twice.iloc[0]
+        rows = [str(i + 2) for i in twice.index[twice == first]]
+        raise SkinLesionError(
+            f"{path.name} maps {first!r} more than once (rows {', '.join(rows)}), so the mapping is ambiguous; keep one row per class."
+        )
     out = default_mapping(source, target)
     for i, row in table.iterrows():
         a, b = row["from"].strip().lower(), row["to"].strip().lower()

@@ -121,7 +121,13 @@ def split(
     if len(data) == 1 and path.is_file() and path.suffix.lower() == ".csv":
         if dedup:
             raise SkinLesionError("--dedup compares the images; pass the dataset folder, not its metadata CSV.")
-        meta = with_official_split(read_metadata(path), path.parent)  # a split needs only the metadata, not the pixels
+        from .data.isic_layouts import read_table
+
+        table = read_table(path)  # an ISIC CSV (2019 ground truth, 2020 table, isic-cli): its labels, no pixels
+        if table is not None:
+            for w in table.warnings:
+                _warn(w)
+        meta = table.meta if table is not None else with_official_split(read_metadata(path), path.parent)  # metadata only
     else:
         ds = load_dataset(list(data), allow_missing=allow_missing)
         for w in ds.warnings:
@@ -287,6 +293,11 @@ def train(
     strategy: Optional[str] = typer.Option(None, help="Lightning strategy, e.g. ddp [default: auto]."),
     precision: Optional[str] = typer.Option(None, help="[default: bf16-mixed on GPU, 32-true on CPU]"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last finished epoch."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="With --resume: train a run that has no checkpoint to continue from again, from epoch 0 (its models are replaced).",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     record_shards: bool = typer.Option(
         False, "--record-shards", help="Write the image positions each rank trains on in epoch 0 (checks DDP sharding)."
@@ -384,6 +395,10 @@ def train(
         given["augment"] = _augment_pairs(augment)
     if resume:
         config = _resume_config(out, config, given)
+        if _resume_is_done(out, force):
+            return
+    elif force:
+        raise SkinLesionError("--force goes with --resume (to train a run without a checkpoint again); a new run needs no --force.")
     cfg = config_from(config, out=str(out), progress=progress, extra={"record_shards": record_shards}, **given)
     if not cfg.data:
         raise SkinLesionError("Pass the dataset (DATA), or --config RUN/config.json of an earlier run.")
@@ -402,6 +417,30 @@ def train(
 
     run(cfg, resume=resume)
     _say(f"run written to {out}")
+
+
+def _resume_is_done(out: Path, force: bool) -> bool:
+    """Before a resume: True (said) when the run in ``out`` is already complete; refuse one whose finished epochs
+    cannot be continued (no checkpoints/last.ckpt) unless ``force``: training it from epoch 0 would replace its models."""
+    import csv
+
+    finished = (out / "val_metrics.json").is_file()  # finish_run writes it last: the run trained and was fitted
+    try:
+        with (out / "metrics.csv").open(newline="") as f:
+            epochs = sum(1 for _ in csv.DictReader(f))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        epochs = 0
+    has_ckpt = (out / "checkpoints" / "last.ckpt").is_file()
+    if finished and has_ckpt:
+        _say(f"the run in {out} is already complete ({epochs} epoch(s) in metrics.csv, its models written); nothing to resume")
+        return True
+    if not has_ckpt and (finished or epochs) and not force:
+        what = "is already complete" if finished else f"has {epochs} finished epoch(s) in metrics.csv"
+        raise SkinLesionError(
+            f"The run in {out} {what} but no checkpoints/last.ckpt to continue from; resuming would train it again from "
+            "epoch 0 and replace its models: keep them (they are the result), or pass --force to retrain it."
+        )
+    return False
 
 
 def _resume_config(out: Path, config: Optional[Path], given: dict) -> Path:
@@ -500,14 +539,11 @@ def write_csv(table, out: Path) -> None:
 
 def read_meta_csv(path: Path) -> dict:
     """image id -> {age, sex, localization} from a CSV with an image (or image_id) column."""
-    import pandas as pd
-
     if not path.is_file():
         raise SkinLesionError(f"The patient data file {path} does not exist; pass a CSV with columns image,age,sex,localization.")
-    try:
-        table = pd.read_csv(path, dtype=str)
-    except Exception as exc:
-        raise SkinLesionError(f"The patient data file {path.name} is not a readable CSV ({exc}).") from None
+    from .data.csvfile import read_csv
+
+    table = read_csv(path, "a patient data CSV with columns image,age,sex,localization", dtype=str)
     key = next((c for c in ("image", "image_id") if c in table.columns), None)
     if key is None:
         raise SkinLesionError(f"The patient data file {path.name} needs an image or image_id column (and any of age, sex, localization).")
@@ -601,6 +637,9 @@ def predict(
     elif out:
         write_csv(table, out)
     shown = table[["image", "top_class", "probability", "tier", "prediction_set", "warnings", "error"]].copy()
+    from .verdict import tier_shown
+
+    shown["tier"] = [tier_shown(r) for r in table[["tier", "verdict"]].to_dict("records")]  # "not analysed": out of distribution
     shown["image"] = [Path(str(n)).name for n in shown["image"]]
     with pd.option_context("display.max_columns", None, "display.width", 220, "display.max_colwidth", 70):
         _say(shown.astype(object).fillna("").to_string(index=False))
@@ -656,7 +695,11 @@ def card(
 @app.command(name="app")
 def app_cmd(
     model: str = typer.Option("default", "--model", "-m", help="Model to serve."),
-    port: int = typer.Option(8501, "--port", help="Port to listen on."),
+    port: Optional[int] = typer.Option(
+        None,
+        "--port",
+        help="Port to listen on [default: STREAMLIT_SERVER_PORT, else server.port of Streamlit's config.toml, else 8501].",
+    ),
     address: str = typer.Option("localhost", "--address", help="Address to bind (0.0.0.0 to serve others)."),
     sample: Optional[Path] = typer.Option(
         None,
@@ -682,6 +725,7 @@ def app_cmd(
     from .bundle import onnx_for, resolve_model_path
 
     resolve_model_path(model)  # a wrong --model fails here, in one sentence
+    port = _app_port(port)
     _port_free(address, port)
     if onnx_for(model) is None:  # ONNX Runtime serves faster and lighter: export once, before the server starts
         try:
@@ -720,6 +764,30 @@ def app_cmd(
     ]
     _say(f"skinlesion app on http://{address}:{port}")
     raise typer.Exit(_serve(cmd))
+
+
+def _app_port(port: Optional[int]) -> int:
+    """The app's port: --port, else Streamlit's own settings (STREAMLIT_SERVER_PORT, then server.port of
+    ~/.streamlit/config.toml or ./.streamlit/config.toml), else 8501."""
+    if port is not None:
+        where = "--port"
+    elif os.environ.get("STREAMLIT_SERVER_PORT", "").strip():
+        where, port = "STREAMLIT_SERVER_PORT", os.environ["STREAMLIT_SERVER_PORT"].strip()
+    else:
+        from streamlit import config
+
+        try:
+            config.get_config_options(force_reparse=True)
+        except Exception as exc:  # a config.toml Streamlit cannot parse
+            raise SkinLesionError(f"Streamlit's config.toml cannot be read ({exc}); fix it, or pass --port.") from None
+        where, port = f"server.port in {config.get_where_defined('server.port')}", config.get_option("server.port")
+    try:
+        port = int(port)
+    except (TypeError, ValueError):
+        port = -1
+    if not 1 <= port <= 65535:
+        raise SkinLesionError(f"The app's port from {where} is not a port number (1 to 65535); fix it, or pass --port.")
+    return port
 
 
 def _port_free(address: str, port: int) -> None:

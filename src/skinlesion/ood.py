@@ -110,18 +110,34 @@ def features_with_fields(net, prep, ds, positions, names, radii=FIELD_RADII, pho
     return np.concatenate(feats)
 
 
+CHROMA_SIDE = 512  # an upload's colour is measured on at most this many pixels a side (nearest: no pixel is averaged)
+
+
 def chroma(img) -> float:
     """Mean colourfulness of an image: the spread between its channels, 0 (grey) to 1."""
     a = np.asarray(img.convert("RGB"), np.int16)
     return float((a.max(-1) - a.min(-1)).mean() / 255.0)
 
 
+def upload_chroma(img) -> float:
+    """The chroma of an upload at its own resolution (taken by nearest neighbour beyond :data:`CHROMA_SIDE`).
+
+    Not of its downscaled source: averaging pixels greys out colour noise (random RGB noise at 28 px
+    has a chroma near 0), which would call a full-colour image colourless.
+    """
+    w, h = img.size
+    if max(w, h) > CHROMA_SIDE:
+        s = CHROMA_SIDE / max(w, h)
+        img = img.resize((max(1, round(w * s)), max(1, round(h * s))), 0)  # 0: Image.NEAREST
+    return chroma(img)
+
+
 def colourless(images, config: dict) -> np.ndarray:
-    """Which source images fall below the colour floor (a model fitted without one flags none)."""
+    """Which uploads fall below the colour floor (a model fitted without one flags none)."""
     floor = (config or {}).get("min_chroma")
     if not floor:
         return np.zeros(len(images), bool)
-    return np.array([chroma(im) < floor for im in images], bool)
+    return np.array([upload_chroma(im) < floor for im in images], bool)
 
 
 def _mahalanobis(x: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:

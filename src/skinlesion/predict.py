@@ -70,6 +70,7 @@ class Prediction:
     rule: str = "most-probable"  # the decision rule that named ``top``
     quality: list[str] = field(default_factory=list)  # photo-quality problems (skinlesion.quality codes)
     quality_advice: list[str] = field(default_factory=list)  # one sentence each: what is wrong, how to retake
+    ood_reasons: list[str] = field(default_factory=list)  # the OOD checks that fired: "colour", "distance"
     verdict: object = None  # skinlesion.verdict.Verdict: the words every view shows
 
     @property
@@ -89,7 +90,7 @@ class Prediction:
             "malignant_probability": round(self.malignant_probability, 6),
             **{c: round(p, 6) for c, p in self.probabilities.items()},
             "prediction_set": "|".join(self.prediction_set),
-            "tier": self.tier or "",
+            "tier": (self.verdict.tier if self.verdict else self.tier) or "",  # none where the image is not analysed
             "verdict": self.verdict.line if self.verdict else "",
             "summary": self.verdict.summary if self.verdict else "",
             "refer": self.refer,
@@ -269,13 +270,13 @@ class Predictor:
         probs, feats = self.probabilities(batch, meta_x)
         scores = self.ood_scores(feats)
         threshold = self.ood[1]["threshold"] if self.ood else None
-        flags = np.zeros(len(names), bool) if scores is None else scores > threshold
+        far = np.zeros(len(names), bool) if scores is None else scores > threshold
         grey = np.zeros(len(names), bool)
         if self.ood:
             from .ood import colourless
 
-            grey = colourless([self.prep.to_source(im) for im in images], self.ood[1])
-            flags = flags | grey
+            grey = colourless(images, self.ood[1])
+        flags = far | grey
         rules = analyse(probs, self.config, self.aux, flags)
         named = decide(probs, self.config.decision, rule)
         problems = self.quality_problems(images, feats)
@@ -287,10 +288,11 @@ class Predictor:
             top = int(named[i])
             notes = list(warnings[i]) if warnings else []
             score = None if scores is None else float(scores[i])
+            reasons = [r for r, fired in (("colour", grey[i]), ("distance", far[i])) if fired]  # each check that fired
+            if far[i]:
+                notes.insert(0, OOD_WARNING.format(score=score, threshold=threshold))
             if grey[i]:
                 notes.insert(0, COLOURLESS_WARNING)
-            elif flags[i]:
-                notes.insert(0, OOD_WARNING.format(score=score, threshold=threshold))
             pred = Prediction(
                 name=name,
                 probabilities={c: float(v) for c, v in zip(codes, p)},
@@ -303,6 +305,7 @@ class Predictor:
                 rule=rule,
                 quality=problems[i],
                 quality_advice=[quality_advice(q) for q in problems[i]],
+                ood_reasons=reasons,
                 **rules[i],
             )
             pred.verdict = verdict(pred, self.config)

@@ -35,8 +35,8 @@ def report_html(predictor, pred, image) -> str:
 <h1>Skin lesion analysis: {e(pred.name)}</h1>
 <p style="background:#fee;padding:.5em"><b>{e(NOTICE)}</b></p>
 {advice}
-<h2>Triage: {e(v.headline)}</h2>
-<p>{e(v.reason)}</p>
+<h2>{"Triage: " if v.analysed else ""}{e(v.headline)}</h2>
+<p>{e(v.reason)}</p>{"" if v.analysed else f"<p>Unreliable analysis, no advice: {e(v.analysis)}</p>"}
 <p><b>{e(v.summary)}</b></p>
 <img src="data:image/png;base64,{img64}" alt="the analysed image" style="max-width:400px">
 <h2>{e(v.names[pred.top])} ({pred.top})</h2>

@@ -509,7 +509,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, finish_model: bool = True) 
         start_epoch = int(state["epoch"]) + 1
         del state
     elif resume:
-        print(f"no checkpoint yet: starting from epoch 0 ({out} had no finished epoch to continue from)", flush=True)
+        print(f"no checkpoint yet: starting from epoch 0 ({out} has no checkpoint to continue from)", flush=True)
     L.seed_everything(cfg.seed, workers=True)
     ds = load_dataset(cfg.data)
     manifest = read_manifest(cfg.split)

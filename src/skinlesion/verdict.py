@@ -10,8 +10,11 @@ sentences, so they cannot disagree. Its rules:
 - the names and description of the classes never reassure ("harmless", "benign keratosis") unless the
   tier is routine (:attr:`Verdict.names` holds the names every view shows);
 - the decision rule that named the class is said (:mod:`skinlesion.posthoc` decision rules);
-- photo-quality problems come first, as advice to retake (the analysis is still shown), and an
-  out-of-distribution upload is said to be one.
+- photo-quality problems come first, as advice to retake (the analysis is still shown);
+- an out-of-distribution upload is not analysed: its verdict is :data:`NOT_ANALYSED` with the reason that
+  fired (no colour, or the feature distance), it has no tier, and the numbers of the analysis it would
+  have had are marked unreliable (:attr:`Verdict.analysis` holds that analysis's tier line, for the app's
+  "Analyse anyway").
 """
 
 from __future__ import annotations
@@ -22,6 +25,13 @@ HEADLINES = {
     "see a dermatologist soon": "See a dermatologist soon",
     "unsure: refer": "Unsure: have a dermatologist look at it",
     "routine": "Routine: no sign of urgency in this image",
+}
+NOT_ANALYSED = "Not analysed: this does not look like a dermoscopic image"
+UNRELIABLE = "Unreliable (not analysed)"
+# why an upload is out of distribution: skinlesion.predict.Prediction.ood_reasons -> words
+OOD_REASONS = {
+    "colour": "it has almost no colour (a greyscale photo?), and skin has colour",
+    "distance": "its features are far from the training images' (out-of-distribution score {score:.2f} > threshold {threshold:.2f})",
 }
 RULE_NAMES = {"most-probable": "most probable", "balanced": "balanced (rare classes weighted up)"}
 
@@ -41,6 +51,8 @@ class Verdict:
     rule: str
     advice: tuple[str, ...] = field(default_factory=tuple)  # photo quality, out of distribution: shown first
     names: dict = field(default_factory=dict)  # code -> the name to show (never reassuring unless routine)
+    analysed: bool = True  # False: out of distribution, the headline is NOT_ANALYSED and there is no tier
+    analysis: str = ""  # not analysed: the tier line the unreliable analysis would have had ("Analyse anyway")
 
     @property
     def line(self) -> str:
@@ -72,6 +84,24 @@ def malignant_summary(mal: float, threshold: float | None, malignant_codes) -> s
     return f"{head}, {side} the {_pct(threshold)} at which it advises a dermatologist soon."
 
 
+def ood_reason(pred, threshold: float | None = None) -> str:
+    """Why ``pred`` is out of distribution: each check that fired (colour floor, feature distance), in words."""
+    reasons = list(getattr(pred, "ood_reasons", None) or [])
+    if not reasons:  # flagged by a caller that did not say why
+        return "it does not look like the images the model was trained on"
+    score = pred.ood_score if pred.ood_score is not None else float("nan")
+    th = threshold if threshold is not None else float("nan")
+    return "; and ".join(OOD_REASONS[r].format(score=score, threshold=th) for r in reasons)
+
+
+def tier_shown(row: dict) -> str:
+    """The tier column of a result row as a console shows it: "not analysed" for an out-of-distribution row."""
+    tier = row.get("tier") or ""
+    if not tier and str(row.get("verdict") or "").startswith(NOT_ANALYSED):
+        return "not analysed"
+    return tier
+
+
 def verdict(pred, cfg) -> Verdict:
     """The words of ``pred`` (a :class:`skinlesion.predict.Prediction`) under the model config ``cfg``."""
     labels = cfg.labels
@@ -88,7 +118,7 @@ def verdict(pred, cfg) -> Verdict:
         reason = ""
     headline = HEADLINES.get(tier, "No triage tier (this model has none)")
 
-    routine = tier == "routine"
+    routine = tier == "routine" and not pred.out_of_distribution  # an upload not analysed is never reassured
     names = {dd.code: dd.name if routine else dd.plain_name for dd in labels.diagnoses}
     d = labels.get(pred.top)
     rule = getattr(pred, "rule", None) or cfg.rule
@@ -108,16 +138,24 @@ def verdict(pred, cfg) -> Verdict:
     else:
         pset = f"Prediction set ({100 * conf:.0f} %): empty; no diagnosis fits this image at that confidence."
     advice = list(getattr(pred, "quality_advice", []) or [])
-    if pred.out_of_distribution:
+    summary = malignant_summary(mal, threshold, labels.malignant)
+    analysed, analysis = True, ""
+    if pred.out_of_distribution:  # no tier, no diagnosis: the numbers stay, marked unreliable
         advice.append(
-            "This image does not look like the dermoscopic images the model was trained on, so its analysis is unreliable; "
+            "This image does not look like the dermoscopic images the model was trained on, so it is not analysed; "
             "upload a dermoscopic image of a skin lesion."
         )
+        analysed = False
+        analysis = f"{headline} ({reason})" if reason else headline
+        tier, headline = None, NOT_ANALYSED
+        reason = ood_reason(pred, (cfg.ood or {}).get("threshold"))
+        summary = f"{UNRELIABLE}: the malignant or pre-malignant probability would be {_pct(mal)}; no advice is given for this image."
+        decision = f"{UNRELIABLE}: {decision}"
     return Verdict(
         tier=tier,
         headline=headline,
         reason=reason,
-        summary=malignant_summary(mal, threshold, labels.malignant),
+        summary=summary,
         decision=decision,
         description=description,
         top_three=top_three,
@@ -125,4 +163,6 @@ def verdict(pred, cfg) -> Verdict:
         rule=rule,
         advice=tuple(advice),
         names=names,
+        analysed=analysed,
+        analysis=analysis,
     )

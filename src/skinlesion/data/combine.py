@@ -7,7 +7,10 @@ The datasets are read as usual (:func:`skinlesion.data.load_dataset`), then:
    ``scc`` to HAM10000's ``akiec``; a ``from,to`` mapping file on top); images whose class has no
    counterpart are left out and counted.
 2. **Each image once**: an image id already read from an earlier dataset is dropped (ISIC 2019
-   holds HAM10000's 10,015 images under the same ids), and so is an image whose perceptual hash
+   holds HAM10000's 10,015 images under the same ids). Where the later dataset gives that image
+   another class (after the mapping), the conflict is counted and named in the warning and the first
+   dataset's label kept (``on_conflict="drop"``: the image is left out of both). The same dataset
+   given twice is refused. An image whose perceptual hash
    is within ``max_distance`` bits of one in an earlier dataset (the leakage audit's pHash: the
    same picture under another id). Near-duplicates within one dataset are not dropped: they are
    its own business (``split --dedup`` keeps them in one split).
@@ -38,6 +41,8 @@ class CombineReport:
     unmapped: list[dict] = field(default_factory=list)  # per dataset: {code: images} left out
     same_id: list[int] = field(default_factory=list)  # per dataset: dropped, id seen in an earlier one
     near_duplicate: list[int] = field(default_factory=list)  # per dataset: dropped, a near-duplicate of an earlier one's
+    conflicts: list[list] = field(default_factory=list)  # per dataset: (image id, earlier class, this class) of a same id
+    on_conflict: str = "keep-first"
 
     def sentence(self, names) -> str:
         parts = []
@@ -45,6 +50,11 @@ class CombineReport:
             drops = []
             if self.same_id[k]:
                 drops.append(f"{self.same_id[k]} already in an earlier dataset by id")
+            if self.conflicts[k]:
+                c = self.conflicts[k]
+                shown = ", ".join(f"{i} {a} there, {b} here" for i, a, b in c[:3]) + (", ..." if len(c) > 3 else "")
+                kept = "left out of both" if self.on_conflict == "drop" else "the earlier label kept"
+                drops.append(f"{len(c)} of them with another diagnosis, a label conflict ({shown}; {kept})")
             if self.near_duplicate[k]:
                 drops.append(f"{self.near_duplicate[k]} near-duplicates of an earlier dataset's images")
             if self.unmapped[k]:
@@ -53,12 +63,29 @@ class CombineReport:
         return "combined " + " | ".join(parts)
 
 
-def combine(datasets, names=None, *, mapping=None, max_distance: int = 2, hashes=True):
+ON_CONFLICT = ("keep-first", "drop")
+
+
+def check_distinct(data) -> None:
+    """Refuse the same dataset given twice (a folder, a file or a URL; compared as resolved paths)."""
+    seen: dict[str, str] = {}
+    for d in data:
+        s = str(d)
+        key = s if "://" in s else str(Path(s).expanduser().resolve())
+        if key in seen:
+            same = "" if seen[key] == s else f" (as {seen[key]})"
+            raise SkinLesionError(f"{s} is given twice{same}; give each dataset once.")
+        seen[key] = s
+
+
+def combine(datasets, names=None, *, mapping=None, max_distance: int = 2, hashes=True, on_conflict: str = "keep-first"):
     """One :class:`~skinlesion.data.ham10000.Dataset` from several (see the module docstring)."""
     from ..classes import default_mapping, read_mapping
 
     from .dataset import Dataset
 
+    if on_conflict not in ON_CONFLICT:
+        raise SkinLesionError(f"Unknown on_conflict {on_conflict!r}; use {' or '.join(ON_CONFLICT)}.")
     names = list(names or [str(d.root) for d in datasets])
     for ds, name in zip(datasets, names):
         if ds.arrays is not None:
@@ -67,9 +94,10 @@ def combine(datasets, names=None, *, mapping=None, max_distance: int = 2, hashes
                 "combine the image folders, then prepare the combination."
             )
     target = datasets[0].label_set
-    report = CombineReport()
+    report = CombineReport(on_conflict=on_conflict)
     frames = []
-    seen: set[str] = set()
+    seen: dict[str, str] = {}  # image id -> its class in the earlier dataset that gave it
+    conflicted: set[str] = set()
     for k, (ds, name) in enumerate(zip(datasets, names)):
         table = (read_mapping(mapping, ds.label_set, target) if mapping else default_mapping(ds.label_set, target)) if k else None
         meta = ds.meta.copy()
@@ -84,16 +112,22 @@ def combine(datasets, names=None, *, mapping=None, max_distance: int = 2, hashes
             meta["label"] = [target.index(c) for c in meta["dx"]]
         else:
             report.unmapped.append({})
-        dup = meta["image_id"].isin(seen)
+        dup = meta["image_id"].isin(seen.keys())
         report.same_id.append(int(dup.sum()))
+        dx = np.array(target.codes)[meta["label"].to_numpy(int)]
+        clash = [(i, seen[i], c) for i, c, d in zip(meta["image_id"], dx, dup.to_numpy()) if d and seen[i] != c]
+        report.conflicts.append(clash)
+        conflicted |= {i for i, _, _ in clash}
         meta = meta.loc[~dup]
-        seen |= set(meta["image_id"])
+        seen.update(zip(meta["image_id"], np.array(target.codes)[meta["label"].to_numpy(int)]))
         meta = meta[[c for c in KEEP_COLUMNS if c in meta.columns]].copy()
         meta["dataset"] = name
         if "source" not in meta.columns:
             meta["source"] = name
         frames.append(meta)
     meta = pd.concat(frames, ignore_index=True)
+    if on_conflict == "drop" and conflicted:
+        meta = meta.loc[~meta["image_id"].isin(conflicted)].reset_index(drop=True)
     report.near_duplicate = [0] * len(datasets)
     if hashes and len(datasets) > 1:
         meta = _drop_near_duplicates(

@@ -46,8 +46,9 @@ def load_dataset(data: str | Path | list, *, allow_missing: bool = False) -> Dat
     if isinstance(data, (list, tuple)):
         if len(data) == 1:
             return load_dataset(data[0], allow_missing=allow_missing)
-        from .combine import combine
+        from .combine import check_distinct, combine
 
+        check_distinct(data)
         return combine([load_dataset(d, allow_missing=allow_missing) for d in data], [str(d) for d in data])
     # ---- litdata streaming chunks (skinlesion.data.shards): a folder with index.json / our marker, or a URL ----
     from .shards import is_litdata, read_litdata
@@ -106,12 +107,9 @@ def _find_metadata(root: Path) -> Path | None:
 
 def read_metadata(csv: Path) -> pd.DataFrame:
     """Read and validate a HAM10000 metadata CSV (columns, dx codes, duplicate ids)."""
-    try:
-        meta = pd.read_csv(csv, dtype={"image_id": str, "lesion_id": str, "dx": str})
-    except pd.errors.EmptyDataError:
-        raise SkinLesionError(f"{csv} is empty; it should be the HAM10000 metadata CSV.") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise SkinLesionError(f"{csv} is not a readable CSV file ({exc}); re-download the metadata.") from None
+    from .csvfile import read_csv
+
+    meta = read_csv(csv, "the HAM10000 metadata CSV", dtype={"image_id": str, "lesion_id": str, "dx": str})
     meta.columns = [str(c).strip() for c in meta.columns]
     missing = [c for c in REQUIRED_COLUMNS if c not in meta.columns]
     if missing:
@@ -178,11 +176,20 @@ def _read_folder(root: Path, csv: Path, allow_missing: bool) -> Dataset:
 
 
 def _read_npz(path: Path) -> Dataset:
+    import zipfile
+
     try:
+        if not zipfile.is_zipfile(path):  # numpy would try it as a pickle and advise allow_pickle: never
+            raise SkinLesionError(
+                f"{path.name} is not a .npz file (a .npz is a zip archive of arrays, and this is not one); "
+                "use a DermaMNIST .npz (dermamnist.npz from MedMNIST) or re-download it."
+            )
         npz = np.load(path, allow_pickle=False)
         keys = set(npz.files)
+    except SkinLesionError:
+        raise
     except Exception as exc:
-        raise SkinLesionError(f"{path} is not a readable .npz file ({exc}); re-download it.") from None
+        raise SkinLesionError(f"{path.name} is not a readable .npz file ({type(exc).__name__}); re-download it.") from None
     splits = [s for s in NPZ_SPLITS if f"{s}_images" in keys and f"{s}_labels" in keys]
     if not splits:
         raise SkinLesionError(

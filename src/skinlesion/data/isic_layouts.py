@@ -229,8 +229,10 @@ def csv_kind(csv: Path) -> str | None:
 
 
 def _header(csv: Path) -> set[str] | None:
-    try:
-        return {str(c).strip() for c in pd.read_csv(csv, nrows=0).columns}
+    from .csvfile import sniff_separator
+
+    try:  # a file separated by ';' is still recognised by its columns (and refused, saying so, when read)
+        return {str(c).strip().lstrip("\ufeff") for c in pd.read_csv(csv, nrows=0, sep=sniff_separator(csv) or ",").columns}
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError):
         return None
 
@@ -308,9 +310,19 @@ def read_isic2019(ground_truth: Path, metadata: Path | None = None, *, allow_mis
     if not labelled.all():
         unk = onehot[:, -1] == 1 if "UNK" in classes else np.zeros(len(gt), bool)
         ids = gt.loc[~labelled, "image"].tolist()
+        none = ~labelled & ~unk
+        # a 0/1 column the label set does not know (e.g. XYZ): its rows have "no class" here, so it is named
+        unknown = [c for c in gt.columns if c not in ("image", *classes) and gt[c].isin(["0", "1", "0.0", "1.0"]).all()]
+        marked = {c: int((none & (pd.to_numeric(gt[c]) == 1).to_numpy()).sum()) for c in unknown}
+        marked = {c: k for c, k in marked.items() if k}
+        also = (
+            f" ({', '.join(f'{k} marked {c}' for c, k in marked.items())}: a class column the isic2019 label set does not know)"
+            if marked
+            else ""
+        )
         warnings.append(
             f"{len(ids)} of {len(gt)} images in {ground_truth.name} cannot be labelled ({int(unk.sum())} marked UNK, "
-            f"{int((~labelled & ~unk).sum())} with no class; first: {', '.join(ids[:5])}); they were left out."
+            f"{int(none.sum())} with no class{also}; first: {', '.join(ids[:5])}); they were left out."
         )
     if not labelled.any():
         raise SkinLesionError(
@@ -643,11 +655,11 @@ def _with_images(ds: Dataset, csv: Path, allow_missing: bool) -> Dataset:
 
 def _read_csv(csv: Path, what: str) -> pd.DataFrame:
     """``csv`` as strings, columns stripped; one sentence when it is empty or cannot be read."""
+    from .csvfile import read_csv
+
     try:
-        table = pd.read_csv(csv, dtype=str)
-    except pd.errors.EmptyDataError:
-        raise SkinLesionError(f"{csv} is empty; it should be {what} (re-download it).") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        table = read_csv(csv, what, dtype=str)  # not UTF-8, empty, separated by ';': one sentence saying the fix
+    except (pd.errors.ParserError, ValueError) as exc:
         detail = re.sub(r"\.\s+", "; ", str(exc).strip().rstrip("."))  # pandas: "Error tokenizing data. C error: ..."
         raise SkinLesionError(f"{csv} is not a readable CSV file ({detail}); re-download {what}.") from None
     except OSError as exc:

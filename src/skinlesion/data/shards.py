@@ -10,6 +10,15 @@
   order, with ``index``: the image's global sample index in the chunks;
 - ``DIR/skinlesion_litdata.json``  our marker: format version, size, count, label set, chunk size, source.
 
+A local folder is written in this process by litdata's own chunk writer (``litdata.streaming.writer.BinaryWriter``,
+what ``litdata.optimize``'s worker runs), not through ``optimize``'s worker processes: a full disk is then one
+``OSError`` here, said in one sentence (exit 2) at the first failed write, with no child process left behind
+(``optimize``'s main loop waited forever for a worker that died of it), and Ctrl-C is an ordinary interrupt
+(exit 130; ``optimize`` installs a SIGINT handler that ends the process with ``os._exit(0)``). While it writes,
+the folder holds ``skinlesion_litdata.unfinished``; a folder with that file (or with chunks and no index)
+is refused as "an unfinished ``prepare --format litdata``: rerun it with --force". An object-storage URL
+still goes through ``litdata.optimize``, which uploads the chunks.
+
 The samples are written in a seeded random order (one writer process, so global sample ``i`` is the ``i``-th
 of that order): every chunk holds a mix of classes and lesions, and litdata's shuffle of the chunks (and of the
 items inside each) then gives a training order without random access over the whole set. ``DIR`` may be an
@@ -48,11 +57,13 @@ import numpy as np
 from ..errors import SkinLesionError, atomic_text, atomic_write, lock_folder
 
 MARKER = "skinlesion_litdata.json"
+UNFINISHED = "skinlesion_litdata.unfinished"  # present while prepare writes; removed last, after the marker
 META = "meta.csv"
 INDEX = "index.json"
 FORMAT_VERSION = 1
 ORDER_SEED = 20240521  # the write order's seed (any fixed number: the order only has to mix the classes)
-_KEEP = {MARKER, META, INDEX}
+_KEEP = {MARKER, META, INDEX, UNFINISHED}
+UNFINISHED_SENTENCE = "{where} is an unfinished `prepare --format litdata`: rerun it with --force"
 
 
 _SCHEMES = ("s3", "gs", "r2", "hf")
@@ -89,7 +100,11 @@ def is_litdata(path) -> bool:
     if is_url(path):
         return True
     p = Path(path)
-    return p.is_dir() and ((p / MARKER).exists() or (p / INDEX).exists())
+    return p.is_dir() and ((p / MARKER).exists() or (p / INDEX).exists() or (p / UNFINISHED).exists() or _has_chunks(p))
+
+
+def _has_chunks(p: Path) -> bool:
+    return any(q.name.startswith("chunk-") and q.name.endswith(".bin") for q in p.iterdir())
 
 
 class _Sample:
@@ -153,25 +168,11 @@ def prepare_litdata(
         out.mkdir(parents=True, exist_ok=True)
     n = len(ds)
     order = np.random.default_rng(ORDER_SEED).permutation(n)
-    try:
-        litdata.optimize(
-            fn=_Sample(ds, size),
-            inputs=[int(p) for p in order],
-            output_dir=str(out),
-            chunk_bytes=int(chunk_mb * 1_000_000),
-            num_workers=1,  # one writer, in input order: global sample i is order[i] (meta.csv's index)
-            keep_data_ordered=True,
-            reorder_files=False,
-            mode="overwrite" if force else None,
-            verbose=progress,
-            start_method="fork" if sys.platform.startswith("linux") else None,  # spawn would re-run the caller's __main__
-        )
-        written = None if remote else _count_written(out)
-    except SkinLesionError:
-        raise
-    except Exception as exc:  # litdata's own refusals and the object store's failures (offline, no credentials, ...)
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SkinLesionError(f"litdata could not write the chunks to {out} ({reason}); check the address and your access to it.") from None
+    if not remote:
+        _write_local(ds, out, size, order, chunk_mb, progress)
+        written = _count_written(out)
+    else:
+        written = _optimize_remote(litdata, ds, out, size, order, chunk_mb, force, progress)
     if written is not None and written != n:  # litdata's worker failed without saying so to the caller
         raise SkinLesionError(f"litdata wrote {written} of {n} images into {out}; see the messages above and rerun with --force.")
     meta = ds.meta.drop(columns=[c for c in ("path", "index") if c in ds.meta.columns]).copy()
@@ -193,11 +194,90 @@ def prepare_litdata(
     if remote:
         _upload_beside(str(out), meta, state)
     else:
-        atomic_write(out / META, lambda t: meta.to_csv(t, index=False))
-        atomic_text(out / MARKER, json.dumps(state, indent=2))  # last: a folder with the marker is complete
+        try:
+            atomic_write(out / META, lambda t: meta.to_csv(t, index=False))
+            atomic_text(out / MARKER, json.dumps(state, indent=2))  # a folder with the marker and no UNFINISHED is complete
+        except (SkinLesionError, KeyboardInterrupt):
+            _remove_chunks(out)
+            raise
+        (out / UNFINISHED).unlink()
     if progress:
         print(f"wrote {n} images as litdata chunks into {out}", file=sys.stderr)
     return state
+
+
+def _write_local(ds, out: Path, size: int, order, chunk_mb: float, progress: bool) -> None:
+    """The chunks of ``ds`` in ``order`` into the folder ``out``, in this process (see the module docstring).
+
+    A failed write (a full disk) or Ctrl-C removes the chunks written so far and leaves ``UNFINISHED``.
+    """
+    from litdata.streaming.writer import BinaryWriter
+
+    from ..errors import Interrupted, os_error_in, write_failure
+
+    try:
+        (out / UNFINISHED).write_text("skinlesion prepare --format litdata is writing this folder, or was stopped.\n")
+    except OSError as exc:
+        raise SkinLesionError(write_failure(out / UNFINISHED, exc)) from None
+    sample = _Sample(ds, size)
+    n = len(order)
+    try:
+        writer = BinaryWriter(str(out), chunk_bytes=int(chunk_mb * 1_000_000))
+        for i, position in enumerate(order):
+            writer[i] = sample(int(position))
+            if progress and (i + 1) % 500 == 0:
+                print(f"litdata chunks: {i + 1}/{n} images", file=sys.stderr)
+        writer.done()
+        writer._merge_no_wait()  # one writer: its index is the whole index.json (merge() would poll for it)
+    except KeyboardInterrupt:
+        _remove_chunks(out)
+        raise Interrupted(f"{UNFINISHED_SENTENCE.format(where=out)}.") from None
+    except SkinLesionError:
+        _remove_chunks(out)
+        raise
+    except Exception as exc:
+        _remove_chunks(out)
+        err = os_error_in(exc)
+        if err is not None:
+            raise SkinLesionError(write_failure(out, err)) from None
+        raise
+
+
+def _remove_chunks(out: Path) -> None:
+    """Free the space of a failed write: its chunks and index go, the UNFINISHED file stays (or is made)."""
+    for p in out.iterdir():
+        if p.name != UNFINISHED and (p.suffix in (".bin", ".json") or p.name in _KEEP or p.name.endswith(".tmp")):
+            try:
+                p.unlink()
+            except OSError:
+                pass
+    try:
+        (out / UNFINISHED).touch()
+    except OSError:
+        pass
+
+
+def _optimize_remote(litdata, ds, out: str, size: int, order, chunk_mb: float, force: bool, progress: bool):
+    """``litdata.optimize`` into an object-storage URL (it uploads the chunks); returns None (no local count)."""
+    try:
+        litdata.optimize(
+            fn=_Sample(ds, size),
+            inputs=[int(p) for p in order],
+            output_dir=str(out),
+            chunk_bytes=int(chunk_mb * 1_000_000),
+            num_workers=1,  # one writer, in input order: global sample i is order[i] (meta.csv's index)
+            keep_data_ordered=True,
+            reorder_files=False,
+            mode="overwrite" if force else None,
+            verbose=progress,
+            start_method="fork" if sys.platform.startswith("linux") else None,  # spawn would re-run the caller's __main__
+        )
+    except SkinLesionError:
+        raise
+    except Exception as exc:  # litdata's own refusals and the object store's failures (offline, no credentials, ...)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SkinLesionError(f"litdata could not write the chunks to {out} ({reason}); check the address and your access to it.") from None
+    return None
 
 
 def _count_written(out: Path) -> int:
@@ -276,6 +356,8 @@ def read_litdata(data) -> dict:
 
     where = as_url(data) or str(data)
     folder = _fetch_beside(where) if is_url(where) else Path(data)
+    if not is_url(where) and ((folder / UNFINISHED).exists() or (_has_chunks(folder) and not (folder / INDEX).exists())):
+        raise SkinLesionError(UNFINISHED_SENTENCE.format(where=where) + ".")
     if not is_url(where) and not (folder / INDEX).exists():
         raise SkinLesionError(
             f"{folder} has a {MARKER} but no litdata {INDEX}; its chunks are incomplete, prepare them again with --force."

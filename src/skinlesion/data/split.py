@@ -195,10 +195,13 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     p = Path(path)
     if not p.exists():
         raise SkinLesionError(f"Split manifest {p} does not exist; make one with `skinlesion split DATA --out {p}`.")
-    try:
-        m = pd.read_csv(p, dtype={"image_id": str, "lesion_id": str})
-    except Exception as exc:
-        raise SkinLesionError(f"Split manifest {p} is not a readable CSV ({exc}).") from None
+    from .csvfile import read_csv
+
+    m = read_csv(
+        p,
+        f"a split manifest written by `skinlesion split DATA --out {p.name}` (make one that way)",
+        dtype={"image_id": str, "lesion_id": str},
+    )
     missing = [c for c in ("image_id", "split") if c not in m.columns]
     if missing:
         raise SkinLesionError(
