@@ -24,7 +24,7 @@ from .store import MANAGEMENT, PHASES, Answer, Case, Reader, Store, Study, now, 
 
 
 class StudyRefusal(SkinLesionError):
-    """A refused reading request: ``status`` is its HTTP status (403 token, 404 case, 409 state, 422 input)."""
+    """A refused reading request: ``status`` is its HTTP status (403 token, 409 state, 422 input)."""
 
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -135,7 +135,7 @@ def submit(store: Store, study_id: str, token: str | None, body: dict) -> dict:
             position, diagnosis, management, confidence, phase = _check_body(body, study)
             case = s.scalars(select(Case).where(Case.study_id == study_id, Case.position == position)).first()
             if case is None:
-                raise StudyRefusal(404, f"Study {study_id} has no case {position}; send the number GET next gave.")
+                raise StudyRefusal(422, f"Study {study_id} has no case {position}; send the number GET next gave.")
             mine = {a.phase: a for a in s.scalars(select(Answer).where(Answer.reader_id == reader.id, Answer.case_id == case.id))}
             if phase in mine:
                 raise StudyRefusal(409, f"Your {phase} answer to case {position} is already locked; it cannot be changed.")
@@ -193,3 +193,19 @@ def running_score(s, reader: Reader) -> dict:
         "you_correct": sum(dx == t for dx, t, _, _ in final.values()),
         "model_correct": sum(m == t for _, t, m, _ in final.values()),
     }
+
+
+def progress(store: Store, study_id: str, admin_key: str | None) -> dict:
+    """The study's progress for its admin (the key ``study create`` printed): answers per reader, no tokens."""
+    from .store import token_hash
+
+    with store.session() as s:
+        study = s.get(Study, study_id)
+        if study is None or not admin_key or token_hash(admin_key) != study.admin_key_hash:
+            raise StudyRefusal(403, f"This admin key is not valid for study {study_id}; use the key `skinlesion study create` printed.")
+        n_cases = s.query(Case).filter(Case.study_id == study_id).count()
+        readers = []
+        for r in s.scalars(select(Reader).where(Reader.study_id == study_id).order_by(Reader.id)):
+            n = s.query(Answer).filter(Answer.reader_id == r.id).count()
+            readers.append({"reader": r.label, "arm": r.arm, "answers": n})
+        return {"study": study_id, "cases": n_cases, "readers": readers}
