@@ -79,8 +79,9 @@ def next_case(store: Store, study_id: str, token: str | None) -> dict:
         study, reader = authorize(store, s, study_id, token)
         case_id, phase, finished, total, _ = _pending(s, study, reader)
         progress = {"finished": finished, "total": total}
+        score = {"score": running_score(s, reader)} if study.education else {}  # education: the reader's own running score
         if case_id is None:
-            return {"done": True, "progress": progress, "arm": reader.arm}
+            return {"done": True, "progress": progress, "arm": reader.arm, **score}
         case = s.get(Case, case_id)
         if reader.shown_case_id != case_id or reader.shown_phase != phase:  # a reload keeps the first time shown
             reader.shown_case_id, reader.shown_phase, reader.shown_at = case_id, phase, now()
@@ -94,6 +95,7 @@ def next_case(store: Store, study_id: str, token: str | None) -> dict:
             "progress": progress,
             "diagnoses": list(study.labels),
             "management": list(MANAGEMENT),
+            **score,
         }
         if phase == "assisted":
             solo = s.scalars(select(Answer).where(Answer.reader_id == reader.id, Answer.case_id == case_id, Answer.phase == "solo")).one()
