@@ -2,8 +2,9 @@
 
 ``--db study.sqlite`` (a path) is an embedded SQLite file in WAL mode; ``--db postgresql://user@host/db`` is a
 PostgreSQL server (driver: psycopg 3). Every write is one transaction (:meth:`Store.session`): a killed
-process loses nothing that was committed, and leaves nothing half written. SQLite write transactions begin
-``IMMEDIATE`` so concurrent writers queue on the lock (``busy_timeout``) instead of failing.
+process loses nothing that was committed, and leaves nothing half written. SQLite transactions begin
+``IMMEDIATE`` so concurrent writers queue (on a lock within a process, ``busy_timeout`` across processes)
+instead of failing.
 
 Nothing secret is stored in the clear: reader tokens and the admin key are kept as SHA-256 hashes.
 """
@@ -12,7 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from contextlib import contextmanager
+import threading
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -170,6 +172,9 @@ class Store:
             self.engine = create_engine(self.url, pool_size=10, max_overflow=20, pool_pre_ping=True)
         else:
             raise SkinLesionError(f"--db {self.shown} is not SQLite or PostgreSQL; pass a file path or a postgresql:// URL.")
+        # SQLite takes one writer at a time: queue this process's transactions on a lock (woken at once) rather than
+        # on SQLite's busy handler, which sleeps in growing steps; other processes still wait on busy_timeout
+        self._one_at_a_time = threading.Lock() if self.sqlite else nullcontext()
         if migrate:
             self.migrate()
 
@@ -186,7 +191,7 @@ class Store:
 
     @contextmanager
     def session(self):
-        with Session(self.engine, expire_on_commit=False) as s:
+        with self._one_at_a_time, Session(self.engine, expire_on_commit=False) as s:
             try:
                 with s.begin():
                     yield s
