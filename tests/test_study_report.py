@@ -173,3 +173,30 @@ def test_cli_create_invite_report_on_real_images_uses_the_oof_answers(tmp_path, 
     assert rep["readers"]["reader 1"]["solo"]["accuracy"] == 1.0 and rep["model"]["sources"] == {"out-of-fold": 14}
     code, _, err = run_cli("study", "create", data, "--cases", "3", "--db", db, "--arms", "solo,peer")
     assert code == 2 and "--arms 'solo,peer' must list solo and/or assisted" in err
+
+
+@pytest.mark.slow
+def test_images_the_model_never_saw_get_fresh_predictions_even_under_a_training_image_id(tmp_path, run_cli):
+    """Synthetic images are numbered like HAM10000 (ISIC_0024306...): the ids of training images, other pictures."""
+    from skinlesion.data import load_dataset
+    from skinlesion.data.synthetic import write_synthetic
+    from skinlesion.predict import Predictor
+
+    shared("dermamnist28")  # the model's training data, to tell its images from namesakes
+    data = write_synthetic(tmp_path / "synth", n_lesions=10, layout="flat", size=(64, 48), seed=2)
+    db = tmp_path / "study.sqlite"
+    code, out, err = run_cli("study", "create", data, "--cases", "2", "--seed", "3", "--db", db, "--arms", "solo,assisted")
+    assert code == 0, err
+    assert "0 of 2 model answers are out-of-fold predictions" in err and "share a training image's id but not its picture" in err
+    sid = out.split()[1]
+    ds = load_dataset(data)
+    p = Predictor("default")
+    with Store(db).session() as s:
+        cases = s.query(Case).filter(Case.study_id == sid).all()
+    for c in cases:
+        i = int(np.flatnonzero(ds.meta["image_id"] == c.image_id)[0])
+        meta = {k: ds.meta[k].iloc[i] for k in ("age", "sex", "localization")}
+        want = p.predict_images([ds.image(i)], [c.image_id], meta=[meta])[0]
+        assert c.model_source == "fresh" and c.model_top == want.top
+        assert [c.model_probs[k] for k in CODES] == pytest.approx([want.probabilities[k] for k in CODES])
+        assert Image.open(__import__("io").BytesIO(c.heatmap)).size == ds.image(i).size  # the assisted arm's heat map

@@ -97,7 +97,16 @@ def _training_ids(cfg, train_data: str | None):
             f"The model's training data {where} cannot be opened ({exc}); pass its location with --train-data so that "
             "images it trained on get their out-of-fold answers."
         ) from None
-    return ds.meta["image_id"].astype(str).to_numpy(), ds.labels
+    return ds.meta["image_id"].astype(str).to_numpy(), ds
+
+
+def same_image(a, b, tolerance: float = 12.0) -> bool:
+    """Whether two images are one picture (at the smaller one's size: a 28 px copy of a full-resolution image is the
+    same image); an id shared by different pictures (a synthetic set numbered like HAM10000) is not."""
+    small, large = (a, b) if a.size[0] * a.size[1] <= b.size[0] * b.size[1] else (b, a)
+    x = np.asarray(small.convert("RGB"), np.float32)
+    y = np.asarray(large.convert("RGB").resize(small.size, 2), np.float32)  # 2: bilinear
+    return float(np.abs(x - y).mean()) <= tolerance
 
 
 def model_answers(ds, rows: np.ndarray, model: str, *, train_data: str | None = None, heatmaps: bool = False) -> tuple[list[CaseSpec], str]:
@@ -114,18 +123,23 @@ def model_answers(ds, rows: np.ndarray, model: str, *, train_data: str | None = 
     bad = sorted(set(ds.meta["dx"].iloc[rows].astype(str)) - set(codes))
     if bad:
         raise SkinLesionError(f"DATA holds diagnoses the model does not know ({', '.join(bad)}); choose images of {', '.join(codes)}.")
-    train_ids, train_labels = _training_ids(cfg, train_data)
+    train_ids, train_ds = _training_ids(cfg, train_data)
     oof_row = {}
     if train_ids is not None:
         if "oof.logits" in aux:
-            if len(train_ids) != len(aux["oof.labels"]) or not np.array_equal(np.asarray(train_labels), np.asarray(aux["oof.labels"])):
+            if len(train_ids) != len(aux["oof.labels"]) or not np.array_equal(np.asarray(train_ds.labels), np.asarray(aux["oof.labels"])):
                 raise SkinLesionError(
                     "The model's training data as found does not match its stored out-of-fold predictions (other images "
                     "or order); pass the exact data it was trained on with --train-data."
                 )
             oof_row = {v: i for i, v in enumerate(train_ids)}
         else:
-            trained = set(train_ids) & set(ds.meta["image_id"].iloc[rows].astype(str))
+            where = {v: i for i, v in enumerate(train_ids)}
+            trained = {
+                v
+                for r, v in zip(rows, ds.meta["image_id"].iloc[rows].astype(str))
+                if v in where and same_image(ds.image(int(r)), train_ds.image(where[v]))
+            }
             if trained:
                 raise SkinLesionError(
                     f"The model trained on {len(trained)} of these images (e.g. {sorted(trained)[0]}) and holds no out-of-fold "
@@ -133,18 +147,21 @@ def model_answers(ds, rows: np.ndarray, model: str, *, train_data: str | None = 
                 )
     ids = ds.meta["image_id"].iloc[rows].astype(str).to_list()
     oof_probs = oof_probabilities(cfg, aux) if oof_row else None
-    predictor = None
+    predictor, namesakes = None, 0
     specs = []
     for r, image_id in zip(rows, ids):
         image = ds.image(int(r))
         truth = str(ds.meta["dx"].iloc[int(r)])
-        if image_id in oof_row:
+        source = None
+        if image_id in oof_row and not same_image(image, train_ds.image(oof_row[image_id])):
+            namesakes += 1  # the id of a training image, but another picture: a new image, answered fresh
+        elif image_id in oof_row:
             p = np.asarray(oof_probs[oof_row[image_id]], np.float64)[None]
             top = codes[int(decide(p, cfg.decision)[0])]
             tier = analyse(p, cfg, aux)[0]["tier"]
             mal, source = float(malignant(p, cfg.labels)[0]), "out-of-fold"
             probs = {c: float(v) for c, v in zip(codes, p[0])}
-        else:
+        if source is None:
             predictor = predictor or _predictor(model)
             meta = {k: ds.meta[k].iloc[int(r)] for k in ("age", "sex", "localization") if k in ds.meta}
             pred = predictor.predict_images([image], [image_id], meta=[meta])[0]
@@ -161,6 +178,8 @@ def model_answers(ds, rows: np.ndarray, model: str, *, train_data: str | None = 
         f"{n_oof} of {len(specs)} model answers are out-of-fold predictions (images in the model's training data, "
         f"each from the member that never saw it); {len(specs) - n_oof} are fresh predictions"
     )
+    if namesakes:
+        said += f" ({namesakes} image(s) share a training image's id but not its picture, so they count as new)"
     return specs, said
 
 
