@@ -7,6 +7,8 @@ not know was written by a newer skinlesion: it is refused, never migrated down o
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -15,11 +17,10 @@ from alembic.util.exc import CommandError
 from ..errors import SkinLesionError
 
 HEAD_REVISION = "0002"
+MIGRATIONS = Path(__file__).with_name("migrations")
 
 
 def _config(connection=None) -> Config:
-    from .store import MIGRATIONS
-
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = connection

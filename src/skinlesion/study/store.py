@@ -39,7 +39,6 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from ..errors import SkinLesionError
 
-MIGRATIONS = Path(__file__).with_name("migrations")
 PHASES = ("solo", "assisted")
 ARMS = ("solo", "assisted")
 MANAGEMENT = ("excise", "follow up", "reassure")
