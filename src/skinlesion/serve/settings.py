@@ -36,6 +36,7 @@ class Settings:
     grace: float = 30.0  # seconds in-flight requests get to finish after SIGTERM
     concurrency: int | None = None  # analyses at once per worker (None: the worker's share of the cores)
     max_queue: int = 64  # analyses waiting per worker before new ones are answered 503
+    study_db: str | None = None  # serve the reader studies of this database (skinlesion.serve.study_routes)
 
     # ---- derived ----
     @property
@@ -90,6 +91,10 @@ class Settings:
             from .keys import KeyRing
 
             KeyRing(self.api_keys)  # a missing, empty or malformed key file is refused here
+        if self.study_db:  # opened (and migrated) once here: a wrong URL or a newer schema is refused before binding
+            from ..study.store import Store
+
+            Store(self.study_db).close()
         check_bindable(self.host, self.port)
         return self
 
