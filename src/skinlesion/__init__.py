@@ -41,6 +41,9 @@ Read top-down:
 - :mod:`skinlesion.app`         the Streamlit web app
 - :mod:`skinlesion.serve`       the REST service (FastAPI on uvicorn): routes over the predictor, API keys,
                                 connection and request limits, metrics, draining on SIGTERM, the ``predict --server`` client
+- :mod:`skinlesion.study`       reader studies: the study database (SQLAlchemy + Alembic; SQLite or PostgreSQL), cases
+                                with the model's out-of-fold answers, reading (solo, then assisted), the report
+                                (bootstrap intervals, Fleiss' kappa, readers on the model's ROC curve), ``skinlesion study``
 - :mod:`skinlesion.cli`         the ``skinlesion`` command
 
 Heavy libraries (torch, timm) are imported lazily: ``import skinlesion`` is cheap, and the

@@ -221,6 +221,10 @@ def patient_data(predictor) -> dict | None:
 
 
 def main() -> None:
+    if "study" in st.query_params:  # a reader's invite link: the reading page (skinlesion.study.app_page)
+        from skinlesion.study.app_page import render
+
+        return render(_arg("--study-db", "SKINLESION_STUDY_DB"))
     st.set_page_config(page_title="skinlesion: lesion analysis", page_icon="🔬", layout="wide")
     st.title("Skin lesion analysis")
     st.caption(NOTICE)

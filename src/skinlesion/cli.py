@@ -870,6 +870,7 @@ def serve(
     metrics: str = typer.Option(
         "auto", "--metrics", help="/metrics: open, key (an API key needed) or off [default: open on loopback, key otherwise]."
     ),
+    study_db: Optional[str] = typer.Option(None, "--study-db", help="Also serve the reader studies in this database (skinlesion study)."),
 ) -> None:
     """Serve the REST API (FastAPI on uvicorn): /v1/analyse, /v1/model, /v1/health, /v1/ready, /metrics, /docs."""
     from .serve.settings import Settings
@@ -904,6 +905,7 @@ def serve(
         formats=formats.split(","),
         heatmaps=heatmaps,
         metrics=metrics,
+        study_db=study_db,
     ).check()
     from .bundle import load_config, onnx_for, resolve_model_path
 
@@ -954,6 +956,9 @@ def prepare(
         f"cache {out}: {state['done']} images at {size}x{size}; use it as DATA for train and evaluate "
         f"(train on the raw folder with --source-size {size} to get the same pixels)"
     )
+
+
+app.add_typer(__import__("skinlesion.study.cli", fromlist=["app"]).app, name="study")  # skinlesion study create/invite/report
 
 
 def _click_exceptions():

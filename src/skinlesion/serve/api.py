@@ -30,7 +30,7 @@ from ..classes import CODES
 from ..errors import SkinLesionError
 from ..predict import ROW_COLUMNS
 from ..report import NOTICE
-from . import refusals
+from . import refusals, study_routes
 from .refusals import ERRORS, Refusal
 from .forms import FORM, read_request
 from .limits import BodyLimit, RateLimit
@@ -220,6 +220,7 @@ def create_app(settings: Settings) -> FastAPI:
             data, kind = service.metrics.render()
             return Response(data, media_type=kind)
 
+    study_routes.install(app, settings.study_db)  # /v1/studies/... with --study-db (skinlesion.serve.study_routes)
     app.add_middleware(BodyLimit, limit=settings.max_bytes)
     app.add_middleware(Observe, metrics=service.metrics, service=service)
     if settings.cors:

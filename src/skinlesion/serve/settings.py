@@ -43,6 +43,7 @@ class Settings:
     formats: list[str] = field(default_factory=lambda: ["JPEG", "PNG"])  # image decoders the service opens
     heatmaps: bool = True  # ?heatmap= allowed (the PyTorch weights are loaded at ready time)
     metrics: str = "auto"  # /metrics: open, key (an API key needed), off; auto: open on loopback, key otherwise
+    study_db: str | None = None  # serve the reader studies of this database (skinlesion.serve.study_routes)
 
     # ---- derived ----
     @property
@@ -126,6 +127,10 @@ class Settings:
             from .keys import KeyRing
 
             KeyRing(self.api_keys)  # a missing, empty or malformed key file is refused here
+        if self.study_db:  # opened (and migrated) once here: a wrong URL or a newer schema is refused before binding
+            from ..study.store import Store
+
+            Store(self.study_db).close()
         check_bindable(self.host, self.port)
         return self
 
