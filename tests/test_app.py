@@ -363,7 +363,7 @@ def test_the_app_port_is_streamlits_own_setting_unless_port_is_given(tmp_path, m
     assert _app_port(None) == 8765  # the environment over the file, as Streamlit orders them
     assert _app_port(9001) == 9001  # --port over both
     monkeypatch.setenv("STREAMLIT_SERVER_PORT", "eighty")
-    with pytest.raises(SkinLesionError, match="STREAMLIT_SERVER_PORT is not a port number"):
+    with pytest.raises(SkinLesionError, match="STREAMLIT_SERVER_PORT is out of range"):
         _app_port(None)
     monkeypatch.delenv("STREAMLIT_SERVER_PORT")
     (tmp_path / ".streamlit" / "config.toml").unlink()

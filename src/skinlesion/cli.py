@@ -786,7 +786,9 @@ def _app_port(port: Optional[int]) -> int:
     except (TypeError, ValueError):
         port = -1
     if not 1 <= port <= 65535:
-        raise SkinLesionError(f"The app's port from {where} is not a port number (1 to 65535); fix it, or pass --port.")
+        if where == "--port":
+            raise SkinLesionError(f"--port {port} is out of range; pass a port number from 1 to 65535.")
+        raise SkinLesionError(f"The app's port from {where} is out of range (not a port number from 1 to 65535); fix it, or pass --port.")
     return port
 
 
