@@ -32,6 +32,7 @@ Read top-down:
 - :mod:`skinlesion.runtime`     thread pools sized to the usable cores, no spin-waiting
 - :mod:`skinlesion.explain`     Grad-CAM heat maps
 - :mod:`skinlesion.export`      ONNX export with a parity check
+- :mod:`skinlesion.hub`         the bundle as a Hugging Face Hub folder (timm's layout, model card YAML); ``hf://`` models
 - :mod:`skinlesion.isic`        the ISIC 2018 Task 3 files: submission CSV, ground truth
 - :mod:`skinlesion.card`        the model card, generated from a bundle
 - :mod:`skinlesion.report`      the one-page HTML report of one analysed image
