@@ -12,7 +12,7 @@ SAMPLE = "src/skinlesion/samples/ISIC_0024310.jpg"
 
 @pytest.fixture(scope="module")
 def hub_folder(default_model, tmp_path_factory):
-    from skinlesion.hub import export_hub
+    from skinlesion.hub_export import export_hub
 
     return export_hub("default", tmp_path_factory.mktemp("hub") / "skinlesion-ham10000")
 
@@ -44,7 +44,7 @@ def test_hub_round_trip_same_probabilities(hub_folder):
 
 
 def test_export_refuses_a_non_empty_folder(default_model, tmp_path):
-    from skinlesion.hub import export_hub
+    from skinlesion.hub_export import export_hub
 
     (tmp_path / "x").write_text("x")
     with pytest.raises(SkinLesionError, match="not an empty folder"):

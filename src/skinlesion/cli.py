@@ -615,7 +615,7 @@ def export(
 ) -> None:
     """Export to ONNX (refused when its probabilities differ from PyTorch by more than 1e-4), or as a Hub folder."""
     if fmt == "hub":
-        from .hub import export_hub
+        from .hub_export import export_hub
 
         if out is None:
             raise SkinLesionError("--format hub writes a folder; pass it with --out DIR.")
