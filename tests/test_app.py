@@ -312,6 +312,7 @@ def test_app_sample_button_analyses_the_bundled_melanoma_with_its_credit_and_gro
     assert "License: CC BY-NC-SA 4.0" in text
     assert "Ground truth: Melanoma (mel), confirmed by histopathology." in text
     assert "4 of its 5 members trained on it" in text  # the sample is no test of the shipped model, and says so
+    assert "Analysed with: age 60, male, chest." in text  # the sample's own patient data, shown with its result
     assert any("Triage" in str(w.value) for w in [*at.warning, *at.error, *at.success])  # the tier banner
 
 
@@ -407,3 +408,11 @@ def test_streamlit_server_port_in_the_environment_is_where_the_app_serves(defaul
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
         log.close()
+
+
+def test_used_patient_data_words():
+    from skinlesion.app import used_patient_data
+
+    assert used_patient_data({"age": 60, "sex": "male", "localization": "chest"}) == "age 60, male, chest"
+    assert used_patient_data({"age": None, "sex": "unknown", "localization": "lower_extremity"}) == "lower extremity"
+    assert used_patient_data({}) == "no patient data"

@@ -29,11 +29,14 @@ Read top-down:
 - :mod:`skinlesion.evaluate`    the inference loop over a dataset, the evaluation report
 - :mod:`skinlesion.predict`     the predictor used by the CLI, the API and the app (PyTorch or ONNX Runtime)
 - :mod:`skinlesion.ood`         out-of-distribution score fitted on the training features ("is this dermoscopy")
+- :mod:`skinlesion.skintone`    skin tone: the ITA of the skin around the lesion, its bands, the out-of-range flag
 - :mod:`skinlesion.quality`     photo quality: what is wrong with a dermoscopic photo and how to retake it
 - :mod:`skinlesion.verdict`     the words of a result (tier, malignant summary, named class): app, report, CSV, API
 - :mod:`skinlesion.runtime`     thread pools sized to the usable cores, no spin-waiting
 - :mod:`skinlesion.explain`     Grad-CAM heat maps
 - :mod:`skinlesion.export`      ONNX export with a parity check
+- :mod:`skinlesion.hub`         Hugging Face Hub folders (timm's layout) and ``hf://`` models
+- :mod:`skinlesion.hub_export`  export a bundle as a Hub folder: config.json, model.safetensors, README.md (card YAML)
 - :mod:`skinlesion.isic`        the ISIC 2018 Task 3 files: submission CSV, ground truth
 - :mod:`skinlesion.card`        the model card, generated from a bundle
 - :mod:`skinlesion.report`      the one-page HTML report of one analysed image

@@ -55,6 +55,8 @@ def sample_button(model: str, explain: bool, meta: dict | None) -> bool:
     st.caption(f"Sample image: {sample.credit}" + (f". License: {sample.license}." if sample.license else ""))
     if meta is not None and not any(v for v in meta.values()):  # no patient data entered: the sample's own, where known
         meta = {k: sample.patient.get(k) for k in ("age", "sex", "localization")}
+    if meta and any(v not in (None, "") for v in meta.values()):  # the patient data changes the result: say which
+        st.caption("Analysed with: " + used_patient_data(meta) + ".")
     rows: list = []
     show_result(get_predictor(model), sample.path.name, sample.path.read_bytes(), explain, rows, meta)
     truth = sample.truth()
@@ -162,6 +164,15 @@ def explanation(predictor, image, pred) -> None:
     left.image(image, caption="original", width="stretch")
     right.image(overlay(image, heat), caption=f"Grad-CAM for {target} (LayerCAM; red: most evidence, blue: least)", width="stretch")
     right.image(colour_scale(), caption="colour scale of the heat map (relative to this image's strongest evidence)", width="stretch")
+
+
+def used_patient_data(meta: dict) -> str:
+    """``age 60, male, chest``: the patient data an analysis used (unknown fields left out)."""
+    parts = []
+    if meta.get("age") not in (None, ""):
+        parts.append(f"age {float(meta['age']):g}")
+    parts += [str(meta[k]).replace("_", " ") for k in ("sex", "localization") if meta.get(k) not in (None, "", "unknown")]
+    return ", ".join(parts) or "no patient data"
 
 
 def show_result(predictor, name: str, data: bytes, explain: bool, rows: list, meta: dict | None) -> None:

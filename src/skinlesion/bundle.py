@@ -275,6 +275,10 @@ def default_onnx_path() -> Path:
 
 def resolve_model_path(model: str | Path) -> Path:
     """A run directory, a .safetensors/.json/.onnx file, or ``default`` -> the bundle's .safetensors path."""
+    if str(model).startswith("hf://"):  # a Hugging Face Hub model: downloaded (cached) by huggingface_hub
+        from .hub import download
+
+        return download(str(model))
     if str(model) == "default":
         p = default_model_path()
         if not p.exists():
@@ -310,9 +314,21 @@ def resolve_model_path(model: str | Path) -> Path:
 # ---- reading -----------------------------------------------------------------------------
 
 
+def config_path(weights_path: str | Path) -> Path:
+    """The JSON half of a bundle: ``NAME.json`` beside the weights, or a Hub folder's ``config.json``."""
+    from .hub import is_hub_folder
+
+    p = Path(weights_path)
+    return p.parent / "config.json" if p.name == "model.safetensors" and is_hub_folder(p) else p.with_suffix(".json")
+
+
 def load_config(weights_path: str | Path, *, check_backbones: bool = True) -> ModelConfig:
     """The validated config beside ``weights_path``."""
-    cfg_path = Path(weights_path).with_suffix(".json")
+    cfg_path = config_path(weights_path)
+    if cfg_path.name == "config.json":  # a Hugging Face Hub folder (skinlesion.hub): the bundle's config inside timm's
+        from .hub import hub_config
+
+        return validate(hub_config(cfg_path), cfg_path.name, check_backbones=check_backbones)
     if not cfg_path.exists():
         raise SkinLesionError(
             f"The config {cfg_path.name} is missing beside {Path(weights_path).name}; a model needs both files "
@@ -496,7 +512,7 @@ def bundle_hash(weights_path: str | Path) -> str:
     """SHA-256 of the bundle's two files: what an ONNX export records and is checked against."""
     path = Path(weights_path)
     h = hashlib.sha256()
-    for p in (path.with_suffix(".safetensors"), path.with_suffix(".json")):
+    for p in (path.with_suffix(".safetensors"), config_path(path)):
         with p.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)

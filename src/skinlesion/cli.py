@@ -559,7 +559,9 @@ def read_meta_csv(path: Path) -> dict:
 
 @app.command()
 def predict(
-    model: str = typer.Argument(..., help="Run directory, model file (.safetensors or .onnx), or 'default'."),
+    model: str = typer.Argument(
+        ..., help="Run directory, model file (.safetensors or .onnx), 'default', or hf://OWNER/NAME (a Hugging Face Hub model)."
+    ),
     images: Optional[List[str]] = typer.Argument(None, help="Image files, folders or globs."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the rows to this CSV."),
     meta: Optional[Path] = typer.Option(
@@ -673,8 +675,20 @@ def export(
         None, "--out", "-o", help="The .onnx file to write (default: beside the model; for a read-only 'default', the user cache)."
     ),
     check: List[Path] = typer.Option([], "--check", help="Extra real images for the parity check."),
+    fmt: str = typer.Option(
+        "onnx", "--format", help="onnx, or hub: a Hugging Face Hub folder (config.json, model.safetensors, README.md) for --out."
+    ),
 ) -> None:
-    """Export to ONNX; refuses to write a model whose probabilities differ from PyTorch by more than 1e-4."""
+    """Export to ONNX (refused when its probabilities differ from PyTorch by more than 1e-4), or as a Hub folder."""
+    if fmt == "hub":
+        from .hub_export import export_hub
+
+        if out is None:
+            raise SkinLesionError("--format hub writes a folder; pass it with --out DIR.")
+        _say(f"wrote {export_hub(model, out)}: upload it with huggingface_hub.upload_folder, load it with --model DIR or hf://OWNER/NAME")
+        return
+    if fmt != "onnx":
+        raise SkinLesionError(f"Unknown export format {fmt!r}; use onnx or hub.")
     from .export import export_onnx
 
     r = export_onnx(model, out, check_images=check)
