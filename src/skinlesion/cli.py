@@ -434,7 +434,10 @@ def _resume_is_done(out: Path, force: bool) -> bool:
     if finished and has_ckpt:
         _say(f"the run in {out} is already complete ({epochs} epoch(s) in metrics.csv, its models written); nothing to resume")
         return True
-    if not has_ckpt and (finished or epochs) and not force:
+    # a run that stopped before its first checkpoint was written (a full disk) keeps checkpoints/ and resumes from
+    # epoch 0 as before; refused are a finished run, and finished epochs whose checkpoints/ folder is gone
+    gone = epochs and not (out / "checkpoints").is_dir()
+    if not has_ckpt and (finished or gone) and not force:
         what = "is already complete" if finished else f"has {epochs} finished epoch(s) in metrics.csv"
         raise SkinLesionError(
             f"The run in {out} {what} but no checkpoints/last.ckpt to continue from; resuming would train it again from "
