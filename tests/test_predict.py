@@ -188,6 +188,31 @@ def test_ood_fit_with_round_fields_accepts_them_and_still_flags_photos(tiny_run)
     assert rates[0.25] < rates[0.0] - 0.05, rates  # measured: 0.88 with the fields fitted, 1.0 without
 
 
+def test_the_image_checks_share_the_clean_features_and_fit_the_same_numbers(tiny_run):
+    """finish.fit_image_checks computes the clean images' stage features once for both fits (issue 24:
+    the post-training fits in under a minute); sharing them must not change what is fitted."""
+    from skinlesion.bundle import load_model
+    from skinlesion.data import load_dataset
+    from skinlesion.finish import fit_image_checks
+    from skinlesion.ood import dataset_features, fit_for_model, sample_train
+
+    data, split, run = tiny_run
+    net, cfg = load_model(run / "best.safetensors")
+    ds = load_dataset(data)
+    man = pd.read_csv(split).set_index("image_id").loc[ds.meta["image_id"], "split"].to_numpy()
+    tr, va = np.flatnonzero(man == "train"), np.flatnonzero(man != "train")
+    names = list(cfg.ood["stages"])
+    sample = sample_train(tr, max_train=len(tr) - 3)
+    assert len(sample) == len(tr) - 3 and set(sample) <= set(tr)
+    plain = (sample, dataset_features(net, cfg.prep, ds, sample, names), dataset_features(net, cfg.prep, ds, va, names))
+    own = fit_for_model(net, cfg.prep, ds, tr, va, max_train=len(tr) - 3)
+    shared_ = fit_for_model(net, cfg.prep, ds, tr, va, plain=plain)
+    assert own[1]["threshold"] == pytest.approx(shared_[1]["threshold"], rel=1e-5)
+    assert all(np.allclose(own[0][k], shared_[0][k], rtol=1e-4, atol=1e-5) for k in own[0])
+    tensors, ood_cfg, _ = fit_image_checks(net, cfg.prep, ds, tr, va, val_features=plain[2])
+    assert ood_cfg["n_train"] == min(len(tr), 2000) and tensors
+
+
 def test_committed_model_card_is_the_one_generated_from_the_shipped_bundle(default_model):
     from skinlesion.card import render
 

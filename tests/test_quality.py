@@ -79,6 +79,52 @@ def test_too_few_held_out_images_fit_no_check():
     assert fit(None, None, None, np.arange(500), np.arange(150), []) == ({}, None)
 
 
+def test_shared_clean_features_fit_the_same_check(tiny_run, synthetic_check):
+    """The clean images' network features, computed once by the caller (the OOD fit's), give the same
+    check as computing them here; features of other rows than ``train_positions`` are refused."""
+    from skinlesion.bundle import load_model
+    from skinlesion.ood import dataset_features
+    from skinlesion.quality import fit
+
+    ds, _, _, _, held = synthetic_check
+    net, cfg = load_model(tiny_run[2] / "best.safetensors")
+    names = list(cfg.ood["stages"])
+    order = np.random.default_rng(1).permutation(len(ds))
+    train, val = order[:60], order[60:300]
+    clean = (dataset_features(net, cfg.prep, ds, train, names), dataset_features(net, cfg.prep, ds, val, names))
+    own_tensors, own_cfg = fit(net, cfg.prep, ds, train, val, names)
+    shared_tensors, shared_cfg = fit(net, cfg.prep, ds, train, val, names, clean_features=clean)
+    assert own_cfg is not None and own_cfg["n_train"] == 60
+    for k in own_tensors:
+        assert np.allclose(own_tensors[k], shared_tensors[k], rtol=1e-4, atol=1e-4), k
+    for p in own_cfg["problems"]:
+        assert own_cfg["problems"][p]["threshold"] == pytest.approx(shared_cfg["problems"][p]["threshold"], abs=1e-3)
+    with pytest.raises(ValueError):
+        fit(net, cfg.prep, ds, train, val, names, clean_features=(clean[0][:59], clean[1]))
+
+
+def test_each_problem_is_fitted_on_every_training_image_once_dealt_to_the_severities(monkeypatch, synthetic_check):
+    import skinlesion.corruptions as corruptions
+    from skinlesion import quality
+
+    ds, prep, _, _, _ = synthetic_check
+    seen = []
+    real = corruptions.corrupt
+
+    def spy(images, name, severity, seed=0):
+        seen.append((name, severity, len(images)))
+        return real(images, name, severity, seed=seed)
+
+    monkeypatch.setattr(corruptions, "corrupt", spy)
+    quality.fit(None, prep, ds, np.arange(31), np.arange(31, 31 + quality.MIN_HELD_OUT), [])
+    per_problem = {}
+    for name, severity, n in seen:
+        per_problem.setdefault(name, []).append((severity, n))
+    assert set(per_problem) == {c for _, _, c in quality.PROBLEMS.values()}
+    for name, parts in per_problem.items():
+        assert [s for s, _ in parts] == list(quality.FIT_SEVERITIES) and sum(n for _, n in parts) == 31, (name, parts)
+
+
 # ---- the shipped model ---------------------------------------------------------------------------
 
 

@@ -9,16 +9,35 @@ image checks of :func:`fit_image_checks` (is it dermoscopy; is it a good photo).
 from __future__ import annotations
 
 
-def fit_image_checks(net, prep, ds, train_positions, val_positions) -> tuple[dict, dict | None, dict | None]:
+def fit_image_checks(net, prep, ds, train_positions, val_positions, val_features=None) -> tuple[dict, dict | None, dict | None]:
     """The OOD score (:mod:`skinlesion.ood`) and the photo-quality check (:mod:`skinlesion.quality`) of one network:
-    fitted on its training images, thresholds on its held-out ones. Returns (tensors, ood config, quality config)."""
-    from .ood import fit_for_model, stages
+    fitted on (a sample of) its training images, thresholds on its held-out ones. Returns (tensors, ood config, quality config).
+
+    The clean images' pooled stage features are computed once and shared: the quality check's
+    training images are the first of the OOD fit's sample, and where the check sees the model's own
+    input, their features are the same numbers. ``val_features``: those of ``val_positions``,
+    already computed (by :func:`finish_run`'s plain val pass)."""
+    import numpy as np
+
+    from .ood import dataset_features, fit_for_model, sample_train, stages
+    from .quality import MAX_TRAIN
     from .quality import fit as fit_quality
 
-    tensors, ood_cfg = fit_for_model(net, prep, ds, train_positions, val_positions)
-    names = stages(net) if ood_cfg else []
+    names = stages(net)
+    va = np.asarray(val_positions)
+    if not names:
+        tensors, ood_cfg, plain = {}, None, None
+    else:
+        tr = sample_train(train_positions)
+        va_f = val_features if val_features is not None else dataset_features(net, prep, ds, va, names)
+        plain = (tr, dataset_features(net, prep, ds, tr, names), va_f)
+        tensors, ood_cfg = fit_for_model(net, prep, ds, train_positions, va, plain=plain)
     use_net = bool(names) and bool(prep.source_size) and prep.source_size <= 128  # the check sees the model's own input
-    q_tensors, q_cfg = fit_quality(net, prep, ds, train_positions, val_positions, names if use_net else [])
+    if use_net:
+        q_tr, clean = plain[0][:MAX_TRAIN], (plain[1][:MAX_TRAIN], plain[2])
+    else:
+        q_tr, clean = sample_train(train_positions, MAX_TRAIN), None
+    q_tensors, q_cfg = fit_quality(net, prep, ds, q_tr, va, names if use_net else [], clean_features=clean)
     if q_cfg:
         q_cfg["uses_network_features"] = use_net
     return {**(tensors or {}), **q_tensors}, ood_cfg, q_cfg
@@ -36,16 +55,20 @@ def finish_run(out, ds, train_positions, val_positions) -> dict:
     from .bundle import load_model, save_bundle
     from .calibration import ece
     from .errors import atomic_text
-    from .evaluate import analysis_metrics, dataset_logits
+    from .evaluate import analysis_metrics, dataset_outputs
     from .metrics import compute_metrics
+    from .ood import stages
     from .posthoc import calibrate, decide, fit_calibration, fit_rules
 
     out = Path(out)
     net, mcfg = load_model(out / "best.safetensors")
     labels = ds.labels[val_positions]
     candidates = {}
+    names = stages(net)
+    val_features = None
     for tta in (False, True):  # keep TTA only if it lowers the calibrated val NLL
-        lg = dataset_logits(net, mcfg.prep, ds, val_positions, tta=tta)
+        lg, f = dataset_outputs(net, mcfg.prep, ds, val_positions, tta=tta, stages=None if tta else names)
+        val_features = f if not tta and names else val_features  # the plain pass's features: the image checks' val rows
         t_, b_ = fit_calibration(lg, labels)
         candidates[tta] = (compute_metrics(calibrate(lg, t_, b_), labels, classes=mcfg.labels)["nll"], lg, t_, b_)
     tta = candidates[True][0] < candidates[False][0]
@@ -54,7 +77,7 @@ def finish_run(out, ds, train_positions, val_positions) -> dict:
     probs = calibrate(logits, t, bias)
     rule = json.loads((out / "config.json").read_text()).get("decision_rule", "most-probable") if (out / "config.json").exists() else None
     rules, aux = fit_rules(probs, labels, source="val (in-sample)", rule=rule or "most-probable", classes=mcfg.labels)
-    check_tensors, ood_cfg, quality_cfg = fit_image_checks(net, mcfg.prep, ds, train_positions, val_positions)
+    check_tensors, ood_cfg, quality_cfg = fit_image_checks(net, mcfg.prep, ds, train_positions, val_positions, val_features)
     aux.update(check_tensors)
     mcfg = replace(mcfg, temperature=t, class_bias=bias, tta=tta, ood=ood_cfg, quality=quality_cfg, **rules)
     metrics = compute_metrics(probs, labels, decide(probs, mcfg.decision), mcfg.labels)

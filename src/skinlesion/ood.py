@@ -93,16 +93,16 @@ def photometric_transform(prep, corruption: str, severity: int):
     return lambda img: torch.from_numpy(prep.to_array(change(prep.to_source(img), rng)))
 
 
-def features_with_fields(net, prep, ds, positions, names, radii=FIELD_RADII, photometric=()) -> np.ndarray:
+def features_with_fields(net, prep, ds, positions, names, radii=FIELD_RADII, photometric=(), plain=None) -> np.ndarray:
     """The features of ``positions`` as they are, then of the same images under one variant each.
 
     The variants are the round fields of ``radii`` and the (corruption, severity) changes of
     ``photometric``; the images are dealt to them in turn, so every image appears twice: once
-    plain, once changed (no variants: plain only).
+    plain, once changed (no variants: plain only). ``plain``: the plain features, already computed.
     """
     positions = np.asarray(positions)
     variants = [field_transform(prep, r) for r in radii] + [photometric_transform(prep, c, s) for c, s in photometric]
-    feats = [dataset_features(net, prep, ds, positions, names)]
+    feats = [dataset_features(net, prep, ds, positions, names) if plain is None else np.asarray(plain)]
     for k, tf in enumerate(variants):
         part = positions[k :: len(variants)]
         if len(part):
@@ -185,21 +185,37 @@ def fit_min_chroma(prep, ds, positions) -> float:
     return 0.25 * min(chroma(prep.to_source(ds.image(int(i)))) for i in positions)
 
 
-def fit_for_model(net, prep, ds, train_positions, val_positions, max_train: int = 8000, seed: int = 0):
+MAX_TRAIN = 2000  # training images the Gaussians are fitted on (each also once under a variant): 4,000 rows for at most 320 dims
+
+
+def sample_train(train_positions, max_train: int = MAX_TRAIN, seed: int = 0) -> np.ndarray:
+    """The training rows the image checks are fitted on: all of them, or a seeded random ``max_train``."""
+    tr = np.asarray(train_positions)
+    if len(tr) > max_train:
+        tr = np.random.default_rng(seed).choice(tr, max_train, replace=False)
+    return tr
+
+
+def fit_for_model(net, prep, ds, train_positions, val_positions, max_train: int = MAX_TRAIN, seed: int = 0, plain=None):
+    """Fit the score of ``net`` on (a sample of) its training rows, thresholds on its held-out rows.
+
+    ``plain`` = (the sampled training rows, their features, the val rows' features), already computed
+    by the caller (:func:`skinlesion.finish.fit_image_checks` shares them with the photo-quality fit):
+    then only the variants are forwarded here. The colour floor looks at every training row.
+    """
     names = stages(net)
     if not names:
         return {}, None
-    rng = np.random.default_rng(seed)
-    tr = np.asarray(train_positions)
-    if len(tr) > max_train:
-        tr = rng.choice(tr, max_train, replace=False)
+    tr = np.asarray(plain[0]) if plain is not None else sample_train(train_positions, max_train, seed)
+    va = np.asarray(val_positions)
     dims = stage_dims(net)
     radii = FIELD_RADII if getattr(prep, "vignette", 0) else ()
     photometric = PHOTOMETRIC if getattr(prep, "brightness", 0) or getattr(prep, "contrast", 0) else ()
-    tf = features_with_fields(net, prep, ds, tr, names, radii, photometric)
-    vf = features_with_fields(net, prep, ds, np.asarray(val_positions), names, radii, photometric)
+    tf = features_with_fields(net, prep, ds, tr, names, radii, photometric, plain=None if plain is None else plain[1])
+    vf = features_with_fields(net, prep, ds, va, names, radii, photometric, plain=None if plain is None else plain[2])
     tensors, config = fit(tf, vf, names, dims)
     config["round_field_radii"] = list(radii)  # the fields fitted as in distribution (empty: none)
-    config["min_chroma"] = fit_min_chroma(prep, ds, tr)
+    config["min_chroma"] = fit_min_chroma(prep, ds, train_positions)
     config["photometric"] = [f"{c} {s}" for c, s in photometric]  # the exposure/contrast changes fitted as in distribution
+    config["n_train"] = int(len(tr))
     return tensors, config

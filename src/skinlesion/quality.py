@@ -12,7 +12,7 @@ its centre's distance from the middle, how much of the frame's edge it covers), 
 model has them, the network's pooled stage features (the ones the OOD score uses, so they cost
 nothing at prediction time). One logistic regression per problem, trained on the model's own
 training images against the same images under that problem (:mod:`skinlesion.corruptions`,
-severities 2-4), scores each image; the threshold is the clean held-out images'
+severities 2-4, each image at one of them), scores each image; the threshold is the clean held-out images'
 ``1 - false_alarm`` quantile, so about :data:`FALSE_ALARM` of good photos get each warning. A
 photo smaller than the model's source size is "too small" whatever its scores.
 
@@ -28,6 +28,7 @@ PREFIX = "quality."
 WORK_SIDE = 128  # the check works on at most this many pixels a side (its statistics depend on the scale)
 FALSE_ALARM = 0.007  # per problem, on clean held-out images (seven problems: at most ~5 % of good photos get any)
 FIT_SEVERITIES = (2, 3, 4)
+MAX_TRAIN = 600  # training images the check is fitted on: 600 clean against 600 per problem (a third at each severity)
 MIN_HELD_OUT = 200  # fewer held-out images cannot set a threshold for a 0.7 % false-alarm rate: no check is fitted
 
 # problem -> (what is wrong, how to retake), and the corruption that makes it
@@ -195,8 +196,16 @@ def net_features(net, prep, images, stages) -> np.ndarray | None:
     return dataset_outputs(net, prep, _memory_dataset(images), stages=stages, num_workers=0)[1]
 
 
-def fit(net, prep, ds, train_positions, val_positions, stages, *, max_train: int = 2000, seed: int = 0) -> tuple[dict, dict | None]:
+def fit(
+    net, prep, ds, train_positions, val_positions, stages, *, max_train: int = MAX_TRAIN, seed: int = 0, clean_features=None
+) -> tuple[dict, dict | None]:
     """Fit the check on a model's training images; thresholds on its held-out ones. (tensors, config).
+
+    Each problem's examples are the training images under that problem, the images dealt in turn to
+    the severities of :data:`FIT_SEVERITIES` (each image once per problem). ``clean_features`` =
+    (features of ``train_positions``, of ``val_positions``): the network's pooled stage features of the
+    clean images, already computed by the caller (the OOD fit's); then ``train_positions`` must be
+    at most ``max_train`` rows, taken as given.
 
     With fewer than :data:`MIN_HELD_OUT` held-out images no check is fitted (``({}, None)``): its
     thresholds could not be trusted, and a check that cries wolf is worse than none."""
@@ -215,14 +224,18 @@ def fit(net, prep, ds, train_positions, val_positions, stages, *, max_train: int
     half = rng.permutation(len(va))
     va_a, va_b = va[half[: len(va) // 2]], va[half[len(va) // 2 :]]  # thresholds on a, the rate stated on b
 
-    def feats(positions, problem=None, severity=None):
+    if clean_features is not None and len(tr) != len(clean_features[0]):
+        raise ValueError("clean_features must be those of train_positions (at most max_train rows)")
+
+    def feats(positions, problem=None, severity=None, net_feats=None):
         ims = [working_image(prep, ds.image(int(i))) for i in positions]
         if problem is not None:
             ims = corrupt(ims, PROBLEMS[problem][2], severity, seed=seed)
-        return features(ims, net_features(net, prep, ims, stages))
+        return features(ims, net_features(net, prep, ims, stages) if net_feats is None else net_feats)
 
-    clean_tr = feats(tr)
-    bad = {p: np.vstack([feats(tr, p, s) for s in FIT_SEVERITIES]) for p in PROBLEMS}
+    clean_tr = feats(tr, net_feats=None if clean_features is None else clean_features[0])
+    k = len(FIT_SEVERITIES)
+    bad = {p: np.vstack([feats(tr[j::k], p, s) for j, s in enumerate(FIT_SEVERITIES) if len(tr[j::k])]) for p in PROBLEMS}
     scaler = StandardScaler().fit(np.vstack([clean_tr, *bad.values()]))
     coef, intercept = [], []
     for p in PROBLEMS:
@@ -238,7 +251,9 @@ def fit(net, prep, ds, train_positions, val_positions, stages, *, max_train: int
         f"{PREFIX}intercept": np.asarray(intercept, np.float32),
     }
     config = {"method": "logistic per problem on image statistics + pooled stage features", "problems": {}}
-    sa, sb = scores(feats(va_a), tensors, config), scores(feats(va_b), tensors, config)
+    va_feats = None if clean_features is None else np.asarray(clean_features[1])
+    sa = scores(feats(va_a, net_feats=None if va_feats is None else va_feats[half[: len(va) // 2]]), tensors, config)
+    sb = scores(feats(va_b, net_feats=None if va_feats is None else va_feats[half[len(va) // 2 :]]), tensors, config)
     for k, p in enumerate(PROBLEMS):
         th = float(np.quantile(sa[:, k], 1 - FALSE_ALARM))
         config["problems"][p] = {"threshold": th, "false_alarm_held_out": float(np.mean(sb[:, k] > th)), "corruption": PROBLEMS[p][2]}
