@@ -97,6 +97,33 @@ def test_drw_switches_to_class_balanced_weights_for_the_last_epochs_only():
     assert (late * counts).sum() == pytest.approx(counts.sum())  # mean weight per training image stays 1
 
 
+def test_early_stopping_waits_for_the_deferred_re_weighting():
+    """A flat validation curve stops a plain run after its patience, but a DRW run not before its re-weighted epochs."""
+    from types import SimpleNamespace
+
+    import torch
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    from skinlesion.train import MONITOR, EarlyStoppingFrom
+
+    def stopped_at(start: int, epochs: int = 10, patience: int = 2):
+        cb = EarlyStoppingFrom(monitor=MONITOR, mode="max", patience=patience, start=start)
+        strategy = SimpleNamespace(reduce_boolean_decision=lambda d, all=False: d)
+        t = SimpleNamespace(
+            state=SimpleNamespace(fn=TrainerFn.FITTING), sanity_checking=False, fast_dev_run=False, strategy=strategy, should_stop=False
+        )
+        for epoch in range(epochs):
+            t.current_epoch, t.callback_metrics = epoch, {MONITOR: torch.tensor(0.5)}  # never improves
+            cb.on_validation_end(t, None)
+            if t.should_stop:
+                return epoch
+        return None
+
+    assert stopped_at(0) == 2  # the plain run: best at epoch 0, two epochs of patience
+    assert stopped_at(7) == 9  # --epochs 10 --drw-epochs 3: watched from epoch 7, so epochs 7-9 all run
+    assert stopped_at(7, patience=4) is None
+
+
 def test_mixup_targets_are_convex_mixtures_of_smoothed_labels_and_odd_batches_work():
     import torch
 

@@ -34,6 +34,21 @@ from .recipe import TrainConfig, check_config, config_from  # noqa: F401 (the re
 MONITOR = "val_balanced_accuracy"
 
 
+class EarlyStoppingFrom(L.pytorch.callbacks.EarlyStopping):
+    """Lightning's early stopping, watching from epoch ``start`` on.
+
+    With deferred re-weighting the epochs before the switch are the plain-loss warm-up: a run must
+    not stop there, or ``--drw-epochs`` would be silently never applied. Patience counts from the
+    first re-weighted epoch."""
+
+    def __init__(self, *args, start: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.start = int(start)
+
+    def _should_skip_check(self, trainer) -> bool:
+        return super()._should_skip_check(trainer) or trainer.current_epoch < self.start
+
+
 def class_weights(labels: np.ndarray, mode: str, k: int) -> np.ndarray:
     """Per-class loss weights for ``k`` classes (``mode``: sqrt, weights, or anything else for none)."""
     counts = np.bincount(labels, minlength=k).astype(float)
@@ -533,11 +548,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, finish_model: bool = True) 
         low_res="upsample" if cfg.source_size else "none",
         train=asdict(cfg),
     )
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     callbacks = [
         ExportModels(out, base),
-        EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.patience),
+        EarlyStoppingFrom(monitor=MONITOR, mode="max", patience=cfg.patience, start=cfg.epochs - cfg.drw_epochs if cfg.drw_epochs else 0),
         # resume state after every epoch: checkpoints/last.ckpt (overwritten; monitor=None keeps the latest)
         ModelCheckpoint(
             dirpath=out / "checkpoints", filename="last", monitor=None, save_top_k=1, every_n_epochs=1, enable_version_counter=False
