@@ -362,7 +362,7 @@ def store_skin_tone(model: str | Path, data) -> Path:
     path = resolve_model_path(model)
     cfg = load_config(path, check_backbones=False)
     ds = load_dataset(data)
-    aux = {k: v for k, v in read_tensors(path).items() if k.startswith("oof.")}
+    aux = {k: v for k, v in read_tensors(path).items() if not k.startswith("members.")}  # OOF logits, fusion, rules
     metrics = dict(cfg.metrics or {})
     if "oof.labels" in aux:
         labels = np.asarray(aux["oof.labels"]).astype(int)
