@@ -321,7 +321,12 @@ def render(model: str | Path) -> str:
     else:
         lines += ["## Validation metrics", "", "| metric | value |", "| --- | --- |"]
         lines += [f"| {k} | {_f(v) if isinstance(v, float) else v} |" for k, v in (cfg.metrics or {}).items() if not isinstance(v, dict)]
-    lines += ["", "## Skin tone of the training images", ""] + skin_tone_lines(cfg)
+    lines += ["", "## Skin tone (ITA)", ""] + skin_tone_lines(cfg)
+    lines += [
+        "",
+        "The ITA is measured on dermoscopic photos, whose lighting and colour balance move it: it is a proxy for skin "
+        "tone, not a Fitzpatrick type. The accuracy per band is in the subgroup tables below.",
+    ]
     sub = (cfg.metrics or {}).get("subgroups")
     if sub:
         lines += ["", "## Subgroups (out of fold)", ""]

@@ -16,6 +16,7 @@ is flagged with :data:`FEW_DARK`. A bundle without it is flagged never, and clai
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -201,4 +202,7 @@ def recolour_skin(img, L: float, b: float, prep=None) -> np.ndarray:
     skin = skin_mask(rgb)
     lab[..., 0] = np.clip(lab[..., 0] + (L - np.median(lab[..., 0][skin])), 2.0, 98.0)
     lab[..., 2] = lab[..., 2] + (b - np.median(lab[..., 2][skin]))
-    return (np.clip(lab2rgb(lab), 0, 1) * 255).round().astype(np.uint8)
+    with warnings.catch_warnings():  # colours outside sRGB are clipped, as intended
+        warnings.simplefilter("ignore", UserWarning)
+        rgb = lab2rgb(lab)
+    return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
