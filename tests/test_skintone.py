@@ -178,3 +178,13 @@ def test_the_verdict_words_the_note_with_the_angle_and_the_training_range():
     assert note.startswith("This model saw few images of skin this dark: the analysis may be less reliable")
     assert "ITA -42 degrees, dark" in note and "1st percentile is 37 degrees" in note and note.endswith(".")
     assert skin_tone_note(SimpleNamespace(skin_tone_outside=False, ita=70.0, skin_tone="very light"), cfg) == ""
+
+
+def test_info_of_a_model_shows_its_training_images_band_counts(toned, tmp_path):
+    from skinlesion.card import is_model, model_info
+
+    model, uploads = toned
+    assert is_model(model) and is_model(model.parent) and is_model("default") and not is_model(uploads) and not is_model(tmp_path)
+    text = model_info(model)
+    assert "| ITA band | degrees | images | share |" in text and "| very light | > 55 |" in text
+    assert "Range (1st-99th percentile)" in text and skintone.FEW_DARK in text

@@ -54,6 +54,18 @@ def skin_tone_lines(cfg) -> list[str]:
     return distribution_lines((cfg.metrics or {}).get("skin_tone"))
 
 
+def is_model(arg: str | Path) -> bool:
+    """Whether ``skinlesion info ARG`` names a model (``default``, ``hf://``, a .safetensors bundle or a run/Hub
+    folder holding one) rather than a dataset."""
+    s = str(arg)
+    if s == "default" or s.startswith("hf://"):
+        return True
+    p = Path(arg).expanduser()
+    if p.is_file():
+        return p.suffix.lower() == ".safetensors" and p.with_suffix(".json").exists()
+    return p.is_dir() and any((p / n).exists() for n in ("model.safetensors", "best.safetensors", "last.safetensors"))
+
+
 def model_info(model: str | Path) -> str:
     """What ``skinlesion info MODEL`` says about a model bundle: its name, networks, classes, and the skin tone
     of its training images."""
