@@ -307,7 +307,9 @@ def test_evaluate_reports_subgroups_from_the_dataset_metadata(tiny_run, run_cli,
     assert code == 0, err
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     sub = m["subgroups"]["attributes"]
-    assert {"age", "sex", "localization"} <= set(sub)
-    assert sum(r["n"] for r in sub["sex"]) == m["n_images"]
+    assert {"age", "sex", "localization", "skin_tone"} <= set(sub)
+    assert sum(r["n"] for r in sub["sex"]) == m["n_images"] == sum(r["n"] for r in sub["skin_tone"])  # every image has a band
+    assert sum(m["skin_tone"]["counts"].values()) == m["n_images"]
     report = (tmp_path / "ev" / "report.md").read_text()
     assert "Subgroups (95 % bootstrap intervals" in report and "| male" in report and "| body site |" in report
+    assert "| skin tone (ITA band) |" in report

@@ -67,6 +67,7 @@ def main() -> None:
     refresh_oof(path, args.data)  # the stored OOF logits (and the card's numbers) of the fp16 members as installed
     print(f"shipped {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     sh(sys.executable, str(REPO / "benchmarks" / "robustness.py"), "--model", "default", "--data", args.data, "--store")
+    sh(sys.executable, str(REPO / "tools" / "store_skin_tone.py"), "--model", "default", "--data", args.data)
     sh(*cli, "card", "default", "--out", str(REPO / "MODEL_CARD.md"))
     sh(*cli, "export", "default")
 

@@ -47,6 +47,41 @@ def _f(x, nd=4) -> str:
     return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{nd}f}"
 
 
+def skin_tone_lines(cfg) -> list[str]:
+    """The training images' ITA band counts and range (:mod:`skinlesion.skintone`), as the card and ``info`` show them."""
+    from .skintone import distribution_lines
+
+    return distribution_lines((cfg.metrics or {}).get("skin_tone"))
+
+
+def is_model(arg: str | Path) -> bool:
+    """Whether ``skinlesion info ARG`` names a model (``default``, ``hf://``, a .safetensors bundle or a run/Hub
+    folder holding one) rather than a dataset."""
+    s = str(arg)
+    if s == "default" or s.startswith("hf://"):
+        return True
+    p = Path(arg).expanduser()
+    if p.is_file():
+        return p.suffix.lower() == ".safetensors" and p.with_suffix(".json").exists()
+    return p.is_dir() and any((p / n).exists() for n in ("model.safetensors", "best.safetensors", "last.safetensors"))
+
+
+def model_info(model: str | Path) -> str:
+    """What ``skinlesion info MODEL`` says about a model bundle: its name, networks, classes, and the skin tone
+    of its training images."""
+    from .bundle import load_config, resolve_model_path
+
+    path = resolve_model_path(model)
+    cfg = load_config(path, check_backbones=False)
+    lines = [
+        f"{cfg.name} ({path})",
+        f"{len(cfg.members)} member network(s): {', '.join(sorted({m.backbone for m in cfg.members}))}",
+        f"classes: {', '.join(cfg.labels.codes)}",
+        "",
+    ]
+    return "\n".join(lines + skin_tone_lines(cfg))
+
+
 def render(model: str | Path) -> str:
     """The model card of ``model`` as Markdown."""
     from .bundle import load_config, read_tensors, resolve_model_path
@@ -298,6 +333,12 @@ def render(model: str | Path) -> str:
     else:
         lines += ["## Validation metrics", "", "| metric | value |", "| --- | --- |"]
         lines += [f"| {k} | {_f(v) if isinstance(v, float) else v} |" for k, v in (cfg.metrics or {}).items() if not isinstance(v, dict)]
+    lines += ["", "## Skin tone (ITA)", ""] + skin_tone_lines(cfg)
+    lines += [
+        "",
+        "The ITA is measured on dermoscopic photos, whose lighting and colour balance move it: it is a proxy for skin "
+        "tone, not a Fitzpatrick type. The accuracy per band is in the subgroup tables below.",
+    ]
     sub = (cfg.metrics or {}).get("subgroups")
     if sub:
         lines += ["", "## Subgroups (out of fold)", ""]

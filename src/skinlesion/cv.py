@@ -262,7 +262,11 @@ def assemble(out: str | Path, data, *, metadata: str = "auto", seed: int = 0) ->
         {kk: v for kk, v in analysis_metrics(crossed, labels, cfg, final_aux).items() if kk != "class_calibration"}
     )
     metrics["cross_fitted"]["conformal"] = rules["conformal"]["cross_fitted"]
-    metrics["subgroups"] = oof_subgroups(probs, labels, ds, cfg)
+    from .skintone import dataset_itas, training_distribution
+
+    itas = dataset_itas(ds, np.arange(len(ds)), prep)  # every image trained some member: all are training images
+    metrics["skin_tone"] = training_distribution(ds, np.arange(len(ds)), prep, itas=itas)
+    metrics["subgroups"] = oof_subgroups(probs, labels, ds, cfg, itas)
     metrics.update(
         {
             "evaluated_on": "out-of-fold",
@@ -295,6 +299,7 @@ def assemble(out: str | Path, data, *, metadata: str = "auto", seed: int = 0) ->
             "metadata_ablation",
             "cross_fitted",
             "subgroups",
+            "skin_tone",
         )
     }
     write_report(
@@ -325,15 +330,18 @@ def _image_checks(member, prep, ds, folds: np.ndarray):
     return tensors, ood_cfg, quality_cfg
 
 
-def oof_subgroups(probs: np.ndarray, labels: np.ndarray, ds, cfg) -> dict:
-    """Subgroup metrics (age band, sex, body site) of the OOF predictions, lesion-clustered bootstrap."""
+def oof_subgroups(probs: np.ndarray, labels: np.ndarray, ds, cfg, itas=None) -> dict:
+    """Subgroup metrics (age band, sex, body site; ITA band where ``itas``, each image's skin ITA, is given)
+    of the OOF predictions, lesion-clustered bootstrap."""
     from .metrics import subgroup_metrics
     from .posthoc import decide
+    from .skintone import bands_of
 
+    meta = ds.meta if itas is None else ds.meta.assign(skin_tone=bands_of(itas))
     return subgroup_metrics(
         probs,
         labels,
-        ds.meta,
+        meta,
         pred=decide(probs, cfg.decision),
         malignant_threshold=(cfg.tier or {}).get("malignant_threshold"),
         groups=ds.meta["lesion_id"].to_numpy(),
@@ -341,12 +349,53 @@ def oof_subgroups(probs: np.ndarray, labels: np.ndarray, ds, cfg) -> dict:
     )
 
 
+def store_skin_tone(model: str | Path, data) -> Path:
+    """Measure the skin tone (ITA) of a bundle's training images and store it in the bundle's config, its tensors
+    untouched: ``metrics.skin_tone`` (band counts, range) and, for a cross-validated ensemble, the OOF subgroup
+    metrics with the ITA band beside age, sex and site. ``data``: the dataset it was trained on (an ensemble:
+    all of it; a single run: the training rows of its split)."""
+    from .bundle import load_config, read_tensors, resolve_model_path, update_config
+    from .card import oof_probabilities
+    from .data.ham10000 import load_dataset
+    from .skintone import dataset_itas, training_distribution
+
+    path = resolve_model_path(model)
+    cfg = load_config(path, check_backbones=False)
+    ds = load_dataset(data)
+    aux = {k: v for k, v in read_tensors(path).items() if not k.startswith("members.")}  # OOF logits, fusion, rules
+    metrics = dict(cfg.metrics or {})
+    if "oof.labels" in aux:
+        labels = np.asarray(aux["oof.labels"]).astype(int)
+        if not np.array_equal(labels, ds.labels):
+            raise SkinLesionError(f"{data} is not the dataset {path.name} was cross-validated on (labels differ).")
+        itas = dataset_itas(ds, np.arange(len(ds)), cfg.prep)
+        metrics["skin_tone"] = training_distribution(ds, np.arange(len(ds)), cfg.prep, itas=itas)
+        metrics["subgroups"] = oof_subgroups(oof_probabilities(cfg, aux), labels, ds, cfg, itas)
+    else:
+        train_rows = _training_rows(cfg, ds)
+        metrics["skin_tone"] = training_distribution(ds, train_rows, cfg.prep)
+    update_config(path, metrics=metrics)
+    return path
+
+
+def _training_rows(cfg, ds) -> np.ndarray:
+    """A single run's training rows: those of its split manifest marked train (all rows without one)."""
+    split = (cfg.train or {}).get("split")
+    if split and Path(split).exists():
+        man = pd.read_csv(split, dtype={"image_id": str})
+        train_ids = set(man.loc[man["split"] == "train", "image_id"])
+        return np.flatnonzero(ds.meta["image_id"].isin(train_ids).to_numpy())
+    if "split" in ds.meta.columns:
+        return np.flatnonzero((ds.meta["split"] == "train").to_numpy())
+    return np.arange(len(ds))
+
+
 def refit(model: str | Path, data, *, parts=("decision", "checks", "subgroups")) -> Path:
     """Refit an assembled ensemble's post-hoc parts in place, from its own members and stored OOF predictions.
 
     ``decision``: the decision rules on the cross-fitted OOF probabilities; ``checks``: the OOD score and the
     photo-quality check on the first member (its training folds, thresholds on its held-out fold);
-    ``subgroups``: the OOF subgroup metrics the card shows. The members, calibration, fusion and the
+    ``subgroups``: the OOF subgroup metrics the card shows (with the ITA band). The members, calibration, fusion and the
     other rules are kept. Writes the bundle in the precision it has.
     """
     from .card import oof_probabilities
@@ -375,7 +424,10 @@ def refit(model: str | Path, data, *, parts=("decision", "checks", "subgroups"))
         tensors, cfg.ood, cfg.quality = _image_checks(net.members[first], cfg.prep, ds, folds)
         aux.update(tensors)
     if "subgroups" in parts:
-        cfg.metrics = {**cfg.metrics, "subgroups": oof_subgroups(oof_probabilities(cfg, aux), labels, ds, cfg)}
+        from .skintone import dataset_itas
+
+        itas = dataset_itas(ds, np.arange(len(ds)), cfg.prep)
+        cfg.metrics = {**cfg.metrics, "subgroups": oof_subgroups(oof_probabilities(cfg, aux), labels, ds, cfg, itas)}
     with safe_open(str(path), framework="numpy") as f:  # re-save the members in the precision they were shipped in
         half = f.get_tensor(next(k for k in f.keys() if k.startswith("members."))).dtype == np.float16
     return save_bundle(net, cfg, path, half=half, extra=aux)

@@ -319,19 +319,21 @@ def evaluate_model(
         src = ds.meta["source"].iloc[pos]
         src = np.array(["not stated" if pd.isna(v) or str(v).strip() == "" else str(v) for v in src], dtype=object)
         metrics["per_source"] = per_source(probs, labels, pred, src, cfg.labels)
-    sub_meta = ds.meta.iloc[pos]
-    if any(c in sub_meta.columns for c in ("age", "sex", "localization")):
-        from .metrics import subgroup_metrics
+    from .metrics import subgroup_metrics
+    from .skintone import bands_of, dataset_itas, distribution_of
 
-        metrics["subgroups"] = subgroup_metrics(
-            probs,
-            labels,
-            sub_meta,
-            pred=pred,
-            malignant_threshold=(cfg.tier or {}).get("malignant_threshold"),
-            groups=sub_meta["lesion_id"].to_numpy() if "lesion_id" in sub_meta.columns else None,
-            malignant_mask=cfg.labels.malignant_mask,
-        )
+    itas = dataset_itas(ds, pos, cfg.prep)  # each image's skin tone, measured as an upload's is
+    metrics["skin_tone"] = distribution_of(itas)
+    sub_meta = ds.meta.iloc[pos].assign(skin_tone=bands_of(itas))
+    metrics["subgroups"] = subgroup_metrics(
+        probs,
+        labels,
+        sub_meta,
+        pred=pred,
+        malignant_threshold=(cfg.tier or {}).get("malignant_threshold"),
+        groups=sub_meta["lesion_id"].to_numpy() if "lesion_id" in sub_meta.columns else None,
+        malignant_mask=cfg.labels.malignant_mask,
+    )
     write_report(metrics, probs, labels, Path(out), ids=ds.meta["image_id"].to_numpy()[pos], pred=pred)
     return metrics
 
@@ -485,8 +487,11 @@ def metric_lines(m: dict, keys=METRIC_KEYS) -> list[str]:
     return lines
 
 
+ATTRIBUTE_NAMES = {"localization": "body site", "skin_tone": "skin tone (ITA band)"}
+
+
 def subgroup_lines(sub: dict | None) -> list[str]:
-    """Markdown tables of the subgroup metrics (age band, sex, body site), with their 95 % intervals."""
+    """Markdown tables of the subgroup metrics (age band, sex, body site, skin tone), with their 95 % intervals."""
     if not sub:
         return []
 
@@ -503,7 +508,7 @@ def subgroup_lines(sub: dict | None) -> list[str]:
     for attr, rows in sub["attributes"].items():
         lines += [
             "",
-            f"| {attr.replace('localization', 'body site')} | images | accuracy | balanced accuracy | malignant | {sens} |",
+            f"| {ATTRIBUTE_NAMES.get(attr, attr)} | images | accuracy | balanced accuracy | malignant | {sens} |",
             "| --- | --- | --- | --- | --- | --- |",
         ]
         for r in rows:

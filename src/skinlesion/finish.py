@@ -44,7 +44,8 @@ def fit_image_checks(net, prep, ds, train_positions, val_positions, val_features
 
 
 def finish_run(out, ds, train_positions, val_positions) -> dict:
-    """For the best model: fit calibration, TTA choice, the analysis rules and the OOD score on val; store them.
+    """For the best model: fit calibration, TTA choice, the analysis rules and the OOD score on val; store them,
+    with the training images' skin tone (:func:`skinlesion.skintone.training_distribution`).
 
     The same post-hoc steps as an ensemble's (:mod:`skinlesion.posthoc`), fitted on this run's val set.
     """
@@ -59,6 +60,7 @@ def finish_run(out, ds, train_positions, val_positions) -> dict:
     from .metrics import compute_metrics
     from .ood import stages
     from .posthoc import calibrate, decide, fit_calibration, fit_rules
+    from .skintone import training_distribution
 
     out = Path(out)
     net, mcfg = load_model(out / "best.safetensors")
@@ -87,6 +89,7 @@ def finish_run(out, ds, train_positions, val_positions) -> dict:
         **mcfg.metrics,
         **{k: metrics[k] for k in ("accuracy", "balanced_accuracy", "auc_macro", "ece")},
         "ece_uncalibrated": before,
+        "skin_tone": training_distribution(ds, train_positions, mcfg.prep),  # the range an upload's skin is checked against
     }
     save_bundle(net, mcfg, out / "best", extra=aux)
     atomic_text(out / "val_metrics.json", json.dumps(metrics, indent=2, default=float))

@@ -185,25 +185,39 @@ SMALL_GROUP = 30  # groups with fewer images are marked: their numbers are too u
 
 
 def subgroup_labels(meta) -> dict[str, np.ndarray]:
-    """Per attribute (age band, sex, body site), each image's group name ("unknown" where missing)."""
+    """Per attribute (age band, sex, body site; the skin tone's ITA band where ``meta`` has a ``skin_tone``
+    column), each image's group name ("unknown" where missing). Age, sex and site are left out only when
+    ``meta`` has none of them."""
     import pandas as pd
 
     df = meta if isinstance(meta, pd.DataFrame) else pd.DataFrame(list(meta))
     n = len(df)
     out = {}
-    age = pd.to_numeric(df["age"], errors="coerce").to_numpy(float) if "age" in df.columns else np.full(n, np.nan)
-    band = np.full(n, "unknown", dtype=object)
-    for lo, hi, name in AGE_BANDS:
-        band[(age >= lo) & (age < hi)] = name
-    out["age"] = band
-    for col in ("sex", "localization"):
-        if col in df.columns:
-            v = df[col].astype(object).where(df[col].notna(), "unknown").astype(str).str.strip().str.lower()
-            v = v.where(~v.isin(["", "nan", "none", "unknown"]), "unknown")
-            out[col] = v.to_numpy(object)
-        else:
-            out[col] = np.full(n, "unknown", dtype=object)
+    if any(c in df.columns for c in ("age", "sex", "localization")) or "skin_tone" not in df.columns:
+        age = pd.to_numeric(df["age"], errors="coerce").to_numpy(float) if "age" in df.columns else np.full(n, np.nan)
+        band = np.full(n, "unknown", dtype=object)
+        for lo, hi, name in AGE_BANDS:
+            band[(age >= lo) & (age < hi)] = name
+        out["age"] = band
+        for col in ("sex", "localization"):
+            if col in df.columns:
+                v = df[col].astype(object).where(df[col].notna(), "unknown").astype(str).str.strip().str.lower()
+                v = v.where(~v.isin(["", "nan", "none", "unknown"]), "unknown")
+                out[col] = v.to_numpy(object)
+            else:
+                out[col] = np.full(n, "unknown", dtype=object)
+    if "skin_tone" in df.columns:
+        out["skin_tone"] = df["skin_tone"].astype(object).where(df["skin_tone"].notna(), "unknown").astype(str).to_numpy(object)
     return out
+
+
+def _group_order(attr: str, name: str):
+    """Groups in table order: ITA bands from the lightest, others by name; "unknown" last."""
+    from .skintone import BAND_NAMES
+
+    if attr == "skin_tone" and name in BAND_NAMES:
+        return (False, BAND_NAMES.index(name), "")
+    return (name == "unknown", len(BAND_NAMES) if attr == "skin_tone" else 0, name)
 
 
 def _cluster_counts(clusters, correct, labels, mal_true, mal_hit, k):
@@ -243,7 +257,8 @@ def subgroup_metrics(
     malignant_mask=HAM10000.malignant_mask,
 ) -> dict:
     """Accuracy, balanced accuracy and malignant sensitivity (malignant probability at or above the tier's
-    threshold) per age band, sex and body site, with bootstrap 95 % intervals.
+    threshold) per age band, sex and body site (and ITA band of the skin, :func:`subgroup_labels`), with
+    bootstrap 95 % intervals.
 
     ``groups`` (e.g. lesion ids): the bootstrap resamples whole groups, because images of one lesion are
     not independent; without it, images. Groups under :data:`SMALL_GROUP` images are marked ``small``.
@@ -268,7 +283,7 @@ def subgroup_metrics(
     }
     for attr, names in subgroup_labels(meta).items():
         rows = []
-        for name in sorted(set(names), key=lambda s: (s == "unknown", s)):
+        for name in sorted(set(names), key=lambda s: _group_order(attr, s)):
             idx = np.flatnonzero(names == name)
             counts = _cluster_counts(clusters[idx], correct[idx], labels[idx], mal_true[idx], mal_hit[idx], k)
             acc, bal, sens = _stats_from_counts(counts.sum(0), k)

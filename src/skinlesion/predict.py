@@ -40,6 +40,8 @@ ROW_LAST = [
     "quality",
     "quality_advice",
     "ood_score",
+    "ita",
+    "skin_tone",
     "warnings",
     "error",
 ]
@@ -71,6 +73,9 @@ class Prediction:
     quality: list[str] = field(default_factory=list)  # photo-quality problems (skinlesion.quality codes)
     quality_advice: list[str] = field(default_factory=list)  # one sentence each: what is wrong, how to retake
     ood_reasons: list[str] = field(default_factory=list)  # the OOD checks that fired: "colour", "distance"
+    ita: float | None = None  # skin tone: ITA (degrees) of the skin around the lesion (skinlesion.skintone)
+    skin_tone: str = ""  # its ITA band
+    skin_tone_outside: bool = False  # darker than the training images' range (stored in the bundle)
     verdict: object = None  # skinlesion.verdict.Verdict: the words every view shows
 
     @property
@@ -98,6 +103,8 @@ class Prediction:
             "quality": "|".join(self.quality),
             "quality_advice": " ".join(self.quality_advice),
             "ood_score": None if self.ood_score is None else round(self.ood_score, 2),
+            "ita": None if self.ita is None else round(self.ita, 1),
+            "skin_tone": self.skin_tone,
             "warnings": " | ".join(self.warnings),
             "error": "",
         }
@@ -238,6 +245,12 @@ class Predictor:
         x = features(work, feats if self.quality[1].get("uses_network_features") else None)
         return check(x, [im.size for im in images], *self.quality)
 
+    def skin_tones(self, images) -> list:
+        """The skin tone (:mod:`skinlesion.skintone`) of each image, measured as the training images were."""
+        from .skintone import measure
+
+        return [measure(im, self.prep) for im in images]
+
     def ood_scores(self, feats: np.ndarray) -> np.ndarray | None:
         if self.ood is None:
             return None
@@ -255,6 +268,7 @@ class Predictor:
         """Predict PIL images; ``meta``: one dict (age, sex, localization; any may be missing) per image;
         ``rule``: this call's decision rule (default: the predictor's)."""
         from .posthoc import analyse, decide, encode_metadata, rule_log_weights
+        from . import skintone
         from .quality import advice as quality_advice
         from .verdict import verdict
 
@@ -280,6 +294,7 @@ class Predictor:
         rules = analyse(probs, self.config, self.aux, flags)
         named = decide(probs, self.config.decision, rule)
         problems = self.quality_problems(images, feats)
+        tones = self.skin_tones(images)
         codes = self.labels.codes
         mal_mask = np.asarray(self.labels.malignant_mask)
         out = []
@@ -306,9 +321,14 @@ class Predictor:
                 quality=problems[i],
                 quality_advice=[quality_advice(q) for q in problems[i]],
                 ood_reasons=reasons,
+                ita=tones[i].ita,
+                skin_tone=tones[i].band,
+                skin_tone_outside=skintone.flag(tones[i], self.config) is not None,
                 **rules[i],
             )
             pred.verdict = verdict(pred, self.config)
+            if pred.verdict.skin_tone:  # the verdict's words travel in the warnings: CSV, API, console, app
+                pred.warnings.append(pred.verdict.skin_tone)
             out.append(pred)
         return out
 

@@ -11,6 +11,7 @@ sentences, so they cannot disagree. Its rules:
   tier is routine (:attr:`Verdict.names` holds the names every view shows);
 - the decision rule that named the class is said (:mod:`skinlesion.posthoc` decision rules);
 - photo-quality problems come first, as advice to retake (the analysis is still shown);
+- skin darker than the range of the model's training images is said (:func:`skin_tone_note`), after them;
 - an out-of-distribution upload is not analysed: its verdict is :data:`NOT_ANALYSED` with the reason that
   fired (no colour, or the feature distance), it has no tier, and the numbers of the analysis it would
   have had are marked unreliable (:attr:`Verdict.analysis` holds that analysis's tier line, for the app's
@@ -53,6 +54,7 @@ class Verdict:
     names: dict = field(default_factory=dict)  # code -> the name to show (never reassuring unless routine)
     analysed: bool = True  # False: out of distribution, the headline is NOT_ANALYSED and there is no tier
     analysis: str = ""  # not analysed: the tier line the unreliable analysis would have had ("Analyse anyway")
+    skin_tone: str = ""  # skin darker than the training range: the few-dark-images sentence (also in ``advice``)
 
     @property
     def line(self) -> str:
@@ -92,6 +94,18 @@ def ood_reason(pred, threshold: float | None = None) -> str:
     score = pred.ood_score if pred.ood_score is not None else float("nan")
     th = threshold if threshold is not None else float("nan")
     return "; and ".join(OOD_REASONS[r].format(score=score, threshold=th) for r in reasons)
+
+
+def skin_tone_note(pred, cfg) -> str:
+    """:data:`skinlesion.skintone.FEW_DARK`, as a sentence with the measured angle and the training range's lower end,
+    when ``pred``'s skin is darker than the model's training images ("" inside the range, or where not measured)."""
+    if not getattr(pred, "skin_tone_outside", False):
+        return ""
+    from .skintone import FEW_DARK, training_range
+
+    low = training_range(cfg)
+    where = f"; the training images' 1st percentile is {low[0]:.0f} degrees" if low else ""
+    return f"{FEW_DARK[0].upper()}{FEW_DARK[1:]} (skin tone: ITA {pred.ita:.0f} degrees, {pred.skin_tone}{where})."
 
 
 def tier_shown(row: dict) -> str:
@@ -138,6 +152,9 @@ def verdict(pred, cfg) -> Verdict:
     else:
         pset = f"Prediction set ({100 * conf:.0f} %): empty; no diagnosis fits this image at that confidence."
     advice = list(getattr(pred, "quality_advice", []) or [])
+    skin = skin_tone_note(pred, cfg)  # said out of distribution too: dark skin may be why it looks unlike the training images
+    if skin:
+        advice.append(skin)
     summary = malignant_summary(mal, threshold, labels.malignant)
     analysed, analysis = True, ""
     if pred.out_of_distribution:  # no tier, no diagnosis: the numbers stay, marked unreliable
@@ -165,4 +182,5 @@ def verdict(pred, cfg) -> Verdict:
         names=names,
         analysed=analysed,
         analysis=analysis,
+        skin_tone=skin,
     )
