@@ -32,6 +32,13 @@ def app_cmd(
         "--sample-credit",
         help="Attribution shown under the sample [default: the credit in the JSON beside it].",
     ),
+    study_db: Optional[str] = typer.Option(
+        None,
+        "--study-db",
+        envvar="SKINLESION_STUDY_DB",
+        help="Also open the reader studies of this database (skinlesion study: a SQLite file or a postgresql:// URL): "
+        "readers' links (study invite --link http://HOST:PORT) open the reading page.",
+    ),
 ) -> None:
     """Start the Streamlit web app (exporting the model to ONNX Runtime first, once, when it can)."""
     from importlib import resources
@@ -45,6 +52,8 @@ def app_cmd(
     from ..bundle import onnx_for, resolve_model_path
 
     resolve_model_path(model)  # a wrong --model fails here, in one sentence
+    if study_db:
+        study_db = _study_db(study_db)
     port = _app_port(port)
     _port_free(address, port)
     if onnx_for(model) is None:  # ONNX Runtime serves faster and lighter: export once, before the server starts
@@ -81,9 +90,28 @@ def app_cmd(
         model,
         *(["--sample", str(sample)] if sample is not None else []),
         *(["--sample-credit", sample_credit] if sample_credit else []),
+        *(["--study-db", study_db] if study_db else []),
     ]
     _say(f"skinlesion app on http://{address}:{port}")
+    if study_db:
+        _say(f"reader studies of {study_db}: readers open http://{address}:{port}/?study=ID&token=TOKEN (study invite --link)")
     raise typer.Exit(_serve(cmd))
+
+
+def _study_db(db: str) -> str:
+    """The app's study database, opened (and migrated) once before Streamlit starts: a wrong URL, a newer schema or a
+    missing SQLite file (the app would make an empty one, whose studies no link finds) is refused in one sentence."""
+    from ..study.store import Store
+
+    if "://" not in db:
+        path = Path(db).expanduser()
+        if not path.is_file():
+            raise SkinLesionError(
+                f"--study-db {db} does not exist; create the study first (skinlesion study create ... --db {db}), or check the path."
+            )
+        db = str(path.resolve())  # the same file whatever folder Streamlit runs in
+    Store(db, flag="--study-db").close()
+    return db
 
 
 def _app_port(port: Optional[int]) -> int:
