@@ -1,8 +1,10 @@
-"""What every verb group shares: the console (``say``, ``warn``), the progress bar, atomic CSV writes."""
+"""What every verb group shares: the console (``say``, ``warn``), the progress bar, atomic CSV writes,
+the ``--on-conflict`` of combined datasets."""
 
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
 
 import typer
@@ -54,3 +56,23 @@ def write_csv(table, out: Path) -> None:
     if out.is_dir():
         raise SkinLesionError(f"--out {out} is a folder; pass a file name such as {out / 'predictions.csv'}.")
     atomic_write(out, lambda t: table.to_csv(t, index=False))
+
+
+class OnConflict(str, Enum):
+    keep_first = "keep-first"
+    drop = "drop"
+
+
+ON_CONFLICT_HELP = (
+    "Several DATA combined: an image id a later dataset gives another diagnosis keeps the first dataset's label "
+    "(keep-first, the default) or is left out of both (drop); the conflicts are counted and named either way."
+)
+
+
+def on_conflict_of(data, on_conflict: OnConflict | None) -> str:
+    """``--on-conflict`` as :func:`skinlesion.data.load_dataset` takes it; refused with one dataset (nothing combines)."""
+    if on_conflict is None:
+        return "keep-first"
+    if len(data or []) < 2:
+        raise SkinLesionError("--on-conflict decides between combined datasets; give two or more DATA, or leave it out.")
+    return on_conflict.value

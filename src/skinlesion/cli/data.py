@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import SkinLesionError
-from .common import _say, _warn, write_csv
+from .common import ON_CONFLICT_HELP, OnConflict, _say, _warn, on_conflict_of, write_csv
 
 
 class SplitKind(str, Enum):
@@ -28,13 +28,15 @@ def info(
         ..., help="HAM10000 or ISIC folder, metadata CSV, DermaMNIST .npz or prepared cache; several folders: combined."
     ),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Drop metadata rows whose image is missing."),
+    on_conflict: Optional[OnConflict] = typer.Option(None, "--on-conflict", help=ON_CONFLICT_HELP, show_default=False),
     quick: bool = typer.Option(False, "--quick", help="Do not decode every image to look for corrupt files."),
 ) -> None:
     """Describe a dataset (or several combined): images per class, lesions, metadata coverage, problems."""
     from ..data.describe import describe
     from ..data.ham10000 import check_images, load_dataset
 
-    ds = load_dataset(list(data), allow_missing=allow_missing)
+    conflict = on_conflict_of(data, on_conflict)
+    ds = load_dataset(list(data), allow_missing=allow_missing, on_conflict=conflict)
     problems = [] if quick else check_images(ds)
     _say(describe(ds, problems))
     for w in ds.warnings:
@@ -58,6 +60,7 @@ def split(
     test: float = typer.Option(0.20, help="Test fraction."),
     seed: int = typer.Option(42, help="Random seed."),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Drop metadata rows whose image is missing."),
+    on_conflict: Optional[OnConflict] = typer.Option(None, "--on-conflict", help=ON_CONFLICT_HELP, show_default=False),
     dedup: bool = typer.Option(False, "--dedup", help="Keep near-duplicate images (perceptual hash) together, as one lesion."),
     max_distance: int = typer.Option(2, "--max-distance", help="With --dedup: pHash bits two near-duplicates may differ in."),
     force: bool = typer.Option(False, "--force", help="Replace an existing manifest at --out (runs may have been trained on it)."),
@@ -68,8 +71,9 @@ def split(
     from ..data.ham10000 import load_dataset, read_metadata, with_official_split
     from ..data.split import make_split
 
+    conflict = on_conflict_of(data, on_conflict)
     path = Path(data[0])
-    groups = None
+    groups, ds = None, None
     if len(data) == 1 and path.is_file() and path.suffix.lower() == ".csv":
         if dedup:
             raise SkinLesionError("--dedup compares the images; pass the dataset folder, not its metadata CSV.")
@@ -81,7 +85,7 @@ def split(
                 _warn(w)
         meta = table.meta if table is not None else with_official_split(read_metadata(path), path.parent)  # metadata only
     else:
-        ds = load_dataset(list(data), allow_missing=allow_missing)
+        ds = load_dataset(list(data), allow_missing=allow_missing, on_conflict=conflict)
         for w in ds.warnings:
             _warn(w)
         meta = ds.meta
@@ -97,6 +101,12 @@ def split(
                 f"({merged} lesion id(s) merged into others) and kept in one split"
             )
     report = make_split(meta, kind=kind.value, fractions=(train, val, test), seed=seed, groups=groups)
+    if ds is not None:  # as `train` will say: a class of the label set with no image in train
+        from ..data.describe import empty_classes
+
+        train_ids = set(report.manifest.loc[report.manifest["split"] == "train", "image_id"])
+        for w in empty_classes(ds.meta.loc[ds.meta["image_id"].isin(train_ids), "label"], ds.label_set):
+            _warn(w)
     if out.is_file() and not force:
         if out.read_text() == report.manifest.to_csv(index=False):
             _say(report.table())
@@ -128,6 +138,7 @@ def audit(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write every shared pair (lesion or near-duplicate) to this CSV."),
     max_distance: int = typer.Option(2, "--max-distance", help="pHash bits two near-duplicate images may differ in."),
     allow_missing: bool = typer.Option(False, "--allow-missing"),
+    on_conflict: Optional[OnConflict] = typer.Option(None, "--on-conflict", help=ON_CONFLICT_HELP, show_default=False),
 ) -> None:
     """Audit a split for leakage: lesions shared between splits, near-duplicate images across them.
 
@@ -139,13 +150,14 @@ def audit(
     from ..data.split import read_manifest
 
     _check_distance(max_distance)
+    conflict = on_conflict_of(data, on_conflict)
     path = Path(data[0])
     where = " ".join(map(str, data))
     ds = None
     if len(data) == 1 and path.is_file() and path.suffix.lower() == ".csv":
         meta = with_official_split(read_metadata(path), path.parent)
     else:
-        ds = load_dataset(list(data), allow_missing=allow_missing)
+        ds = load_dataset(list(data), allow_missing=allow_missing, on_conflict=conflict)
         meta = ds.meta
         for w in ds.warnings:
             _warn(w)

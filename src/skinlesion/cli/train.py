@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import SkinLesionError
-from .common import _progress, _say, _warn
+from .common import ON_CONFLICT_HELP, OnConflict, _progress, _say, _warn, on_conflict_of
 
 
 def _augment_pairs(items: list[str]) -> dict:
@@ -114,6 +114,7 @@ def train(
         help="The rule the model names its top class by: most-probable (accuracy, default) or balanced (balanced accuracy); "
         "both are fitted and stored, predict --rule switches.",
     ),
+    on_conflict: Optional[OnConflict] = typer.Option(None, "--on-conflict", help=ON_CONFLICT_HELP, show_default=False),
     augment_on: Optional[str] = typer.Option(
         None,
         "--augment-on",
@@ -163,6 +164,7 @@ def train(
             logger=logger,
             tracking_uri=tracking_uri,
             augment_on=augment_on,
+            on_conflict=on_conflict.value if on_conflict else None,
         ).items()
         if v is not None
     }
@@ -177,6 +179,7 @@ def train(
     cfg = config_from(config, out=str(out), progress=progress, extra={"record_shards": record_shards}, **given)
     if not cfg.data:
         raise SkinLesionError("Pass the dataset (DATA), or --config RUN/config.json of an earlier run.")
+    on_conflict_of(cfg.data if isinstance(cfg.data, list) else [cfg.data], on_conflict)  # refused with one dataset
     if folds is None and not cfg.split and not resume:
         raise SkinLesionError("Pass --split FILE (from `skinlesion split`), or --folds K for a cross-validated ensemble.")
     if folds is not None and split is not None:
