@@ -67,6 +67,7 @@ def test_split_and_train_run_on_the_combination(two, run_cli, tmp_path):
         "--input-size", "32", "--epochs", "1", "--batch-size", "16", "--no-progress", "--num-workers", "0",
     )  # fmt: skip
     assert code == 0, err
+    assert f"warning: combined {a}: {n_a} images | {b}: 31 images, dropped 10" in err, err  # as info and split say it
     import json
 
     assert json.loads((tmp_path / "run" / "config.json").read_text())["data"] == [str(a), str(b)]
@@ -146,6 +147,47 @@ def test_the_same_image_with_another_diagnosis_is_a_conflict_counted_and_named(c
     dropped = combine([load_dataset(a), load_dataset(c)], [str(a), str(c)], on_conflict="drop")
     assert not set(ids) & set(dropped.meta["image_id"]) and len(dropped) == len(ds) - 2
     assert "left out of both" in dropped.warnings[-1]
+
+
+def test_on_conflict_from_the_command_line_names_the_conflicts_and_keeps_or_drops_them(conflicting, run_cli, tmp_path):
+    """Issue 28: `--on-conflict keep-first|drop` where datasets combine (info, split, audit, train)."""
+    a, c, n_a, ids = conflicting
+    code, _, err = run_cli("info", a, c, "--quick")
+    assert code == 0 and "2 of them with another diagnosis, a label conflict" in err and ids[0] in err and "earlier label kept" in err, err
+    code, _, err = run_cli("split", a, c, "--on-conflict", "drop", "--out", tmp_path / "drop.csv")
+    assert code == 0 and "left out of both" in err and ids[1] in err, err
+    dropped = pd.read_csv(tmp_path / "drop.csv")
+    code, _, _ = run_cli("split", a, c, "--on-conflict", "keep-first", "--out", tmp_path / "keep.csv")
+    kept = pd.read_csv(tmp_path / "keep.csv").set_index("image_id")["dx"]
+    assert code == 0 and not set(ids) & set(dropped["image_id"]) and len(dropped) == len(kept) - 2
+    first = pd.read_csv(a / "HAM10000_metadata.csv").set_index("image_id")["dx"]
+    assert all(kept[i] == first[i] for i in ids)
+    for args in (["info", a, "--on-conflict", "drop", "--quick"], ["split", a, "--on-conflict", "drop", "--out", tmp_path / "x.csv"]):
+        code, _, err = run_cli(*args)  # one dataset: nothing combines, so the option is refused, never ignored
+        assert code == 2 and "give two or more DATA" in err and "Traceback" not in err, err
+    code, _, err = run_cli("train", a, "--on-conflict", "drop", "--split", tmp_path / "keep.csv", "--out", tmp_path / "r")
+    assert code == 2 and "give two or more DATA" in err and not (tmp_path / "r").exists(), err
+    code, _, err = run_cli("info", a, c, "--on-conflict", "first")
+    assert code == 2 and "--on-conflict" in err and "Traceback" not in err, err
+
+
+def test_a_class_without_training_images_is_said_by_split_and_by_the_training_warnings(two, run_cli, tmp_path):
+    """Issue 28: a label set's class with no training image (an 8-class ISIC 2019 model with 0 scc) is warned of."""
+    from skinlesion.data import load_dataset
+    from skinlesion.data.describe import training_warnings
+
+    a, _, _ = two
+    d = tmp_path / "no_df"
+    shutil.copytree(a, d)
+    meta = pd.read_csv(d / "HAM10000_metadata.csv")
+    meta[meta["dx"] != "df"].to_csv(d / "HAM10000_metadata.csv", index=False)
+    code, _, err = run_cli("split", d, "--out", tmp_path / "s.csv")
+    assert code == 0 and "1 of the 7 classes of the ham10000 label set have no training image (df)" in err, err
+    ds = load_dataset(d)
+    said = training_warnings(ds, range(len(ds)))  # the readers' warnings first, as info and split print them
+    assert said[:-1] == ds.warnings and "have no training image (df)" in said[-1], said
+    whole = load_dataset(a)
+    assert training_warnings(whole, range(len(whole))) == whole.warnings  # every class present: nothing more to say
 
 
 def test_the_same_dataset_given_twice_is_refused_as_such(two, run_cli):

@@ -336,3 +336,40 @@ def test_a_written_bundle_stores_an_undefined_metric_as_null(tiny_run, tmp_path)
     update_config(path, metrics={**(cfg.metrics or {}), "undefined": float("nan")})
     saved = json.loads(path.with_suffix(".json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert saved["metrics"]["undefined"] is None
+
+
+def test_the_onnx_export_hash_is_read_without_the_onnx_package(tmp_path):
+    """The app's first page asks whether the ONNX export is current: the hash comes from the file's own protobuf
+    fields (the graph skipped by its length), as onnx reads it, and neither onnx nor onnxruntime is imported."""
+    import subprocess
+    import sys
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from skinlesion.bundle import ONNX_HASH_KEY, onnx_hash
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).normal(size=(512, 512)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 512])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 512])],
+        [weight],
+    )
+    model = helper.make_model(graph, doc_string="d" * 300)
+    for key, value in (("producer_note", "x" * 200), (ONNX_HASH_KEY, "ab" * 32), ("after", "é")):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    assert onnx_hash(path) == {p.key: p.value for p in onnx.load(str(path)).metadata_props}[ONNX_HASH_KEY] == "ab" * 32
+    del model.metadata_props[1]
+    onnx.save(model, str(tmp_path / "none.onnx"))
+    (tmp_path / "cut.onnx").write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    (tmp_path / "junk.onnx").write_bytes(b"\xff" * 64)
+    for name in ("none.onnx", "cut.onnx", "junk.onnx", "absent.onnx"):  # no hash recorded, or not an ONNX file
+        assert onnx_hash(tmp_path / name) is None, name
+    code = f"import sys; from skinlesion.bundle import onnx_hash; assert onnx_hash({str(path)!r}); print(sorted(m for m in sys.modules if m.startswith('onnx')))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr + r.stdout

@@ -4,6 +4,7 @@ the public API, and one writer of the model bundle."""
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -119,3 +120,16 @@ def test_a_bad_train_option_is_refused_before_torch_is_imported(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "--epochs 0 must be at least 1." in r.stderr
     assert not (tmp_path / "o").exists()  # nothing written either
+
+
+def test_the_cli_is_split_by_verb_group_and_runs_as_a_module():
+    """Issue 27: no CLI module over 400 lines; ``python -m skinlesion`` and ``python -m skinlesion.cli`` list every verb."""
+    long = {p.name: n for p in (PKG / "cli").glob("*.py") if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, long
+    assert not (PKG / "cli.py").exists()  # one place for the command
+    verbs = ("info", "split", "audit", "download", "train", "evaluate", "predict", "export", "card", "app", "serve", "prepare", "study")
+    for module in ("skinlesion", "skinlesion.cli"):
+        r = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+        assert r.returncode == 0, r.stderr
+        listed = [line.split()[1] for line in r.stdout.splitlines() if line.startswith("│ ") and len(line.split()) > 2]
+        assert [v for v in listed if v in verbs] == list(verbs), (module, listed)

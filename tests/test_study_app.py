@@ -93,3 +93,42 @@ def test_reading_page_refuses_wrong_tokens_and_an_incomplete_answer(study):
     at.run()
     assert "Choose a diagnosis and a management" in _text(at)
     assert "0 of 4 cases finished" in str(at.get("progress")[0].proto.text)
+
+
+def test_app_study_db_takes_the_reading_page_to_its_database(study, tmp_path, monkeypatch, run_cli):
+    """Issue 26: `skinlesion app --study-db URL` starts the reading app with one flag (no environment variable)."""
+    import sys
+
+    import skinlesion.bundle
+    import skinlesion.cli.serve
+
+    from .conftest import free_port
+
+    store, sid, (tok, _), _ = study
+    monkeypatch.delenv("SKINLESION_STUDY_DB")
+    started = []
+    monkeypatch.setattr(skinlesion.cli.serve, "_serve", lambda cmd: started.append(cmd) or 0)  # not a real server
+    monkeypatch.setattr(skinlesion.bundle, "onnx_for", lambda model: "exported")  # no ONNX export in this test
+    db = tmp_path / "study.sqlite"
+    code, out, err = run_cli("app", "--study-db", db, "--port", free_port(), "--address", "127.0.0.1")
+    assert code == 0 and "readers open http://127.0.0.1:" in out and "?study=ID&token=TOKEN" in out, err
+    (cmd,) = started
+    script_args = cmd[cmd.index("--") + 1 :]  # what the app's script gets as its sys.argv[1:]
+    assert script_args[script_args.index("--study-db") + 1] == str(db.resolve())
+    monkeypatch.setattr(sys, "argv", [APP, *script_args])
+    at = _page(None, sid, tok)  # the page reads the flag: the reader's first case, from that database
+    assert "0 of 4 cases finished" in str(at.get("progress")[0].proto.text) and "without a study database" not in _text(at)
+    monkeypatch.setattr(sys, "argv", [APP])
+    assert "skinlesion app --study-db URL" in _text(_page(None, sid, tok))  # none given: the page says how
+
+
+def test_app_refuses_a_study_db_it_cannot_open_before_starting(tmp_path, monkeypatch, run_cli):
+    import skinlesion.cli.serve
+
+    monkeypatch.delenv("SKINLESION_STUDY_DB", raising=False)
+    monkeypatch.setattr(skinlesion.cli.serve, "_serve", lambda cmd: pytest.fail("the app started"))
+    code, _, err = run_cli("app", "--study-db", tmp_path / "typo.sqlite")
+    assert code == 2 and "--study-db" in err and "does not exist; create the study first" in err and "Traceback" not in err, err
+    assert not (tmp_path / "typo.sqlite").exists()  # no empty database made in its place
+    code, _, err = run_cli("app", "--study-db", "mysql://reader@localhost/study")
+    assert code == 2 and "--study-db" in err and "is not SQLite or PostgreSQL" in err, err

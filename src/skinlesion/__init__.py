@@ -47,7 +47,10 @@ Read top-down:
 - :mod:`skinlesion.study`       reader studies: the study database (SQLAlchemy + Alembic; SQLite or PostgreSQL), cases
                                 with the model's out-of-fold answers, reading (solo, then assisted), the report
                                 (bootstrap intervals, Fleiss' kappa, readers on the model's ROC curve), ``skinlesion study``
-- :mod:`skinlesion.cli`         the ``skinlesion`` command
+- :mod:`skinlesion.cli`         the ``skinlesion`` command (``app``, ``main``; also ``python -m skinlesion``), its verbs by
+                                group: ``cli.data`` (info, split, audit, download, prepare), ``cli.train`` (train,
+                                evaluate, export, card), ``cli.predict``, ``cli.serve`` (app, serve); ``cli.common``
+                                the console, progress bar and atomic CSV writes
 
 Heavy libraries (torch, timm) are imported lazily: ``import skinlesion`` is cheap, and the
 names below load their module on first use::

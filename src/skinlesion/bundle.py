@@ -520,14 +520,80 @@ def bundle_hash(weights_path: str | Path) -> str:
 
 
 def onnx_hash(onnx_path: str | Path) -> str | None:
-    """The bundle hash an exported .onnx file records (None when it records none or is unreadable)."""
-    try:
-        import onnx
+    """The bundle hash an exported .onnx file records (None when it records none or is unreadable).
 
-        m = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception:
+    Read from the file's top-level protobuf fields without the ``onnx`` package: ModelProto's
+    ``metadata_props`` (field 14, key 1 / value 2) follow the graph (field 7), which is skipped by its
+    length, not parsed. Importing onnx and parsing a 68 MB model was most of what the app's first
+    page waited for (benchmarks/RESULTS.md, "Web app cold start").
+    """
+    try:
+        with open(onnx_path, "rb") as f:
+            for field, value in _proto_fields(f, Path(onnx_path).stat().st_size):
+                if field == 14 and isinstance(value, bytes):
+                    entry = dict(_proto_fields_of(value))
+                    if entry.get(1) == ONNX_HASH_KEY.encode():
+                        return entry.get(2, b"").decode("utf-8")
+    except (OSError, ValueError, UnicodeDecodeError):
         return None
-    return {p.key: p.value for p in m.metadata_props}.get(ONNX_HASH_KEY)
+    return None
+
+
+_SMALL_FIELDS = (14,)  # the only length-delimited top-level fields read into memory; the rest are skipped
+
+
+def _varint(read) -> int:
+    shift = out = 0
+    while True:
+        b = read(1)
+        if not b:
+            raise ValueError("truncated varint")
+        out |= (b[0] & 0x7F) << shift
+        if b[0] < 0x80:
+            return out
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _proto_fields(f, size: int):
+    """(field number, value) of a protobuf message in file ``f``: varints as int, length-delimited fields as bytes
+    where the field is in _SMALL_FIELDS (else None, seeked over); fixed 32/64-bit fields skipped."""
+    while f.tell() < size:
+        key = _varint(f.read)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            yield field, _varint(f.read)
+        elif wire == 2:
+            n = _varint(f.read)
+            if f.tell() + n > size:
+                raise ValueError("field runs past the end of the file")
+            if field in _SMALL_FIELDS:
+                yield field, f.read(n)
+            else:
+                f.seek(n, 1)
+                yield field, None
+        elif wire in (1, 5):
+            f.seek(8 if wire == 1 else 4, 1)
+        else:
+            raise ValueError(f"unexpected protobuf wire type {wire}")
+
+
+def _proto_fields_of(data: bytes):
+    """(field number, value) of a small in-memory message (a StringStringEntryProto): strings as bytes."""
+    import io
+
+    f = io.BytesIO(data)
+    while f.tell() < len(data):
+        key = _varint(f.read)
+        field, wire = key >> 3, key & 7
+        if wire == 2:
+            n = _varint(f.read)
+            yield field, f.read(n)
+        elif wire == 0:
+            yield field, _varint(f.read)
+        else:
+            raise ValueError(f"unexpected protobuf wire type {wire}")
 
 
 def onnx_is_current(onnx_path: str | Path, weights_path: str | Path) -> bool:

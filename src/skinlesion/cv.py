@@ -17,6 +17,7 @@ A killed run resumes: finished members are kept, an unfinished one continues fro
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -54,7 +55,9 @@ def train_members(cfg, k: int) -> tuple[Path, np.ndarray]:
     from .train import train
 
     out = Path(cfg.out)
-    ds = load_dataset(cfg.data)
+    ds = load_dataset(cfg.data, on_conflict=cfg.on_conflict)
+    for w in ds.warnings:  # as `info` and `split` say them; each member names its classes without a training image
+        print(f"warning: {w}", file=sys.stderr, flush=True)
     lock = lock_folder(out, "cross-validation run")  # noqa: F841 (held until this function returns)
     folds = _folds(out, ds.meta, k, cfg.seed)
     atomic_text(out / "cv_config.json", json.dumps({**asdict(cfg), "folds": k}, indent=2))
@@ -82,7 +85,7 @@ def train_members(cfg, k: int) -> tuple[Path, np.ndarray]:
     return out, folds
 
 
-def oof_logits(out: Path, data, folds: np.ndarray) -> pd.DataFrame:
+def oof_logits(out: Path, data, folds: np.ndarray, *, on_conflict: str = "keep-first") -> pd.DataFrame:
     """Each image's logits (plain and 8-view TTA) from the member that never saw it; cached in ``oof.csv``."""
     from .bundle import load_model
     from .data.ham10000 import load_dataset
@@ -91,7 +94,7 @@ def oof_logits(out: Path, data, folds: np.ndarray) -> pd.DataFrame:
     path = out / "oof.csv"
     if path.exists():
         return pd.read_csv(path, dtype={"image_id": str, "lesion_id": str})
-    ds = load_dataset(data)
+    ds = load_dataset(data, on_conflict=on_conflict)
     codes = ds.label_set.codes
     plain = np.zeros((len(ds), len(codes)))
     tta = np.zeros((len(ds), len(codes)))
@@ -151,7 +154,7 @@ def metadata_ablation(logits: np.ndarray, labels: np.ndarray, folds: np.ndarray,
     return out
 
 
-def assemble(out: str | Path, data, *, metadata: str = "auto", seed: int = 0) -> Path:
+def assemble(out: str | Path, data, *, metadata: str = "auto", seed: int = 0, on_conflict: str = "keep-first") -> Path:
     """Fit everything post-hoc on the OOF predictions and write the ensemble bundle ``out/model``.
 
     ``metadata``: ``auto`` (use age, sex and site only where the cross-fitted ablation says they help),
@@ -174,10 +177,10 @@ def assemble(out: str | Path, data, *, metadata: str = "auto", seed: int = 0) ->
     )
 
     out = Path(out)
-    ds = load_dataset(data)
+    ds = load_dataset(data, on_conflict=on_conflict)
     folds = pd.read_csv(out / "folds.csv", dtype={"image_id": str}).set_index("image_id").loc[ds.meta["image_id"], "fold"].to_numpy()
     k = int(folds.max()) + 1
-    table = oof_logits(out, data, folds)
+    table = oof_logits(out, data, folds, on_conflict=on_conflict)
     if list(table["image_id"]) != list(ds.meta["image_id"]):
         raise SkinLesionError(f"{out / 'oof.csv'} does not match the images of {data}; delete it to recompute.")
     labels = table["label"].to_numpy(int)
@@ -409,7 +412,7 @@ def refit(model: str | Path, data, *, parts=("decision", "checks", "subgroups"))
     net, cfg, aux = load_model(path, with_extra=True)
     if "oof.logits" not in aux:
         raise SkinLesionError(f"{path.name} holds no out-of-fold predictions; it is not a cross-validated ensemble.")
-    ds = load_dataset(data)
+    ds = load_dataset(data, on_conflict=(cfg.train or {}).get("on_conflict", "keep-first"))
     labels = np.asarray(aux["oof.labels"]).astype(int)
     if not np.array_equal(labels, ds.labels):
         raise SkinLesionError(f"{data} is not the dataset {path.name} was cross-validated on (labels differ).")
@@ -436,7 +439,7 @@ def refit(model: str | Path, data, *, parts=("decision", "checks", "subgroups"))
 def train_cv(cfg, k: int, *, metadata: str = "auto") -> Path:
     """Train ``k`` members, predict out of fold, and assemble the ensemble bundle in ``cfg.out``."""
     out, _ = train_members(cfg, k)
-    return assemble(out, cfg.data, metadata=metadata, seed=cfg.seed)
+    return assemble(out, cfg.data, metadata=metadata, seed=cfg.seed, on_conflict=cfg.on_conflict)
 
 
 def refresh_oof(model: str | Path, data) -> Path:
@@ -455,7 +458,7 @@ def refresh_oof(model: str | Path, data) -> Path:
     net, cfg, aux = load_model(path, with_extra=True)
     if "oof.logits" not in aux:
         raise SkinLesionError(f"{path.name} holds no out-of-fold predictions; it is not a cross-validated ensemble.")
-    ds = load_dataset(data)
+    ds = load_dataset(data, on_conflict=(cfg.train or {}).get("on_conflict", "keep-first"))
     if not np.array_equal(np.asarray(aux["oof.labels"]).astype(int), ds.labels):
         raise SkinLesionError(f"{data} is not the dataset {path.name} was cross-validated on (labels differ).")
     folds = np.asarray(aux["oof.folds"]).astype(int)

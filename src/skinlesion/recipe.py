@@ -66,6 +66,9 @@ class TrainConfig:
     # "workers" (image by image on DataLoader workers, PIL), "auto": device when the images have one size (a
     # prepared cache, .npz, small images or --source-size), else workers; config.json records the choice
     augment_on: str = "auto"
+    # several datasets combined: an image id a later one gives another diagnosis keeps the first one's label
+    # ("keep-first") or is left out of both ("drop"); skinlesion.data.combine counts and names the conflicts
+    on_conflict: str = "keep-first"
     extra: dict = field(default_factory=dict)
 
 
@@ -146,6 +149,7 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     need(
         cfg.tracking_uri is None or cfg.logger == "mlflow", "--tracking-uri is where MLflow records the run; pass --logger mlflow with it."
     )
+    need(cfg.on_conflict in ("keep-first", "drop"), f"Unknown --on-conflict {cfg.on_conflict!r}; use keep-first or drop.")
     need(cfg.augment_on in ("auto", "device", "workers"), f"Unknown --augment-on {cfg.augment_on!r}; use auto, device or workers.")
     need(
         cfg.loss == "cross-entropy" or cfg.balance == "none",

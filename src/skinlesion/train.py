@@ -16,6 +16,7 @@ import csv
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -526,7 +527,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, finish_model: bool = True) 
     elif resume:
         print(f"no checkpoint yet: starting from epoch 0 ({out} has no checkpoint to continue from)", flush=True)
     L.seed_everything(cfg.seed, workers=True)
-    ds = load_dataset(cfg.data)
+    ds = load_dataset(cfg.data, on_conflict=cfg.on_conflict)
     manifest = read_manifest(cfg.split)
     cfg, prep, tr, va, train_loader, val_loader = build_loaders(cfg, ds, manifest, start_epoch)
     out.mkdir(parents=True, exist_ok=True)
@@ -579,6 +580,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, finish_model: bool = True) 
         default_root_dir=str(out),
         enable_model_summary=False,
     )
+    if trainer.global_rank == 0:  # what `info` and `split` say of the data, and classes with no training image
+        from .data.describe import empty_classes, training_warnings
+
+        said = training_warnings(ds, tr) if finish_model else empty_classes(ds.labels[tr], ds.label_set)  # an ensemble said the data's once
+        for w in said:
+            print(f"warning: {w}", file=sys.stderr, flush=True)
     if resume:
         _trim_metrics(out, start_epoch)  # rows of epochs without a checkpoint are run again: never a duplicate epoch
     if start_epoch:

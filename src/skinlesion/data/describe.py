@@ -1,7 +1,8 @@
-"""The ``skinlesion info`` summary of a dataset."""
+"""The ``skinlesion info`` summary of a dataset, and what a run on it is warned of (``train``, ``split``)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from .ham10000 import OPTIONAL_COLUMNS, Dataset
@@ -65,3 +66,26 @@ def describe(ds: Dataset, problems: list[str] | None = None) -> str:
     else:
         lines.append("problems: none")
     return "\n".join(lines)
+
+
+def empty_classes(labels, label_set, *, where: str = "training") -> list[str]:
+    """One warning naming the classes of ``label_set`` with no image among ``labels`` (class indices).
+
+    A model still has an output for such a class (an 8-class ISIC 2019 model with no scc image), which it cannot
+    learn: its loss weight and prior are set from a count clamped to 1.
+    """
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=len(label_set))
+    empty = [c for c, n in zip(label_set.codes, counts) if n == 0]
+    if not empty:
+        return []
+    return [
+        f"{len(empty)} of the {len(label_set)} classes of the {label_set.name} label set have no {where} image "
+        f"({', '.join(empty)}): the model cannot learn them; add images of them, or expect it never to name them."
+    ]
+
+
+def training_warnings(ds: Dataset, rows) -> list[str]:
+    """What a run on ``ds`` is told before it trains on its ``rows`` (positions): the readers' own warnings (as
+    ``info`` and ``split`` print them: unlabelled or UNK rows, missing metadata, what combining dropped) and the
+    classes without a training image."""
+    return [*ds.warnings, *empty_classes(ds.labels[np.asarray(rows, dtype=int)], ds.label_set)]

@@ -35,9 +35,10 @@ OFFICIAL_SPLIT_NAME = "dermamnist_split.csv"
 NPZ_SPLITS = ("train", "val", "test")
 
 
-def load_dataset(data: str | Path | list, *, allow_missing: bool = False) -> Dataset:
+def load_dataset(data: str | Path | list, *, allow_missing: bool = False, on_conflict: str = "keep-first") -> Dataset:
     """Read ``data`` in any accepted layout; see the module docstring. Several: one combined dataset
-    (:mod:`skinlesion.data.combine`: one label set, each image once).
+    (:mod:`skinlesion.data.combine`: one label set, each image once; ``on_conflict``: what becomes of an image id
+    a later dataset gives another diagnosis, ``keep-first`` or ``drop``).
 
     The ISIC layouts (:mod:`skinlesion.data.isic_layouts`) are recognised by their CSV files' columns: a CSV
     file passed itself, a folder without ``HAM10000_metadata.csv`` whose CSV files are an ISIC layout's, or,
@@ -49,7 +50,7 @@ def load_dataset(data: str | Path | list, *, allow_missing: bool = False) -> Dat
         from .combine import check_distinct, combine
 
         check_distinct(data)
-        return combine([load_dataset(d, allow_missing=allow_missing) for d in data], [str(d) for d in data])
+        return combine([load_dataset(d, allow_missing=allow_missing) for d in data], [str(d) for d in data], on_conflict=on_conflict)
     # ---- litdata streaming chunks (skinlesion.data.shards): a folder with index.json / our marker, or a URL ----
     from .shards import is_litdata, read_litdata
 

@@ -130,7 +130,7 @@ class Settings:
         if self.study_db:  # opened (and migrated) once here: a wrong URL or a newer schema is refused before binding
             from ..study.store import Store
 
-            Store(self.study_db).close()
+            Store(self.study_db, flag="--study-db").close()
         check_bindable(self.host, self.port)
         return self
 

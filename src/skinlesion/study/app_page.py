@@ -1,7 +1,7 @@
 """The reading page of the Streamlit app: ``http://APP/?study=ID&token=TOKEN`` (``skinlesion study invite --link``).
 
 The app opens it instead of the analysis page when the link carries ``study``; the database is the one the
-app was started with (``SKINLESION_STUDY_DB=URL skinlesion app``). Per case: the image, then a diagnosis from
+app was started with (``skinlesion app --study-db URL``, or ``SKINLESION_STUDY_DB``). Per case: the image, then a diagnosis from
 the model's label set, a management choice and a confidence 1-5, locked with one button. In the assisted arm
 the model's probabilities, tier and heat map follow the locked solo answer, and the reader may revise. Every
 answer is written to the database as it is locked (:mod:`skinlesion.study.reading`), so closing the browser
@@ -55,7 +55,7 @@ def render(db: str | None) -> None:
     study_id, token = st.query_params.get("study"), st.query_params.get("token")
     st.title("Reader study")
     if not db:
-        st.error("This app was started without a study database; start it with SKINLESION_STUDY_DB=URL skinlesion app.")
+        st.error("This app was started without a study database; start it with skinlesion app --study-db URL.")
         return
     try:
         store = _store(db)

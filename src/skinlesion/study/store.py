@@ -151,26 +151,30 @@ def _shown(url: str) -> str:
 class Store:
     """One open study database: ``with store.session() as s:`` is one transaction (committed on exit)."""
 
-    def __init__(self, db: str | Path, *, migrate: bool = True):
+    def __init__(self, db: str | Path, *, migrate: bool = True, flag: str = "--db"):
+        """``flag``: the option the database came from, as its refusals name it (``--study-db`` of app and serve)."""
         self.url = database_url(db)
+        self.flag = flag
         self.shown = _shown(self.url)
         try:
             url = make_url(self.url)
         except ArgumentError:
-            raise SkinLesionError(f"--db {db!r} is neither a file path nor a database URL; pass study.sqlite or postgresql://...") from None
+            raise SkinLesionError(
+                f"{flag} {db!r} is neither a file path nor a database URL; pass study.sqlite or postgresql://..."
+            ) from None
         self.sqlite = url.get_backend_name() == "sqlite"
         if self.sqlite:
             if url.database and url.database != ":memory:":
                 parent = Path(url.database).parent
                 if not parent.is_dir():
-                    raise SkinLesionError(f"The folder {parent} of --db does not exist; create it or choose another path.")
+                    raise SkinLesionError(f"The folder {parent} of {flag} does not exist; create it or choose another path.")
             self.engine = create_engine(self.url, connect_args={"timeout": 30})
             event.listen(self.engine, "connect", _sqlite_connect)
             event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
         elif url.get_backend_name() == "postgresql":
             self.engine = create_engine(self.url, pool_size=10, max_overflow=20, pool_pre_ping=True)
         else:
-            raise SkinLesionError(f"--db {self.shown} is not SQLite or PostgreSQL; pass a file path or a postgresql:// URL.")
+            raise SkinLesionError(f"{flag} {self.shown} is not SQLite or PostgreSQL; pass a file path or a postgresql:// URL.")
         # SQLite takes one writer at a time: queue this process's transactions on a lock (woken at once) rather than
         # on SQLite's busy handler, which sleeps in growing steps; other processes still wait on busy_timeout
         self._one_at_a_time = threading.Lock() if self.sqlite else nullcontext()
@@ -185,7 +189,7 @@ class Store:
             return upgrade(self)
         except OperationalError as exc:
             raise SkinLesionError(
-                f"Cannot open the study database {self.shown} ({_reason(exc)}); check --db and that the server runs."
+                f"Cannot open the study database {self.shown} ({_reason(exc)}); check {self.flag} and that the server runs."
             ) from None
 
     @contextmanager

@@ -1,0 +1,5 @@
+"""``python -m skinlesion``: the ``skinlesion`` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,5 @@
+"""``python -m skinlesion.cli``."""
+
+from . import main
+
+main()
