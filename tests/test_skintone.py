@@ -180,7 +180,7 @@ def test_the_verdict_words_the_note_with_the_angle_and_the_training_range():
     assert skin_tone_note(SimpleNamespace(skin_tone_outside=False, ita=70.0, skin_tone="very light"), cfg) == ""
 
 
-def test_info_of_a_model_shows_its_training_images_band_counts(toned, tmp_path):
+def test_info_of_a_model_shows_its_training_images_band_counts(toned, tmp_path, run_cli):
     from skinlesion.card import is_model, model_info
 
     model, uploads = toned
@@ -188,3 +188,5 @@ def test_info_of_a_model_shows_its_training_images_band_counts(toned, tmp_path):
     text = model_info(model)
     assert "| ITA band | degrees | images | share |" in text and "| very light | > 55 |" in text
     assert "Range (1st-99th percentile)" in text and skintone.FEW_DARK in text
+    code, out, _ = run_cli("info", model)  # the CLI says the same
+    assert code == 0 and "| ITA band | degrees | images | share |" in out and "classes:" in out

@@ -32,9 +32,13 @@ def info(
     quick: bool = typer.Option(False, "--quick", help="Do not decode every image to look for corrupt files."),
 ) -> None:
     """Describe a dataset (or several combined): images per class, lesions, metadata coverage, problems."""
+    from ..card import is_model, model_info
     from ..data.describe import describe
     from ..data.ham10000 import check_images, load_dataset
 
+    if len(data) == 1 and is_model(data[0]):  # a model: its networks, classes and training images' skin tone
+        _say(model_info(data[0]))
+        return
     conflict = on_conflict_of(data, on_conflict)
     ds = load_dataset(list(data), allow_missing=allow_missing, on_conflict=conflict)
     problems = [] if quick else check_images(ds)
