@@ -24,6 +24,7 @@ not, so blur is not measured there).
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import sys
 import time
@@ -103,11 +104,16 @@ def populations(photo: Image.Image, n: int, seed: int = 0) -> dict:
     return pops
 
 
-def model_input_named(model: str, images) -> list[list[str]]:
-    """The model-input check's problems (skinlesion.quality, on the image the model sees) for each image."""
+@functools.lru_cache(maxsize=2)
+def _predictor(model: str):
     from skinlesion.predict import Predictor
 
-    p = Predictor(model)
+    return Predictor(model)
+
+
+def model_input_named(model: str, images) -> list[list[str]]:
+    """The model-input check's problems (skinlesion.quality, on the image the model sees) for each image."""
+    p = _predictor(model)
     out = []
     for i in range(0, len(images), 64):
         part = images[i : i + 64]
