@@ -30,7 +30,10 @@ Read top-down:
 - :mod:`skinlesion.predict`     the predictor used by the CLI, the API and the app (PyTorch or ONNX Runtime)
 - :mod:`skinlesion.ood`         out-of-distribution score fitted on the training features ("is this dermoscopy")
 - :mod:`skinlesion.skintone`    skin tone: the ITA of the skin around the lesion, its bands, the out-of-range flag
-- :mod:`skinlesion.quality`     photo quality: what is wrong with a dermoscopic photo and how to retake it
+- :mod:`skinlesion.quality`     photo quality: what is wrong with a dermoscopic photo and how to retake it, on the
+                                image the model sees (fitted per model)
+- :mod:`skinlesion.photo_quality` photo quality on the photo as uploaded (blur, exposure; from 256 px a side), with
+                                thresholds set on the real full-resolution sample and its synthetic copies
 - :mod:`skinlesion.verdict`     the words of a result (tier, malignant summary, named class): app, report, CSV, API
 - :mod:`skinlesion.runtime`     thread pools sized to the usable cores, no spin-waiting
 - :mod:`skinlesion.explain`     Grad-CAM heat maps

@@ -5,8 +5,9 @@ ensemble), applies its stored preprocessing, and returns per image: calibrated p
 for the model's classes (after the bundle's calibration and, when it uses them, the patient's
 age, sex and body site), the class its decision rule names, the malignant/pre-malignant
 probability, the out-of-distribution score, the analysis rules of :mod:`skinlesion.posthoc`
-(refer when unsure, the conformal prediction set, the triage tier) and the words of
-:func:`skinlesion.verdict.verdict`. Runs on PyTorch or, when a current ONNX export of the
+(refer when unsure, the conformal prediction set, the triage tier), the photo-quality problems
+(:mod:`skinlesion.quality` on the image the model sees, :mod:`skinlesion.photo_quality` on the photo
+as uploaded; each problem once) and the words of :func:`skinlesion.verdict.verdict`. Runs on PyTorch or, when a current ONNX export of the
 bundle exists, on ONNX Runtime; the decision rule and every rule after the network are
 applied here, in one place, whichever runs the network. Safe to share between threads.
 """
@@ -39,6 +40,7 @@ ROW_LAST = [
     "refer_reason",
     "quality",
     "quality_advice",
+    "photo_quality",
     "ood_score",
     "ita",
     "skin_tone",
@@ -70,8 +72,9 @@ class Prediction:
     prediction_set: list[str] = field(default_factory=list)
     tier: str | None = None
     rule: str = "most-probable"  # the decision rule that named ``top``
-    quality: list[str] = field(default_factory=list)  # photo-quality problems (skinlesion.quality codes)
+    quality: list[str] = field(default_factory=list)  # photo-quality problems (skinlesion.quality codes), both checks, once each
     quality_advice: list[str] = field(default_factory=list)  # one sentence each: what is wrong, how to retake
+    photo_quality: object = None  # skinlesion.photo_quality.PhotoQuality: the check on the photo as uploaded
     ood_reasons: list[str] = field(default_factory=list)  # the OOD checks that fired: "colour", "distance"
     ita: float | None = None  # skin tone: ITA (degrees) of the skin around the lesion (skinlesion.skintone)
     skin_tone: str = ""  # its ITA band
@@ -87,6 +90,8 @@ class Prediction:
         return sorted(self.probabilities.items(), key=lambda kv: -kv[1])
 
     def row(self) -> dict:
+        from .verdict import photo_quality_line
+
         return {
             "image": self.name,
             "top_class": self.top,
@@ -102,6 +107,7 @@ class Prediction:
             "refer_reason": self.refer_reason,
             "quality": "|".join(self.quality),
             "quality_advice": " ".join(self.quality_advice),
+            "photo_quality": photo_quality_line(self.photo_quality),
             "ood_score": None if self.ood_score is None else round(self.ood_score, 2),
             "ita": None if self.ita is None else round(self.ita, 1),
             "skin_tone": self.skin_tone,
@@ -251,6 +257,14 @@ class Predictor:
 
         return [measure(im, self.prep) for im in images]
 
+    def photo_quality(self, images) -> list:
+        """The check on each photo as uploaded (:mod:`skinlesion.photo_quality`): measured only where the photo
+        is larger than the image the model sees; its thresholds are the module's, not the model's."""
+        from .photo_quality import check
+
+        side = self.prep.source_size or self.prep.input_size
+        return [check(im, side) for im in images]
+
     def ood_scores(self, feats: np.ndarray) -> np.ndarray | None:
         if self.ood is None:
             return None
@@ -269,8 +283,7 @@ class Predictor:
         ``rule``: this call's decision rule (default: the predictor's)."""
         from .posthoc import analyse, decide, encode_metadata, rule_log_weights
         from . import skintone
-        from .quality import advice as quality_advice
-        from .verdict import verdict
+        from .verdict import quality_advice, verdict
 
         rule = rule or self.rule
         rule_log_weights(self.config.decision, rule, len(self.labels))  # an unknown rule: one sentence, before any work
@@ -295,6 +308,7 @@ class Predictor:
         named = decide(probs, self.config.decision, rule)
         problems = self.quality_problems(images, feats)
         tones = self.skin_tones(images)
+        photos = self.photo_quality(images)
         codes = self.labels.codes
         mal_mask = np.asarray(self.labels.malignant_mask)
         out = []
@@ -308,6 +322,7 @@ class Predictor:
                 notes.insert(0, OOD_WARNING.format(score=score, threshold=threshold))
             if grey[i]:
                 notes.insert(0, COLOURLESS_WARNING)
+            named_problems, advice = quality_advice(problems[i], photos[i])
             pred = Prediction(
                 name=name,
                 probabilities={c: float(v) for c, v in zip(codes, p)},
@@ -318,8 +333,9 @@ class Predictor:
                 out_of_distribution=bool(flags[i]),
                 warnings=notes,
                 rule=rule,
-                quality=problems[i],
-                quality_advice=[quality_advice(q) for q in problems[i]],
+                quality=named_problems,
+                quality_advice=advice,
+                photo_quality=photos[i],
                 ood_reasons=reasons,
                 ita=tones[i].ita,
                 skin_tone=tones[i].band,

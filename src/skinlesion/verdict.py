@@ -10,7 +10,9 @@ sentences, so they cannot disagree. Its rules:
 - the names and description of the classes never reassure ("harmless", "benign keratosis") unless the
   tier is routine (:attr:`Verdict.names` holds the names every view shows);
 - the decision rule that named the class is said (:mod:`skinlesion.posthoc` decision rules);
-- photo-quality problems come first, as advice to retake (the analysis is still shown);
+- photo-quality problems come first, as advice to retake (the analysis is still shown); those the
+  model-input check (:mod:`skinlesion.quality`) and the check on the photo as uploaded
+  (:mod:`skinlesion.photo_quality`) both name are said once (:func:`quality_advice`);
 - skin darker than the range of the model's training images is said (:func:`skin_tone_note`), after them;
 - an out-of-distribution upload is not analysed: its verdict is :data:`NOT_ANALYSED` with the reason that
   fired (no colour, or the feature distance), it has no tier, and the numbers of the analysis it would
@@ -106,6 +108,44 @@ def skin_tone_note(pred, cfg) -> str:
     low = training_range(cfg)
     where = f"; the training images' 1st percentile is {low[0]:.0f} degrees" if low else ""
     return f"{FEW_DARK[0].upper()}{FEW_DARK[1:]} (skin tone: ITA {pred.ita:.0f} degrees, {pred.skin_tone}{where})."
+
+
+def quality_advice(model_input, photo=None) -> tuple[list[str], list[str]]:
+    """(problem codes, one sentence each) of both photo-quality checks: the model-input check's problems
+    ``model_input`` and the full-resolution check's ``photo`` (a :class:`skinlesion.photo_quality.PhotoQuality`
+    or None). A problem both name is said once; one only the photo shows says where it was seen."""
+    from .quality import PROBLEMS, advice
+
+    codes = list(dict.fromkeys(model_input or []))
+    sentences = [advice(c) for c in codes]
+    if photo is not None and photo.checked:
+        w, h = photo.size
+        for c in photo.problems:
+            if c not in codes:
+                what, how, _ = PROBLEMS[c]
+                codes.append(c)
+                sentences.append(
+                    f"Photo quality: {what} (seen on the photo as uploaded, {w}x{h} px); {how}. The analysis below may be less reliable."
+                )
+    return codes, sentences
+
+
+def photo_quality_line(photo) -> str:
+    """What the full-resolution check measured, with how its thresholds were set (the CSV's and API's ``photo_quality``)."""
+    if photo is None:
+        return ""
+    from .photo_quality import BLUR_BELOW, MIN_SIDE, OVER_CLIPPED, OVER_SKIN, UNDER_SKIN
+
+    w, h = photo.size
+    if not photo.checked:
+        return f"not measured: {w}x{h} px is no larger than the image the model sees (photos from {MIN_SIDE} px a side are)"
+    m = photo.measures
+    sharp = "n/a (no detail)" if m["sharpness"] is None else f"{m['sharpness']:.2f}"
+    return (
+        f"{w}x{h} px: sharpness {sharp} (blurred under {BLUR_BELOW:.2f}), skin luminance {m['skin_luminance']:.0f} "
+        f"(under {UNDER_SKIN:.0f} / over {OVER_SKIN:.0f}), clipped {100 * m['clipped']:.1f} % (over {100 * OVER_CLIPPED:.0f} %); "
+        "thresholds set on one real 600x450 HAM10000 photo and its synthetic copies, not fitted to this model"
+    )
 
 
 def tier_shown(row: dict) -> str:
