@@ -58,7 +58,10 @@ def _pending(store: Store, s, study: Study, reader: Reader) -> tuple[int | None,
         ("cases", study.id), lambda: list(s.scalars(select(Case.id).where(Case.study_id == study.id).order_by(Case.position)))
     )
     order = store.fixed(("order", reader.id), lambda: reader_order(study, reader, case_ids))
-    answered = {(a.case_id, a.phase): a for a in s.scalars(select(Answer).where(Answer.reader_id == reader.id))}
+    rows = s.execute(
+        select(Answer.case_id, Answer.phase, Answer.diagnosis, Answer.management, Answer.confidence).where(Answer.reader_id == reader.id)
+    ).tuples()
+    answered = {(c, p): {"diagnosis": dx, "management": m, "confidence": k} for c, p, dx, m, k in rows}
     phases = ("solo", "assisted") if reader.arm == "assisted" else ("solo",)
     finished = sum(1 for c in case_ids if all((c, p) in answered for p in phases))
     for c in order:
@@ -78,10 +81,6 @@ def model_answer(case: Case, study: Study) -> dict:
         "heatmap": base64.b64encode(case.heatmap).decode() if case.heatmap else None,
         "source": case.model_source,
     }
-
-
-def _answer_dict(a: Answer) -> dict:
-    return {"diagnosis": a.diagnosis, "management": a.management, "confidence": a.confidence}
 
 
 def next_case(store: Store, study_id: str, token: str | None) -> dict:
@@ -109,7 +108,7 @@ def next_case(store: Store, study_id: str, token: str | None) -> dict:
             **score,
         }
         if phase == "assisted":
-            out["solo_answer"] = _answer_dict(answered[(case_id, "solo")])
+            out["solo_answer"] = answered[(case_id, "solo")]
             out["model"] = model_answer(case, study)
         return out
 
