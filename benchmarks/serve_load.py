@@ -21,13 +21,17 @@ between requests shows here), and whether the service's rows equal the in-proces
     python benchmarks/serve_load.py --short          # smoke test: 2 s, 1 and 4 clients, 1 worker
     python benchmarks/serve_load.py --short --url http://127.0.0.1:8000 --api-key-file key.txt   # a running service
     python benchmarks/serve_load.py --hostile --json runs/serve_hostile.json   # the resource-exhaustion targets
+    python benchmarks/serve_load.py --hostile --src old=/tmp/old/src --src new=src   # two versions, part by part
 
 ``--hostile`` (issue 25) runs instead: (a) 1,100 idle connections and a header-trickling client against a
 service whose file-descriptor limit is 1,024 (one real client's p50 before and during, its errors, the
-log's line count); (b) one request of 32 solid 7745x7745 PNGs (the worker's peak RSS, and 10 s later);
-(c) ``--timeout 2 --concurrency 1``: how long the next small request waits after a timed-out one;
-(d) a 150-request burst at ``--concurrency 1``: how many wait, how fast the rest are refused; and
-whether any answer was a plain-text 500, and whether ``urllib`` reads the 413 of a 25 MB body.
+log's line count); (m, n) one request of 32 solid 7745x7745 PNGs (the worker's peak RSS, and each second
+for 10 s after; with heat maps and with ``--no-heatmaps``); (c) ``--timeout 2 --concurrency 1``: when the
+timed-out analysis's slot is free and how long the next small request, sent at once, waits; (d) 150
+connections opened first, then 150 requests sent at the same moment at ``--concurrency 1``: how many wait,
+how fast the rest are refused; whether any answer was a plain-text 500, and whether ``urllib`` reads the
+413 of a 25 MB body. ``--src LABEL=DIR`` (repeatable) serves each part from each package tree in turn
+(the previous version beside this one, minutes apart on the same machine).
 """
 
 from __future__ import annotations
@@ -53,14 +57,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rss_mib(pid: int) -> float:
-    """Resident memory of ``pid`` and all its descendants (the workers), MiB, from /proc."""
+def _rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of ``pid`` and all its descendants (the workers), MiB, from /proc (``field``: VmRSS,
+    or RssAnon for the private memory alone, without the mapped libraries' pages)."""
     total, todo = 0, [pid]
     while todo:
         p = todo.pop()
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     total += int(line.split()[1])
             for t in Path(f"/proc/{p}/task").iterdir():
                 todo += [int(k) for k in (t / "children").read_text().split()]
@@ -299,13 +304,15 @@ def main(argv=None) -> dict:
 # ---- --hostile: the resource-exhaustion targets (issue 25) -------------------------------------------
 
 
-def _logged_service(args: list[str], log: Path, nofile: int | None = None):
+def _logged_service(args: list[str], log: Path, nofile: int | None = None, src: Path | None = None):
+    """``skinlesion serve`` with its log in ``log``; ``src``: the package's code to run (default: this checkout's)."""
     import resource
 
     port = _free_port()
     cmd = [sys.executable, "-m", "skinlesion.cli", "serve", "--port", str(port), *args]
     limit = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))) if nofile else None
-    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=limit)
+    env = {**os.environ, "PYTHONPATH": str(src or REPO / "src")}
+    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=limit, env=env)
     svc = Service.__new__(Service)
     svc.port, svc.url, svc.proc = port, f"http://127.0.0.1:{port}", proc
     svc.wait_ready(600)
@@ -340,32 +347,22 @@ def _sequential(url: str, data: bytes, n: int) -> dict:
 
 def _attack(svc, small: bytes, requests: int, log: Path) -> dict:
     """(a) one real client before and during 1,100 idle connections and a header trickler."""
-    import threading
+    sys.path.insert(0, str(REPO))
+    from tests.serve_support import Trickler
 
     res = {"idle": _sequential(svc.url, small, requests)}
     before = len(log.read_text().splitlines())
-    socks, stop = [], threading.Event()
+    socks = []
     for _ in range(1100):
         try:
             socks.append(socket.create_connection(("127.0.0.1", svc.port), timeout=5))
         except OSError:
             break
-    trickler = socket.create_connection(("127.0.0.1", svc.port))
-
-    def trickle():
-        for b in b"GET /v1/health HTTP/1.1\r\nHost: x\r\n" * 10:
-            if stop.wait(1.0):
-                return
-            try:
-                trickler.send(bytes([b]))
-            except OSError:
-                return
-
-    threading.Thread(target=trickle, daemon=True).start()
+    trickler = Trickler(svc.port, every=1.0, repeat=10).start()  # one header byte a second
     res["under_attack"] = _sequential(svc.url, small, requests)
     res["under_attack"]["idle_connections_opened"] = len(socks)
-    stop.set()
-    for s_ in [trickler, *socks]:
+    trickler.close()
+    for s_ in socks:
         s_.close()
     lines = log.read_text().splitlines()[before:]
     res["log_lines_during_attack"] = len(lines)
@@ -373,52 +370,127 @@ def _attack(svc, small: bytes, requests: int, log: Path) -> dict:
     return res
 
 
-def _timeout_case(svc, files, small: bytes, idle_p50_ms: float) -> dict:
-    """(c) a request of 32 big PNGs times out; how long does the next small one take?"""
+def _metric(url: str, name: str) -> float:
     import httpx
 
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return float("nan")
+
+
+def _timeout_case(svc, files, small: bytes, idle_p50_ms: float) -> dict:
+    """(c) a request of 32 big PNGs times out: when is its slot free (the abandoned count moves and nothing is
+    in progress, polled every 20 ms), and how long does the next small request, sent at once, take?"""
+    import threading
+
+    import httpx
+
+    abandoned = _metric(svc.url, "skinlesion_analyses_abandoned_total")
     t0 = time.perf_counter()
     r = httpx.post(svc.url + "/v1/analyse", files=files, timeout=60)
     t1 = time.perf_counter()
-    n = httpx.post(svc.url + "/v1/analyse", files={"images": ("next.jpg", small, "image/jpeg")}, timeout=60)
+    nxt: dict = {}
+
+    def send_next():
+        n = httpx.post(svc.url + "/v1/analyse", files={"images": ("next.jpg", small, "image/jpeg")}, timeout=60)
+        nxt.update(status=n.status_code, seconds=time.perf_counter() - t1)
+
+    th = threading.Thread(target=send_next)
+    th.start()
+    freed = None
+    while time.perf_counter() - t1 < 60:
+        if _metric(svc.url, "skinlesion_analyses_abandoned_total") > abandoned:
+            freed = time.perf_counter() - t1
+            break
+        time.sleep(0.02)
+    th.join()
     return {
         "timed_out_status": r.status_code,
         "timed_out_after_s": round(t1 - t0, 2),
-        "next_status": n.status_code,
-        "next_latency_s": round(time.perf_counter() - t1, 2),
+        "slot_free_after_s": None if freed is None else round(freed, 2),
+        "next_status": nxt.get("status"),
+        "next_latency_s": round(nxt.get("seconds", float("nan")), 2),
         "idle_p50_s": round(idle_p50_ms / 1000, 2),
+        "next_started_after_s": round(nxt.get("seconds", float("nan")) - idle_p50_ms / 1000, 2),
     }
 
 
-def _burst(svc, small: bytes, n: int = 150) -> dict:
-    """(d) n requests at once; the refusals by kind and how fast they came."""
-    from concurrent.futures import ThreadPoolExecutor
+def _http_exchange(sock: socket.socket, request: bytes, timeout: float) -> tuple[int, dict, bytes]:
+    """Send one request on an open connection and read its response (by Content-Length)."""
+    sock.settimeout(timeout)
+    sock.sendall(request)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed before the response's headers")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+    length = int(headers.get("content-length", 0))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
 
-    import httpx
+
+def _burst(svc, small: bytes, n: int = 150) -> dict:
+    """(d) n requests truly at once: n connections opened first, then every request sent at the same moment
+    (a barrier); the answers by kind, how long each took from that moment, and how many waited."""
+    import threading
+
+    boundary = "burstboundary"
+    body = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=images; filename=b.jpg\r\nContent-Type: image/jpeg\r\n\r\n".encode()
+        + small
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = (
+        f"POST /v1/analyse HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    socks = [socket.create_connection(("127.0.0.1", svc.port), timeout=10) for _ in range(n)]
+    barrier = threading.Barrier(n)
+    got: list = [None] * n
+    start = [0.0]
 
     def one(i):
+        barrier.wait()
+        start[0] = start[0] or time.perf_counter()
         t = time.perf_counter()
         try:
-            r = httpx.post(svc.url + "/v1/analyse", files={"images": (f"b{i}.jpg", small, "image/jpeg")}, timeout=120)
-            kind = r.headers.get("content-type", "")
-            detail = r.json().get("detail", "") if "json" in kind else r.text[:80]
-            return r.status_code, (time.perf_counter() - t) * 1000, kind, detail
-        except httpx.TransportError as e:
-            return -1, (time.perf_counter() - t) * 1000, "", str(e)
+            code, headers, text = _http_exchange(socks[i], request, 180)
+            kind = headers.get("content-type", "")
+            detail = json.loads(text).get("detail", "") if "json" in kind else text[:80].decode("latin-1")
+            got[i] = (code, (time.perf_counter() - t) * 1000, kind, detail, headers.get("retry-after"))
+        except OSError as e:
+            got[i] = (-1, (time.perf_counter() - t) * 1000, "", str(e), None)
 
-    with ThreadPoolExecutor(n) as ex:
-        got = list(ex.map(one, range(n)))
-    busy = [ms for c, ms, _, d in got if c == 503 and "busy" in d]
-    served = [ms for c, ms, _, _ in got if c == 200]
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s_ in socks:
+        s_.close()
+    busy = [ms for c, ms, _, d, _ in got if c == 503 and "busy" in d]
+    served = [ms for c, ms, _, _, _ in got if c == 200]
+    other = [(c, d[:60]) for c, _, _, d, _ in got if c != 200 and not (c == 503 and "busy" in d)]
     return {
+        "requests_at_once": n,
         "served": len(served),
         "refused_busy_503": len(busy),
-        "other": [(c, d[:60]) for c, _, _, d in got if c != 200 and not (c == 503 and "busy" in d)][:5],
-        "other_count": sum(1 for c, _, _, d in got if c != 200 and not (c == 503 and "busy" in d)),
+        "refused_with_retry_after": sum(1 for c, _, _, d, ra in got if c == 503 and "busy" in d and ra),
+        "other": other[:5],
+        "other_count": len(other),
         "busy_p50_ms": _pct(busy, 50) if busy else None,
-        "busy_p95_ms": _pct(busy, 95) if busy else None,
+        "busy_max_ms": max(busy) if busy else None,
         "served_max_ms": max(served) if served else None,
-        "plain_text_or_500": sum(1 for c, _, kind, _ in got if c == 500 or (c > 0 and "json" not in kind)),
+        "plain_text_or_500": sum(1 for c, _, kind, _, _ in got if c == 500 or (c > 0 and "json" not in kind)),
     }
 
 
@@ -445,7 +517,7 @@ def _memory(svc, files) -> dict:
 
     pid = svc.proc.pid  # one worker: uvicorn serves in the CLI's own process
     time.sleep(5)  # the heat-map weights (if any) finish loading in the background
-    base = _rss_mib(pid)
+    base, base_anon = _rss_mib(pid), _rss_mib(pid, "RssAnon")
     peak, done = [base], threading.Event()
 
     def sample():
@@ -460,9 +532,9 @@ def _memory(svc, files) -> dict:
     took = time.perf_counter() - t0
     done.set()
     th.join()
-    after = {}
+    after, anon = {}, {}
     for k in range(11):
-        after[str(k)] = round(_rss_mib(pid))
+        after[str(k)], anon[str(k)] = round(_rss_mib(pid)), round(_rss_mib(pid, "RssAnon"))
         time.sleep(1)
     return {
         "status": r.status_code,
@@ -470,58 +542,73 @@ def _memory(svc, files) -> dict:
         "rss_before_mib": round(base),
         "peak_rss_mib": round(peak[0]),
         "rss_after_mib": {k: v for k, v in after.items() if k in ("0", "1", "5", "10")},
+        "anon_before_mib": round(base_anon),
+        "anon_after_mib": {k: v for k, v in anon.items() if k in ("0", "10")},
         "body_mib": round(sum(len(f[1][1]) for f in files) / 2**20, 1),
     }
 
 
-def hostile(out: Path, parts: str = "acdbm", requests: int = 40) -> dict:
-    """The issue-25 targets; ``parts``: a (connections), c (timeout), d (burst), b (413 via urllib), m (memory)."""
+def hostile(out: Path, parts: str = "acdbmn", requests: int = 40, srcs: dict | None = None) -> dict:
+    """The issue-25 targets; ``parts``: a (connections), c (timeout), d (burst), b (413 via urllib), m (memory,
+    the defaults: heat maps on), n (memory, ``--no-heatmaps``). ``srcs``: label -> the package code to serve
+    (e.g. the previous commit's beside this one's), each part run for each, one after the other."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))  # this client holds the 1,100 sockets
     out.mkdir(parents=True, exist_ok=True)
+    srcs = srcs or {"this": REPO / "src"}
     found = default_images()
     small = found[0].read_bytes() if found else _png(300)
-    res: dict = {"uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}
+    res: dict = {"uptime_start": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}
     files: list = []
-    if "c" in parts or "m" in parts:
+    if "c" in parts or "m" in parts or "n" in parts:
         big = _png(7745)
         files = [("images", (f"big{i}.png", big, "image/png")) for i in range(32)]
+
+    def each(key, args, run, nofile=None):
+        for label, src in srcs.items():
+            svc = _logged_service(args, out / f"{key}-{label}.log", nofile=nofile, src=src)
+            try:
+                res.setdefault(key, {})[label] = run(svc, out / f"{key}-{label}.log")
+            finally:
+                res.setdefault(key, {}).setdefault(label, {})["exit"] = svc.stop()
+                res[key][label]["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
     if "a" in parts or "c" in parts or "b" in parts:  # the common 1,024 descriptor limit, --timeout 2
-        svc = _logged_service(["--concurrency", "1", "--timeout", "2", "--no-heatmaps"], out / "a.log", nofile=1024)
-        try:
-            idle = None
+
+        def run_a(svc, log):
+            r, idle = {}, None
             if "a" in parts:
-                res["connections"] = _attack(svc, small, requests, out / "a.log")
-                idle = res["connections"]["idle"]["p50_ms"]
+                r["connections"] = _attack(svc, small, requests, log)
+                idle = r["connections"]["idle"]["p50_ms"]
             if "c" in parts:
                 idle = idle or _sequential(svc.url, small, 10)["p50_ms"]
-                res["timeout"] = _timeout_case(svc, files, small, idle)
+                r["timeout"] = _timeout_case(svc, files, small, idle)
             if "b" in parts:
-                res["urllib_413"] = _urllib_413(svc)
-        finally:
-            res["exit_a"] = svc.stop()
+                r["urllib_413"] = _urllib_413(svc)
+            return r
+
+        each("a", ["--concurrency", "1", "--timeout", "2", "--no-heatmaps"], run_a, nofile=1024)
     if "d" in parts:  # --concurrency 1, the default queue (64) and timeout (30 s)
-        svc = _logged_service(["--concurrency", "1", "--no-heatmaps"], out / "d.log")
-        try:
-            res["burst"] = _burst(svc, small)
-        finally:
-            res["exit_d"] = svc.stop()
+        each("burst", ["--concurrency", "1", "--no-heatmaps"], lambda svc, log: _burst(svc, small))
     if "m" in parts:  # the defaults (heat maps on), a long timeout
-        svc = _logged_service(["--timeout", "600"], out / "m.log")
-        try:
-            res["memory"] = _memory(svc, files)
-        finally:
-            res["exit_m"] = svc.stop()
+        each("memory", ["--timeout", "600"], lambda svc, log: _memory(svc, files))
+    if "n" in parts:  # no heat maps (no PyTorch in the worker)
+        each("memory_no_heatmaps", ["--timeout", "600", "--no-heatmaps"], lambda svc, log: _memory(svc, files))
     return res
 
 
 if __name__ == "__main__":
     if "--hostile" in sys.argv:
         out = Path(sys.argv[sys.argv.index("--json") + 1]) if "--json" in sys.argv else None
-        parts = sys.argv[sys.argv.index("--parts") + 1] if "--parts" in sys.argv else "acdbm"
-        result = hostile(Path("runs/serve_hostile"), parts)
+        parts = sys.argv[sys.argv.index("--parts") + 1] if "--parts" in sys.argv else "acdbmn"
+        srcs = {}  # --src LABEL=DIR (repeatable): serve each part from each of these package trees in turn
+        for i, a in enumerate(sys.argv):
+            if a == "--src":
+                label, _, path = sys.argv[i + 1].partition("=")
+                srcs[label] = Path(path).resolve()
+        result = hostile(Path("runs/serve_hostile"), parts, srcs=srcs or None)
         print(json.dumps(result, indent=2))
         if out:
             out.parent.mkdir(parents=True, exist_ok=True)

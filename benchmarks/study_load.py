@@ -6,6 +6,7 @@ the next case), lost answers (a 201 the database does not hold), duplicated ones
 case and phase), against SQLite (WAL) and a real PostgreSQL server (a throwaway cluster, as the tests start).
 
     PYTHONPATH=src python benchmarks/study_load.py --readers 20 --cases 30 --backend sqlite postgresql [--think 1]
+    PYTHONPATH=src python benchmarks/study_load.py --think 1 --src old=/tmp/old/src --src new=src   # two versions
 
 ``--think S``: each reader looks at a case for 0.5-1.5 x S seconds before answering (a reader of a real study
 takes seconds to minutes); 0, the default, sends every request back to back (a stress test).
@@ -68,14 +69,14 @@ def make_study(db: str, n_cases: int, n_readers: int, seed: int = 0):
     return store, sid, [t for _, _, t in invite(store, sid, n_readers)]
 
 
-def serve(db: str, log: Path):
+def serve(db: str, log: Path, src: Path | None = None):
     import httpx
 
     sys.path.insert(0, str(REPO))
     from tests.conftest import free_port
 
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env = {**os.environ, "PYTHONPATH": str(src or REPO / "src")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "skinlesion.cli", "serve", "--port", str(port), "--study-db", db],
         stdout=open(log, "w"),
@@ -126,13 +127,13 @@ def read_all(url: str, sid: str, token: str, rng, lat: list, got: list, errors: 
             case = nxt.json()
 
 
-def run_backend(db: str, readers: int, cases: int, tmp: Path, think: float = 0.0) -> dict:
+def run_backend(db: str, readers: int, cases: int, tmp: Path, think: float = 0.0, src: Path | None = None) -> dict:
     from sqlalchemy import func, select
 
     from skinlesion.study.store import Answer, Case, Reader, token_hash
 
     store, sid, tokens = make_study(db, cases, readers)
-    proc, url = serve(db, tmp / "serve.log")
+    proc, url = serve(db, tmp / "serve.log", src)
     lat, got, errors = [], [], []
     try:
         threads = [
@@ -184,19 +185,29 @@ def main(argv=None) -> None:
     ap.add_argument("--cases", type=int, default=30)
     ap.add_argument("--think", type=float, default=0.0, help="Mean seconds a reader looks at a case before answering (0: back to back).")
     ap.add_argument("--backend", nargs="+", default=["sqlite", "postgresql"], choices=["sqlite", "postgresql"])
+    ap.add_argument(
+        "--src",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="Serve from this package tree (repeatable: each backend is run with each, one after the other).",
+    )
     args = ap.parse_args(argv)
+    srcs = {label: Path(path).resolve() for label, _, path in (a.partition("=") for a in args.src)} or {"this": None}
     sys.path.insert(0, str(REPO))
     for backend in args.backend:
-        with tempfile.TemporaryDirectory(prefix="study-load-") as tmp:
-            tmp = Path(tmp)
-            if backend == "sqlite":
-                result = run_backend(str(tmp / "study.sqlite"), args.readers, args.cases, tmp, args.think)
-            else:
-                from tests.study_support import PostgresCluster, new_database
+        for label, src in srcs.items():
+            uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+            with tempfile.TemporaryDirectory(prefix="study-load-") as tmp:
+                tmp = Path(tmp)
+                if backend == "sqlite":
+                    result = run_backend(str(tmp / "study.sqlite"), args.readers, args.cases, tmp, args.think, src)
+                else:
+                    from tests.study_support import PostgresCluster, new_database
 
-                with PostgresCluster() as server:
-                    result = run_backend(new_database(server), args.readers, args.cases, tmp, args.think)
-            print(json.dumps({"backend": backend, **result}), flush=True)
+                    with PostgresCluster() as server:
+                        result = run_backend(new_database(server), args.readers, args.cases, tmp, args.think, src)
+            print(json.dumps({"backend": backend, "src": label, **result, "uptime": uptime}), flush=True)
 
 
 if __name__ == "__main__":

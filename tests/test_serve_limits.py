@@ -22,6 +22,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from .serve_support import Trickler
 from .test_serve import jpeg, metric, one_sentence, running_service, wait_for
 
 pytestmark = pytest.mark.slow
@@ -83,19 +84,7 @@ def limited(default_model, tmp_path_factory, hold):
 
 def test_idle_and_trickling_connections_are_closed_and_real_clients_still_served(limited):
     host = ("127.0.0.1", limited.port)
-    trickler = socket.create_connection(host)
-    stop = threading.Event()
-
-    def trickle():  # a slow-loris: one header byte every 0.3 s, never done within the deadline
-        for b in b"GET /v1/health HTTP/1.1\r\nHost: x\r\n":
-            if stop.wait(0.3):
-                return
-            try:
-                trickler.send(bytes([b]))
-            except OSError:
-                return
-
-    threading.Thread(target=trickle, daemon=True).start()
+    trickler = Trickler(limited.port, every=0.3).start()  # one header byte every 0.3 s, never done within the deadline
     idle = [socket.create_connection(host) for _ in range(3 * MAX_CONNECTIONS)]
     # past the cap a new connection is refused at once (none is quiet enough to close for it)
     wait_for(lambda: sum(not closed(s) for s in idle) <= MAX_CONNECTIONS - 1, 10, "connections beyond the cap to be refused")
@@ -111,19 +100,13 @@ def test_idle_and_trickling_connections_are_closed_and_real_clients_still_served
         for _ in range(5):
             assert c.get("/v1/health").status_code == 200
     # the trickler is answered 408 and closed at the header deadline, however it keeps sending
-    trickler.settimeout(HEADER_TIMEOUT + 8)
-    answer = b""
-    while not answer.endswith(b"}"):
-        chunk = trickler.recv(4096)
-        if not chunk:
-            break
-        answer += chunk
-    stop.set()
+    answer = trickler.answer(HEADER_TIMEOUT + 8)
+    trickler.close()
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408"), answer
     assert one_sentence(json.loads(body)["detail"])
     wait_for(lambda: all(closed(s) for s in idle), HEADER_TIMEOUT + 8, "every idle connection to be closed")
-    for s in [trickler, *idle]:
+    for s in idle:
         s.close()
 
 
@@ -214,6 +197,133 @@ def test_a_timed_out_analysis_stops_and_frees_its_slot(limited):
     wait_for(lambda: metric(limited.url, "skinlesion_analyses_abandoned_total") == before + 1, 10, "the analysis to stop", limited)
     assert metric(limited.url, "skinlesion_analyses_in_progress") == 0
     assert waited < 4.0, f"the next request waited {waited:.1f} s behind the abandoned one"
+
+
+def test_cancellation_is_checked_inside_one_image_and_frees_its_pixels(default_model):
+    """A cancelled analysis stops inside one large image's decode (between blocks), and gives its
+    pixel budget back; each stage checks (decode blocks, the reduction's strips, the network's chunks)."""
+    from skinlesion.predict import Cancelled, Predictor, predict_files
+    from skinlesion.serve.forms import Upload
+    from skinlesion.serve.limits import PixelBudget
+
+    p = Predictor("default", threads=1)
+    big = Upload(png_solid(4000), "big.png")
+    budget = PixelBudget(20_000_000)
+    where: list[str] = []
+
+    def record():
+        import sys
+
+        where.append(sys._getframe(2).f_code.co_name)  # who checked: the stage
+        return False
+
+    rows = predict_files(p, [big, big], batch_size=2, cancelled=record, budget=budget, formats=("JPEG", "PNG"))
+    assert [r["error"] for r in rows] == ["", ""]
+    assert where.count("read") > 8, "the decode is not checked between its blocks"
+    assert "checked_resize" in where and "checked_forward" in where and "predict_images" in where
+    assert budget.used == 0
+    decoding = []
+
+    def stop_mid_decode():
+        import sys
+
+        if sys._getframe(2).f_code.co_name == "read" and budget.used:  # a block of pixels, not the header
+            decoding.append(budget.used)
+        return len(decoding) >= 3  # the third block of the first image
+
+    with pytest.raises(Cancelled):
+        predict_files(p, [big, big], batch_size=2, cancelled=stop_mid_decode, budget=budget, formats=("JPEG", "PNG"))
+    assert decoding == [16_000_000] * 3  # the image's pixels were held while it decoded ...
+    assert budget.used == 0  # ... and given back when it stopped
+
+
+def test_checked_analysis_gives_the_same_rows(default_model):
+    """The chunked network calls and strip-wise reduction of a served analysis give predict's rows bit for bit."""
+    import numpy as np
+
+    from skinlesion.predict import Predictor, predict_files
+    from skinlesion.serve.forms import Upload
+
+    p = Predictor("default", threads=1)
+    rng = np.random.default_rng(3)
+    ups = []
+    for i, (w, h) in enumerate([(600, 450), (1200, 1200), (3000, 2000), (64, 64)]):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
+        ups.append(Upload(buf.getvalue(), f"r{i}.png"))
+    plain = predict_files(p, ups)
+    checked = predict_files(p, ups, cancelled=lambda: False, formats=("JPEG", "PNG"), budget=None, max_pixels=64_000_000)
+    if p.backend == "onnx":
+        assert checked == plain
+    else:  # PyTorch's rows depend on the batch they are in, in the 7th digit
+        for a, b in zip(checked, plain):
+            assert a["top_class"] == b["top_class"] and a["probability"] == pytest.approx(b["probability"], abs=1e-5)
+
+
+@pytest.mark.parametrize("side", [513, 1537, 4001])
+def test_strip_wise_resize_equals_pillows(side):
+    import numpy as np
+    from PIL import Image as PILImage
+
+    from skinlesion.preprocess import checked_resize
+
+    img = PILImage.fromarray(np.random.default_rng(side).integers(0, 256, (side, side, 3), dtype=np.uint8))
+    for out in (28, 224, 450):
+        for rs in (PILImage.BILINEAR, PILImage.BICUBIC, PILImage.BOX, PILImage.LANCZOS):
+            calls = []
+            got = checked_resize(img, (out, out), rs, lambda: calls.append(1))
+            assert np.array_equal(np.asarray(got), np.asarray(img.resize((out, out), rs))), (side, out, rs)
+            assert len(calls) > side // 256
+
+
+def test_pixel_budget_is_shared_and_an_abandoned_wait_stops():
+    from skinlesion.serve.limits import PixelBudget
+
+    budget = PixelBudget(100, poll=0.01)
+    inside, release, second_in = threading.Event(), threading.Event(), threading.Event()
+
+    def first():
+        with budget.hold(80):
+            inside.set()
+            release.wait(30)
+
+    def second():
+        with budget.hold(50):
+            second_in.set()
+
+    t1 = threading.Thread(target=first)
+    t1.start()
+    assert inside.wait(30)
+    t2 = threading.Thread(target=second)
+    t2.start()
+    wait_for(lambda: budget.used == 80 and t2.is_alive(), 10, "the second image to wait for the budget")
+    assert not second_in.is_set()
+    give_up = threading.Event()
+
+    class Stop(Exception):
+        pass
+
+    def check():
+        if give_up.is_set():
+            raise Stop()
+
+    stopped = []
+
+    def third():  # larger than the whole budget: waits for all of it, and stops when abandoned
+        try:
+            with budget.hold(1000, check):
+                stopped.append("ran")
+        except Stop:
+            stopped.append("stopped")
+
+    t3 = threading.Thread(target=third)
+    t3.start()
+    give_up.set()
+    t3.join(30)
+    assert stopped == ["stopped"]
+    release.set()
+    t1.join(30), t2.join(30)
+    assert second_in.is_set() and budget.used == 0
 
 
 # ---- 4. decoded pixels are budgeted --------------------------------------------------------------

@@ -185,3 +185,43 @@ def test_one_answer_sent_at_once_from_many_threads_is_locked_once(db):
     assert sorted(results) == [201] + [409] * 7
     with store.session() as s:
         assert s.query(Answer).count() == 1
+
+
+def test_a_postgresql_connection_dropped_while_idle_is_replaced(request, monkeypatch):
+    """No ping per transaction: a pooled connection idle past PING_AFTER_S is checked first, and one the server
+    dropped is replaced, so the reader's request is served rather than failed."""
+    import psycopg
+
+    url = request.getfixturevalue("pg_url")
+    from skinlesion.study import store as store_module
+    from skinlesion.study.store import Reader
+
+    store = Store(url)
+    with store.session() as s:
+        assert s.query(Reader).count() == 0
+    pinged = []
+    real_ping = store_module._ping_if_idle
+
+    def counting(dbapi_conn, record, proxy):
+        pinged.append(record.info.get("idle_since") is not None)
+        return real_ping(dbapi_conn, record, proxy)
+
+    from sqlalchemy import event
+
+    event.remove(store.engine, "checkout", real_ping)
+    event.listen(store.engine, "checkout", counting)
+    monkeypatch.setattr(store_module, "PING_AFTER_S", 0.0)  # every returned connection counts as idle
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        others = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        for _ in range(200):  # the server has dropped the pooled connection (a state, bounded)
+            if admin.execute(others).fetchone()[0] == 0:
+                break
+            threading.Event().wait(0.05)
+        assert admin.execute(others).fetchone()[0] == 0
+    with store.session() as s:  # the dead connection is pinged, dropped and replaced: no error
+        assert s.query(Reader).count() == 0
+    assert pinged and pinged[0]
+    store.close()

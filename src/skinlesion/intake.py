@@ -86,13 +86,34 @@ def check_upload_name(name: str) -> None:
         raise SkinLesionError(f"{name} is {kind}, not a JPEG or PNG image; export it as JPEG or PNG and upload it again.")
 
 
-def open_image(source: str | Path | bytes, name: str | None = None, *, warn_tiny: bool = True, formats=None) -> Intake:
+CHECKED_BLOCK = 8192  # bytes of the file decoded between two checks (a solid PNG inflates ~1000x: ~8 MB of pixels)
+
+
+class _Checked(io.BytesIO):
+    """The encoded bytes, calling ``check`` on every read: Pillow decodes block by block
+    (:data:`CHECKED_BLOCK` of the file at a time), so a ``check`` that raises stops a long decode
+    between two blocks."""
+
+    def __init__(self, data: bytes, check):
+        super().__init__(data)
+        self._check = check
+
+    def read(self, size=-1):
+        self._check()
+        return super().read(size)
+
+
+def open_image(
+    source: str | Path | bytes, name: str | None = None, *, warn_tiny: bool = True, formats=None, check=None, hold=None
+) -> Intake:
     """Decode ``source`` (a path or the bytes of an upload) into an upright RGB image.
 
     Raises :class:`SkinLesionError` for empty, oversized, non-image, corrupt or
     truncated files and for decompression bombs. ``formats`` (e.g. ``("JPEG", "PNG")``): only
     these decoders may open the file, chosen by its first bytes before Pillow reads it
-    (default: every format Pillow reads).
+    (default: every format Pillow reads). ``check``: called between blocks of the decode (it raises
+    to stop it). ``hold``: called with the image's pixel count once its header is read, before its
+    pixels are decoded (a caller's budget of decoded pixels waits there).
     """
     if isinstance(source, (bytes, bytearray)):
         data = bytes(source)
@@ -128,13 +149,18 @@ def open_image(source: str | Path | bytes, name: str | None = None, *, warn_tiny
     try:
         with _warnings.catch_warnings():
             _warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=None if formats is None else list(formats))
+            fp = io.BytesIO(data) if check is None else _Checked(data, check)
+            img = Image.open(fp, formats=None if formats is None else list(formats))
             w, h = img.size
             if w * h > MAX_PIXELS:
                 raise SkinLesionError(
                     f"{name} is {w}x{h} pixels, too large to decode safely (a possible "
                     f"decompression bomb); resize it below {MAX_PIXELS // 1_000_000} megapixels."
                 )
+            if hold is not None:
+                hold(w * h)
+            if check is not None:
+                img.decodermaxblock = CHECKED_BLOCK
             img.load()
     except SkinLesionError:
         raise
@@ -155,6 +181,8 @@ def open_image(source: str | Path | bytes, name: str | None = None, *, warn_tiny
     if upright is not None and upright.size != img.size or upright is not img and _exif_orientation(img) not in (0, 1):
         notes.append(f"{name} was rotated upright according to its EXIF orientation.")
     img = upright if upright is not None else img
+    if check is not None:
+        check()
     img = _to_rgb(img, name, notes)
     if warn_tiny and min(img.size) < TINY_SIDE:
         notes.append(f"{name} is only {img.size[0]}x{img.size[1]} pixels; predictions on such small images are less reliable.")

@@ -133,11 +133,12 @@ def upload_chroma(img) -> float:
 
 
 def colourless(images, config: dict) -> np.ndarray:
-    """Which uploads fall below the colour floor (a model fitted without one flags none)."""
+    """Which uploads fall below the colour floor (a model fitted without one flags none). ``images``: PIL
+    images, or :class:`skinlesion.predict.Reduced` ones (their chroma taken when they were decoded)."""
     floor = (config or {}).get("min_chroma")
     if not floor:
         return np.zeros(len(images), bool)
-    return np.array([upload_chroma(im) < floor for im in images], bool)
+    return np.array([(im.chroma if getattr(im, "chroma", None) is not None else upload_chroma(im)) < floor for im in images], bool)
 
 
 def _mahalanobis(x: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:

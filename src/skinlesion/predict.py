@@ -30,6 +30,7 @@ OOD_EXPLAINED = (
     "This image does not look like the dermoscopic images the model was trained on "
     "(out-of-distribution score {score:.2f} > threshold {threshold:.2f})."
 )
+CHECKED_ROWS = 8  # network rows (image views) run between two cancellation checks (a served analysis)
 ROW_FIRST = ["image", "top_class", "probability", "decision_rule", "malignant_probability"]
 ROW_LAST = [
     "prediction_set",
@@ -114,6 +115,19 @@ class Prediction:
             "warnings": " | ".join(self.warnings),
             "error": "",
         }
+
+
+@dataclass
+class Reduced:
+    """An image as far as the analysis needs it once decoded: the model's source image (for the shipped
+    model 28x28), the upload's own size and its chroma at its own resolution. Made right after decoding
+    (:meth:`Predictor.reduce`), so that a large upload's pixels are freed before the next file is read;
+    every number the analysis gives is the same as from the decoded image (:meth:`Preprocess.to_source`
+    is idempotent)."""
+
+    source: object  # PIL image
+    size: tuple[int, int]
+    chroma: float | None = None
 
 
 class Predictor:
@@ -212,24 +226,39 @@ class Predictor:
             logits, f = forward_with_features(self.net, torch.from_numpy(np.ascontiguousarray(batch)), self.ood_stages)
             return logits.float().numpy(), f.float().numpy()
 
-    def logits(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Uncalibrated combined logits and features; with TTA over the 8 flips/rotations in one batch."""
+    def checked_forward(self, batch: np.ndarray, check=None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`forward`; with ``check``, in chunks of :data:`CHECKED_ROWS` rows with ``check`` called
+        before each, so that a long batch can be stopped between them (ONNX Runtime's rows do not depend
+        on the batch they are in: the same bits either way; PyTorch's differ in the 7th digit)."""
+        if check is None or len(batch) <= CHECKED_ROWS:
+            if check is not None:
+                check()
+            return self.forward(batch)
+        parts = []
+        for i in range(0, len(batch), CHECKED_ROWS):
+            check()
+            parts.append(self.forward(np.ascontiguousarray(batch[i : i + CHECKED_ROWS])))
+        return np.concatenate([q[0] for q in parts]), np.concatenate([q[1] for q in parts])
+
+    def logits(self, batch: np.ndarray, check=None) -> tuple[np.ndarray, np.ndarray]:
+        """Uncalibrated combined logits and features; with TTA over the 8 flips/rotations in one batch
+        (``check``: see :meth:`checked_forward`)."""
         from .preprocess import tta_logits, tta_views
 
         if not self.tta:
-            return self.forward(batch)
+            return self.checked_forward(batch, check)
         n = len(batch)
-        logits, feats = self.forward(np.ascontiguousarray(np.concatenate(tta_views(batch))))
+        logits, feats = self.checked_forward(np.ascontiguousarray(np.concatenate(tta_views(batch))), check)
         return tta_logits(logits.reshape(8, n, -1)), feats[:n]
 
-    def probabilities(self, batch: np.ndarray, meta_x: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def probabilities(self, batch: np.ndarray, meta_x: np.ndarray | None = None, check=None) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated probabilities (N, 7) and features, through the bundle's calibration and metadata fusion.
 
         TTA combines the views exactly as ``skinlesion evaluate`` does (:func:`skinlesion.preprocess.tta_logits`).
         """
         from .posthoc import apply_metadata, calibrate
 
-        logits, feats = self.logits(batch)
+        logits, feats = self.logits(batch, check)
         probs = calibrate(logits, self.config.temperature, self.config.class_bias)
         if self.uses_metadata:
             if meta_x is None:
@@ -242,14 +271,29 @@ class Predictor:
         return probs, feats
 
     def quality_problems(self, images, feats: np.ndarray) -> list[list[str]]:
-        """The photo-quality problems of each image (:mod:`skinlesion.quality`); none where the model has no check."""
+        """The photo-quality problems of each image (PIL or :class:`Reduced`; :mod:`skinlesion.quality`); none where the model has no check."""
         if self.quality is None:
             return [[] for _ in images]
         from .quality import check, features, working_image
 
-        work = [working_image(self.prep, im) for im in images]
+        items = [self.reduce(im) for im in images]
+        work = [working_image(self.prep, r.source) for r in items]
         x = features(work, feats if self.quality[1].get("uses_network_features") else None)
-        return check(x, [im.size for im in images], *self.quality)
+        return check(x, [r.size for r in items], *self.quality)
+
+    def reduce(self, image, check=None) -> Reduced:
+        """What the analysis keeps of a decoded PIL image (:class:`Reduced`; one already reduced is returned as is).
+        ``check``: called between the steps (it raises to stop)."""
+        if isinstance(image, Reduced):
+            return image
+        chroma = None
+        if self.ood and (self.ood[1] or {}).get("min_chroma"):
+            from .ood import upload_chroma
+
+            chroma = upload_chroma(image)
+            if check is not None:
+                check()
+        return Reduced(self.prep.to_source(image, check), image.size, chroma)
 
     def skin_tones(self, images) -> list:
         """The skin tone (:mod:`skinlesion.skintone`) of each image, measured as the training images were."""
@@ -278,23 +322,29 @@ class Predictor:
         intake = open_image(source, name)
         return self.predict_images([intake.image], [intake.name], [intake.warnings], [meta or {}])[0]
 
-    def predict_images(self, images, names, warnings=None, meta=None, rule: str | None = None) -> list[Prediction]:
-        """Predict PIL images; ``meta``: one dict (age, sex, localization; any may be missing) per image;
-        ``rule``: this call's decision rule (default: the predictor's)."""
+    def predict_images(self, images, names, warnings=None, meta=None, rule: str | None = None, check=None) -> list[Prediction]:
+        """Predict PIL images (or :class:`Reduced` ones); ``meta``: one dict (age, sex, localization; any may
+        be missing) per image; ``rule``: this call's decision rule (default: the predictor's); ``check``:
+        called between the stages (reduction, network, rules, photo quality), it raises to stop the call."""
         from .posthoc import analyse, decide, encode_metadata, rule_log_weights
         from . import skintone
         from .verdict import quality_advice, verdict
 
         rule = rule or self.rule
         rule_log_weights(self.config.decision, rule, len(self.labels))  # an unknown rule: one sentence, before any work
-        batch = self.prep.batch(images)
+        stage = check or (lambda: None)
+        images = [self.reduce(im, check) for im in images]
+        stage()
+        batch = self.prep.batch([r.source for r in images])
         meta_x = None
         if self.uses_metadata and meta is not None:
             try:
                 meta_x = encode_metadata(list(meta))
             except ValueError as exc:
                 raise SkinLesionError(f"Patient data: {exc}; leave a field empty when it is unknown.") from None
-        probs, feats = self.probabilities(batch, meta_x)
+        stage()
+        probs, feats = self.probabilities(batch, meta_x, check)
+        stage()
         scores = self.ood_scores(feats)
         threshold = self.ood[1]["threshold"] if self.ood else None
         far = np.zeros(len(names), bool) if scores is None else scores > threshold
@@ -306,6 +356,7 @@ class Predictor:
         flags = far | grey
         rules = analyse(probs, self.config, self.aux, flags)
         named = decide(probs, self.config.decision, rule)
+        stage()
         problems = self.quality_problems(images, feats)
         tones = self.skin_tones(images)
         photos = self.photo_quality(images)
@@ -360,15 +411,20 @@ class Predictor:
                     self.net, _ = load_model(self.model_path)
         return self.net
 
-    def explain(self, image, target: int | None = None) -> np.ndarray:
-        """Grad-CAM heat map in [0, 1] at the model's input size; an ensemble's is the mean of its members'."""
+    def explain(self, image, target: int | None = None, check=None) -> np.ndarray:
+        """Grad-CAM heat map in [0, 1] at the model's input size; an ensemble's is the mean of its members'.
+        ``check``: called before each member's map (it raises to stop)."""
         from .explain import gradcam
 
         net = self._torch_net()
         if target is None:
             target = int(self.probabilities(self.prep.batch([image]))[0].argmax())
+        maps = []
         with self._lock:
-            maps = [gradcam(m, self.prep, image, target) for m in net.members]
+            for m in net.members:
+                if check is not None:
+                    check()
+                maps.append(gradcam(m, self.prep, image, target))
         heat = np.mean(maps, axis=0)
         return (heat - heat.min()) / (heat.max() - heat.min() + 1e-8)
 
@@ -424,16 +480,23 @@ def predict_files(
     max_pixels: int | None = None,
     cancelled=None,
     formats=None,
+    budget=None,
 ) -> list[dict]:
     """One row per file; a bad file gets a row with its error and the batch carries on.
 
     ``meta``: image id (file name without extension) -> dict of age, sex, localization.
     ``progress``: called with the number of files done after each batch. ``rule``: the decision rule
-    (default: the predictor's). Files are decoded one at a time; ``max_pixels`` bounds the decoded
-    pixels a batch holds (a batch is analysed early rather than pass it; one image always fits).
-    ``cancelled``: a callable checked before each file and each batch; when it returns true,
+    (default: the predictor's). Files are decoded one at a time, and each is reduced to what the
+    analysis needs (:class:`Reduced`) before the next is read, so one decoded file is held at a time;
+    ``max_pixels`` bounds the reduced pixels a batch holds (a batch is analysed early rather than pass
+    it). ``budget``: decoded pixels shared with other calls (``budget.hold(pixels, check)``, a context
+    manager; see :class:`skinlesion.serve.limits.PixelBudget`), held from a file's header to its
+    reduction. ``cancelled``: a callable checked before each file, between the blocks of its decode,
+    between its reduction's steps and between a batch's stages; when it returns true,
     :class:`Cancelled` is raised. ``formats``: the image formats accepted (see :func:`open_image`).
     """
+    import contextlib
+
     rows = []
     good, names, notes = [], [], []
     held = 0
@@ -443,12 +506,14 @@ def predict_files(
             good.clear()
             raise Cancelled()
 
+    check = stop_if_cancelled if cancelled is not None else None
+
     def flush():
         nonlocal held
         if good:
             stop_if_cancelled()
             m = [(meta or {}).get(Path(n).stem, {}) for n in names]
-            rows.extend(p.row() for p in predictor.predict_images(good, names, notes, m, rule=rule))
+            rows.extend(p.row() for p in predictor.predict_images(good, names, notes, m, rule=rule, check=check))
             good.clear(), names.clear(), notes.clear()
             held = 0
             if progress:
@@ -456,18 +521,21 @@ def predict_files(
 
     for path in paths:
         stop_if_cancelled()
-        try:
-            intake = open_image(path, str(path), formats=formats)
-        except SkinLesionError as exc:
-            flush()
-            rows.append(error_row(str(path), str(exc), predictor.labels.codes))
-            continue
-        pixels = intake.image.size[0] * intake.image.size[1]
+        with contextlib.ExitStack() as decoded:  # the budget's pixels, from the header until the reduction
+            hold = None if budget is None else (lambda px: decoded.enter_context(budget.hold(px, check)))
+            try:
+                intake = open_image(path, str(path), formats=formats, check=check, hold=hold)
+            except SkinLesionError as exc:
+                flush()
+                rows.append(error_row(str(path), str(exc), predictor.labels.codes))
+                continue
+            item, warned = predictor.reduce(intake.image, check), intake.warnings
+            del intake  # the decoded pixels go here, before the next file is read
+        pixels = item.source.size[0] * item.source.size[1]
         if max_pixels is not None and good and held + pixels > max_pixels:
             flush()
-        good.append(intake.image), names.append(str(path)), notes.append(intake.warnings)
+        good.append(item), names.append(str(path)), notes.append(warned)
         held += pixels
-        del intake
         if len(good) >= batch_size:
             flush()
     flush()

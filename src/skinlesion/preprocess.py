@@ -41,6 +41,30 @@ from PIL import Image
 _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "box": Image.BOX, "nearest": Image.NEAREST}
 
 
+STRIP_ROWS = 256  # rows of a large image resized between two checks (checked_resize)
+
+
+def checked_resize(img: Image.Image, size: tuple[int, int], resample, check) -> Image.Image:
+    """``img.resize(size, resample)`` with ``check`` called between strips of rows. Pillow resamples in two
+    1-D passes; for a square image made square (the centre-cropped source of a model like the shipped one)
+    it runs the width over every row first, then the height, and that first pass's rows do not depend on
+    each other, so doing it strip by strip gives the same pixels (tests/test_serve_limits.py checks it bit
+    for bit). Other shapes (where Pillow may run the height first) are resized in one call."""
+    w, h = img.size
+    if h <= STRIP_ROWS or resample == Image.NEAREST or w != h or size[0] != size[1]:
+        check()
+        return img.resize(size, resample)
+    wide = img
+    if size[0] != w:
+        wide = Image.new(img.mode, (size[0], h))
+        for top in range(0, h, STRIP_ROWS):
+            check()
+            strip = img.crop((0, top, w, min(h, top + STRIP_ROWS))).resize((size[0], min(h, top + STRIP_ROWS) - top), resample)
+            wide.paste(strip, (0, top))
+    check()
+    return wide.resize(size, resample) if wide.size != size else wide
+
+
 @dataclass
 class Preprocess:
     input_size: int = 224
@@ -77,15 +101,17 @@ class Preprocess:
         return cls(**{k: v for k, v in d.items() if k in known})
 
     # ---- the pipeline ----
-    def to_source(self, img: Image.Image) -> Image.Image:
-        """Step 1: the resolution the training images had (identity when unset)."""
+    def to_source(self, img: Image.Image, check=None) -> Image.Image:
+        """Step 1: the resolution the training images had (identity when unset). ``check``: called
+        between strips of a large image's resize (it raises to stop; the pixels are the same)."""
         img = img.convert("RGB") if img.mode != "RGB" else img
         if self.crop == "center" and img.size[0] != img.size[1]:
             w, h = img.size
             s = min(w, h)
             img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
         if self.source_size and img.size != (self.source_size, self.source_size):
-            img = img.resize((self.source_size, self.source_size), _RESAMPLE[self.source_interpolation])
+            size, resample = (self.source_size, self.source_size), _RESAMPLE[self.source_interpolation]
+            img = img.resize(size, resample) if check is None else checked_resize(img, size, resample, check)
             if self.source_jpeg_quality:
                 import io
 

@@ -6,13 +6,16 @@ request is answered 413 as soon as the count passes the limit, the rest never re
 closes the connection). :class:`RateLimit` is a token bucket per API key: ``N/min`` allows bursts of
 ``N`` and ``N`` a minute on average; the refusal says when to retry (``Retry-After``).
 Buckets live in each worker process: with ``--workers W`` a key may make up to ``W`` times the rate,
-and a shared limit across replicas belongs in the load balancer in front of them.
+and a shared limit across replicas belongs in the load balancer in front of them. :class:`PixelBudget`
+bounds the decoded pixels a worker holds at once, whatever the number of analyses running.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import threading
 import time
 
 from starlette.exceptions import HTTPException
@@ -88,3 +91,34 @@ class RateLimit:
     @staticmethod
     def retry_after(wait: float) -> str:
         return str(max(1, math.ceil(wait)))
+
+
+class PixelBudget:
+    """Decoded pixels one worker holds at once, shared by its concurrent analyses (``--max-megapixels``).
+
+    An analysis takes an image's pixels from its header until the image is reduced to what the analysis
+    keeps (:class:`skinlesion.predict.Reduced`), and waits while other analyses hold too many; an image
+    larger than the whole budget waits for all of it. A wait calls ``check`` every ``poll`` seconds, so
+    an abandoned analysis stops waiting (``check`` raises).
+    """
+
+    def __init__(self, pixels: int, poll: float = 0.05):
+        self.capacity, self.poll = int(pixels), poll
+        self.used = 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int, check=None):
+        want = min(int(pixels), self.capacity)
+        with self._cond:
+            while self.used + want > self.capacity:
+                if check is not None:
+                    check()
+                self._cond.wait(self.poll)
+            self.used += want
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= want
+                self._cond.notify_all()

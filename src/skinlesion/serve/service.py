@@ -4,10 +4,15 @@ Analyses run in a thread pool of ``--concurrency`` threads (each with its share 
 intra-op threads), never on the event loop, so probes stay quick under load. A request is admitted
 (counted) when its route starts, before its body is read: past ``--concurrency + --max-queue``
 admitted requests a new one is answered 503 with ``Retry-After`` at once. An analysis whose request
-timed out is abandoned: not started if it still waits, stopped at its next image or batch if it runs
-(an ONNX Runtime call cannot be interrupted midway). Images are decoded one at a time, and one
-analysis holds at most ``--max-megapixels`` of decoded pixels (plus the image being decoded); after
-a large analysis the freed memory is handed back to the system (glibc ``malloc_trim``). Each
+timed out is abandoned: not started if it still waits; if it runs, stopped at its next check: between
+images, between the blocks of an image's decode, between the steps that reduce it, between a batch's
+stages (network, rules, photo quality) and the heat map's members (an ONNX Runtime call cannot be
+interrupted midway). Images are decoded one at a time and each is reduced at once to what the
+analysis keeps (for the shipped model a 28x28 image, its size and its chroma), so the full-size
+pixels are freed before the next image is read; all analyses of a worker share one budget of
+``--max-megapixels`` decoded pixels (:class:`~.limits.PixelBudget`). Large blocks are allocated
+outside glibc's heap (``mallopt``: freed pages go back at once) and after each analysis the rest of
+the freed heap is handed back to the system (``malloc_trim``). Each
 image's answer is the row ``skinlesion predict`` writes: :func:`skinlesion.predict.predict_files`
 makes both.
 
@@ -44,7 +49,7 @@ from ..report import NOTICE
 from .refusals import Refusal
 from .forms import Upload
 from .keys import KeyRing, loose_permissions
-from .limits import RateLimit
+from .limits import PixelBudget, RateLimit
 from .metrics import Metrics
 from .settings import Settings
 
@@ -61,6 +66,8 @@ class Service:
         if self.keys is not None and loose_permissions(self.keys.path):
             log.warning("the API key file %s is readable by others; make it private with `chmod 600 %s`", self.keys.path, self.keys.path)
         self.rate = RateLimit(settings.rate_per_second) if settings.rate else None
+        tune_allocator()
+        self.pixels = PixelBudget(settings.max_pixels)  # decoded pixels, shared by this worker's analyses
         self.pool = ThreadPoolExecutor(settings.analyses_at_once(), thread_name_prefix="analysis")
         self.threads = settings.threads()
         self.predictor = None
@@ -253,6 +260,10 @@ class Service:
             return None
         from ..predict import Cancelled, predict_files
 
+        def check():
+            if abandoned.is_set():
+                raise Cancelled()
+
         self.metrics.in_progress.inc()
         t0 = time.perf_counter()
         try:
@@ -270,22 +281,23 @@ class Service:
                     max_pixels=self.settings.max_pixels,
                     cancelled=abandoned.is_set,
                     formats=self.settings.formats,
+                    budget=self.pixels,
                 )
+                columns = row_columns(self.predictor.labels.codes)
+                rows = [{c: r.get(c) for c in columns} for r in rows]  # the CSV's columns, in its order
+                check()
+                heatmap = self._heatmap(uploads[0], rows[0], heat, check) if heat and not rows[0]["error"] else None
+                check()
             except Cancelled:
                 self.metrics.abandoned.inc()
                 return None
-            columns = row_columns(self.predictor.labels.codes)
-            rows = [{c: r.get(c) for c in columns} for r in rows]  # the CSV's columns, in its order
-            heatmap = self._heatmap(uploads[0], rows[0], heat) if heat and not rows[0]["error"] else None
-            if abandoned.is_set():
-                self.metrics.abandoned.inc()
             return rows, heatmap
         finally:
             self.metrics.in_progress.dec()
             self.metrics.analysis.observe(time.perf_counter() - t0)
             give_back_memory()
 
-    def _heatmap(self, upload: Upload, row: dict, target: str) -> dict:
+    def _heatmap(self, upload: Upload, row: dict, target: str, check=None) -> dict:
         import numpy as np
         from PIL import Image
 
@@ -294,8 +306,10 @@ class Service:
 
         code = row["top_class"] if target == "top" else target
         self._torch_net()
-        image = open_image(upload, str(upload), formats=self.settings.formats).image
-        heat = self.predictor.explain(image, target=self.predictor.labels.index(code))
+        with self.pixels.hold(upload_pixels(upload, self.settings.formats), check):
+            image = open_image(upload, str(upload), formats=self.settings.formats, check=check).image
+            heat = self.predictor.explain(image, target=self.predictor.labels.index(code), check=check)
+            over = overlay(image, heat)
 
         def png(img) -> str:
             buf = io.BytesIO()
@@ -307,10 +321,38 @@ class Service:
             "class": code,
             "method": METHOD,
             "heatmap_png": png(Image.fromarray((heat * 255).astype(np.uint8), "L")),
-            "overlay_png": png(overlay(image, heat)),
+            "overlay_png": png(over),
             "note": f"heatmap_png: the map at the model's input size, 0 (least evidence) to 255 (most); "
             f"overlay_png: coloured ({COLOURMAP}) over the image at its own size.",
         }
+
+
+def upload_pixels(upload: bytes, formats) -> int:
+    """An upload's pixel count from its header (0 where it cannot be read: the decode then says why)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(upload), formats=list(formats)) as im:
+            return im.size[0] * im.size[1]
+    except Exception:
+        return 0
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
+MMAP_FROM = 1 << 20  # blocks of at least 1 MiB (decoded images: Pillow allocates 16 MiB blocks) are mapped, not heap
+
+
+def tune_allocator() -> None:
+    """glibc only: map large blocks directly, so that a decoded image's memory goes back to the system
+    when it is freed (glibc's dynamic threshold otherwise moves them into the heap after the first
+    free, where they stay), and keep the heap arenas to 2 (one per analysis thread otherwise)."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc
+        return
+    mallopt(M_MMAP_THRESHOLD, MMAP_FROM)
+    mallopt(M_TRIM_THRESHOLD, 8 << 20)
+    mallopt(M_ARENA_MAX, 2)
 
 
 def give_back_memory() -> None:

@@ -18,9 +18,10 @@ import base64
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import defer
 
 from ..errors import SkinLesionError
-from .store import MANAGEMENT, PHASES, Answer, Case, Reader, Store, Study, now, utc
+from .store import MANAGEMENT, PHASES, Answer, Case, Reader, Store, Study, now, token_hash, utc
 
 
 class StudyRefusal(SkinLesionError):
@@ -32,10 +33,15 @@ class StudyRefusal(SkinLesionError):
 
 
 def authorize(store: Store, s, study_id: str, token: str | None) -> tuple[Study, Reader]:
-    reader = store.reader(s, token) if token else None
-    if reader is None or reader.study_id != study_id:
+    """The reader a token opens and its study, in one query; 403 for an unknown token or another study's."""
+    found = (
+        s.execute(select(Reader, Study).join(Study, Study.id == Reader.study_id).where(Reader.token_hash == token_hash(token))).first()
+        if token
+        else None
+    )
+    if found is None or found[0].study_id != study_id:
         raise StudyRefusal(403, f"This reader token is not valid for study {study_id}; open the link you were invited with.")
-    return s.get(Study, study_id), reader
+    return found[1], found[0]
 
 
 def reader_order(study: Study, reader: Reader, case_ids: list[int]) -> list[int]:
@@ -44,13 +50,21 @@ def reader_order(study: Study, reader: Reader, case_ids: list[int]) -> list[int]
     return [case_ids[i] for i in rng.permutation(len(case_ids))]
 
 
-def _pending(s, study: Study, reader: Reader) -> tuple[int | None, str | None, int, int, set]:
-    """(case id, phase) the reader is due to answer (None when done), answered cases, total, answered (case, phase)."""
-    case_ids = list(s.scalars(select(Case.id).where(Case.study_id == study.id).order_by(Case.position)))
-    answered = set(s.execute(select(Answer.case_id, Answer.phase).where(Answer.reader_id == reader.id)).tuples())
+def _pending(store: Store, s, study: Study, reader: Reader) -> tuple[int | None, str | None, int, int, dict]:
+    """(case id, phase) the reader is due to answer (None when done), finished cases, total, and the reader's
+    answers by (case id, phase). The study's cases and each reader's order are fixed when they are created,
+    so they are read once per process (:meth:`Store.fixed`); the answers are read every time."""
+    case_ids = store.fixed(
+        ("cases", study.id), lambda: list(s.scalars(select(Case.id).where(Case.study_id == study.id).order_by(Case.position)))
+    )
+    order = store.fixed(("order", reader.id), lambda: reader_order(study, reader, case_ids))
+    rows = s.execute(
+        select(Answer.case_id, Answer.phase, Answer.diagnosis, Answer.management, Answer.confidence).where(Answer.reader_id == reader.id)
+    ).tuples()
+    answered = {(c, p): {"diagnosis": dx, "management": m, "confidence": k} for c, p, dx, m, k in rows}
     phases = ("solo", "assisted") if reader.arm == "assisted" else ("solo",)
     finished = sum(1 for c in case_ids if all((c, p) in answered for p in phases))
-    for c in reader_order(study, reader, case_ids):
+    for c in order:
         for p in phases:
             if (c, p) not in answered:
                 return c, p, finished, len(case_ids), answered
@@ -69,20 +83,16 @@ def model_answer(case: Case, study: Study) -> dict:
     }
 
 
-def _answer_dict(a: Answer) -> dict:
-    return {"diagnosis": a.diagnosis, "management": a.management, "confidence": a.confidence}
-
-
 def next_case(store: Store, study_id: str, token: str | None) -> dict:
     """``{"done": true}`` or the case to read now (``phase`` solo, or assisted with the model's answer)."""
     with store.session() as s:
         study, reader = authorize(store, s, study_id, token)
-        case_id, phase, finished, total, _ = _pending(s, study, reader)
+        case_id, phase, finished, total, answered = _pending(store, s, study, reader)
         progress = {"finished": finished, "total": total}
         score = {"score": running_score(s, reader)} if study.education else {}  # education: the reader's own running score
         if case_id is None:
             return {"done": True, "progress": progress, "arm": reader.arm, **score}
-        case = s.get(Case, case_id)
+        case = s.get(Case, case_id, options=[] if phase == "assisted" else [defer(Case.heatmap)])
         if reader.shown_case_id != case_id or reader.shown_phase != phase:  # a reload keeps the first time shown
             reader.shown_case_id, reader.shown_phase, reader.shown_at = case_id, phase, now()
         out = {
@@ -98,8 +108,7 @@ def next_case(store: Store, study_id: str, token: str | None) -> dict:
             **score,
         }
         if phase == "assisted":
-            solo = s.scalars(select(Answer).where(Answer.reader_id == reader.id, Answer.case_id == case_id, Answer.phase == "solo")).one()
-            out["solo_answer"] = _answer_dict(solo)
+            out["solo_answer"] = answered[(case_id, "solo")]
             out["model"] = model_answer(case, study)
         return out
 
@@ -135,7 +144,7 @@ def submit(store: Store, study_id: str, token: str | None, body: dict) -> dict:
         with store.session() as s:
             study, reader = authorize(store, s, study_id, token)
             position, diagnosis, management, confidence, phase = _check_body(body, study)
-            case = s.scalars(select(Case).where(Case.study_id == study_id, Case.position == position)).first()
+            case = s.scalars(select(Case).options(defer(Case.image)).where(Case.study_id == study_id, Case.position == position)).first()
             if case is None:
                 raise StudyRefusal(422, f"Study {study_id} has no case {position}; send the number GET next gave.")
             mine = {a.phase: a for a in s.scalars(select(Answer).where(Answer.reader_id == reader.id, Answer.case_id == case.id))}
@@ -199,8 +208,6 @@ def running_score(s, reader: Reader) -> dict:
 
 def progress(store: Store, study_id: str, admin_key: str | None) -> dict:
     """The study's progress for its admin (the key ``study create`` printed): answers per reader, no tokens."""
-    from .store import token_hash
-
     with store.session() as s:
         study = s.get(Study, study_id)
         if study is None or not admin_key or token_hash(admin_key) != study.admin_key_hash:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import threading
+import time
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +35,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DisconnectionError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from ..errors import SkinLesionError
@@ -172,12 +173,16 @@ class Store:
             event.listen(self.engine, "connect", _sqlite_connect)
             event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
         elif url.get_backend_name() == "postgresql":
-            self.engine = create_engine(self.url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+            self.engine = create_engine(self.url, pool_size=10, max_overflow=20)
+            event.listen(self.engine, "checkin", _idle_from)
+            event.listen(self.engine, "checkout", _ping_if_idle)
         else:
             raise SkinLesionError(f"{flag} {self.shown} is not SQLite or PostgreSQL; pass a file path or a postgresql:// URL.")
         # SQLite takes one writer at a time: queue this process's transactions on a lock (woken at once) rather than
         # on SQLite's busy handler, which sleeps in growing steps; other processes still wait on busy_timeout
         self._one_at_a_time = threading.Lock() if self.sqlite else nullcontext()
+        self._fixed: dict = {}
+        self._fixed_lock = threading.Lock()
         if migrate:
             self.migrate()
 
@@ -207,11 +212,45 @@ class Store:
             raise SkinLesionError(f"No study {study_id!r} in {self.shown}; `skinlesion study create` prints the id of a new one.")
         return study
 
+    def fixed(self, key, make):
+        """A value that never changes once written (a study's cases, a reader's order), made once per process."""
+        with self._fixed_lock:
+            if key in self._fixed:
+                return self._fixed[key]
+        value = make()
+        with self._fixed_lock:
+            return self._fixed.setdefault(key, value)
+
     def reader(self, s: Session, token: str) -> Reader | None:
         return s.scalars(select(Reader).where(Reader.token_hash == token_hash(token))).first()
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+PING_AFTER_S = 10.0  # a pooled PostgreSQL connection idle this long is checked (SELECT 1) before it is used again
+
+
+def _idle_from(dbapi_conn, record) -> None:
+    record.info["idle_since"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_conn, record, proxy) -> None:
+    """SQLAlchemy's ``pool_pre_ping`` costs a round trip per transaction (measured: about a third of an
+    answer's time on a busy machine); a connection in steady use is checked by its next statement instead
+    (a server restart fails the transactions then in flight, which say so and ask for a retry, and the
+    pool is renewed), and one that sat idle, where a restart or a firewall's timeout is likely, is pinged
+    first and replaced when the ping fails."""
+    since = record.info.get("idle_since")
+    if since is None or time.monotonic() - since < PING_AFTER_S:
+        return
+    try:
+        cur = dbapi_conn.cursor()
+        cur.execute("SELECT 1")
+        cur.close()
+        dbapi_conn.rollback()
+    except Exception:
+        raise DisconnectionError() from None  # the pool drops it and connects anew
 
 
 def _sqlite_connect(dbapi_conn, _record) -> None:
