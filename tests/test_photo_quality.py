@@ -119,3 +119,16 @@ def test_the_predictor_names_full_resolution_blur_once_in_its_row(default_model,
     tiny = p.predict_images([Image.new("RGB", (28, 28), (190, 140, 120))], ["tiny.png"])[0]
     assert calls == [] and not tiny.photo_quality.checked
     assert tiny.row()["photo_quality"].startswith("not measured: 28x28 px")
+
+
+def test_files_reduced_as_decoded_keep_the_full_resolution_check(default_model, sample, bench, tmp_path, run_cli):
+    """predict's files (and the service's) are reduced to the model's source image as they are decoded: the
+    check on the photo as uploaded is made before that, so the CSV and the console still name the blur."""
+    from skinlesion.predict import Predictor, predict_files
+
+    path = tmp_path / "blurred.jpg"
+    bench.gaussian_blur(sample, 6).save(path, quality=95)
+    row = predict_files(Predictor(default_model), [path])[0]
+    assert "blurred" in row["quality"].split("|") and "600x450" in row["photo_quality"], row
+    code, out, _ = run_cli("predict", default_model, path)
+    assert code == 0 and "blurred" in out.splitlines()[1], out

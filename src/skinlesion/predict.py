@@ -120,7 +120,8 @@ class Prediction:
 @dataclass
 class Reduced:
     """An image as far as the analysis needs it once decoded: the model's source image (for the shipped
-    model 28x28), the upload's own size and its chroma at its own resolution. Made right after decoding
+    model 28x28), the upload's own size, its chroma and the photo-quality check of the photo as uploaded
+    (:mod:`skinlesion.photo_quality`), both at its own resolution. Made right after decoding
     (:meth:`Predictor.reduce`), so that a large upload's pixels are freed before the next file is read;
     every number the analysis gives is the same as from the decoded image (:meth:`Preprocess.to_source`
     is idempotent)."""
@@ -128,6 +129,7 @@ class Reduced:
     source: object  # PIL image
     size: tuple[int, int]
     chroma: float | None = None
+    photo: object = None  # skinlesion.photo_quality.PhotoQuality
 
 
 class Predictor:
@@ -293,13 +295,17 @@ class Predictor:
             chroma = upload_chroma(image)
             if check is not None:
                 check()
-        return Reduced(self.prep.to_source(image, check), image.size, chroma)
+        photo = self.photo_quality([image])[0]
+        if check is not None:
+            check()
+        return Reduced(self.prep.to_source(image, check), image.size, chroma, photo)
 
     def skin_tones(self, images) -> list:
-        """The skin tone (:mod:`skinlesion.skintone`) of each image, measured as the training images were."""
+        """The skin tone (:mod:`skinlesion.skintone`) of each image (PIL or :class:`Reduced`), measured as the training
+        images were (at the model's source resolution)."""
         from .skintone import measure
 
-        return [measure(im, self.prep) for im in images]
+        return [measure(self.reduce(im).source, self.prep) for im in images]
 
     def photo_quality(self, images) -> list:
         """The check on each photo as uploaded (:mod:`skinlesion.photo_quality`): measured only where the photo
@@ -359,7 +365,7 @@ class Predictor:
         stage()
         problems = self.quality_problems(images, feats)
         tones = self.skin_tones(images)
-        photos = self.photo_quality(images)
+        photos = [r.photo for r in images]  # measured at the photo's own resolution, as it was reduced
         codes = self.labels.codes
         mal_mask = np.asarray(self.labels.malignant_mask)
         out = []

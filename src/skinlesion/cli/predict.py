@@ -111,7 +111,7 @@ def predict(
             write_csv(sub, out)
     elif out:
         write_csv(table, out)
-    shown = table[["image", "top_class", "probability", "tier", "prediction_set", "warnings", "error"]].copy()
+    shown = table[["image", "top_class", "probability", "tier", "prediction_set", "quality", "warnings", "error"]].copy()
     from ..verdict import tier_shown
 
     shown["tier"] = [tier_shown(r) for r in table[["tier", "verdict"]].to_dict("records")]  # "not analysed": out of distribution
