@@ -29,6 +29,7 @@ Read top-down:
 - :mod:`skinlesion.evaluate`    the inference loop over a dataset, the evaluation report
 - :mod:`skinlesion.predict`     the predictor used by the CLI, the API and the app (PyTorch or ONNX Runtime)
 - :mod:`skinlesion.ood`         out-of-distribution score fitted on the training features ("is this dermoscopy")
+- :mod:`skinlesion.imagework`   the image the photo checks measure (the model's source, <= 128 px) and a lesion's Otsu split
 - :mod:`skinlesion.skintone`    skin tone: the ITA of the skin around the lesion, its bands, the out-of-range flag
 - :mod:`skinlesion.quality`     photo quality: what is wrong with a dermoscopic photo and how to retake it, on the
                                 image the model sees (fitted per model)

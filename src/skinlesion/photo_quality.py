@@ -87,7 +87,7 @@ def working(img):
 
 
 def _otsu(v: np.ndarray) -> float:
-    from .quality import _otsu
+    from .imagework import otsu as _otsu
 
     return _otsu(v)
 

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .imagework import WORK_SIDE, working_image  # noqa: F401 (the check's working image, re-exported)
+from .imagework import otsu as _otsu
+
 PREFIX = "quality."
-WORK_SIDE = 128  # the check works on at most this many pixels a side (its statistics depend on the scale)
 FALSE_ALARM = 0.007  # per problem, on clean held-out images (seven problems: at most ~5 % of good photos get any)
 FIT_SEVERITIES = (2, 3, 4)
 MAX_TRAIN = 600  # training images the check is fitted on: 600 clean against 600 per problem (a third at each severity)
@@ -59,27 +61,6 @@ def advice(problem: str) -> str:
     """The one sentence shown for ``problem``: what is wrong and how to retake the photo."""
     what, how, _ = PROBLEMS[problem]
     return f"Photo quality: {what}; {how}. The analysis below may be less reliable."
-
-
-def working_image(prep, img):
-    """The image the check looks at: the model's source image, at most WORK_SIDE px a side."""
-    from PIL import Image
-
-    src = prep.to_source(img)
-    if min(src.size) > WORK_SIDE:
-        k = WORK_SIDE / min(src.size)
-        src = src.resize((max(1, round(src.size[0] * k)), max(1, round(src.size[1] * k))), Image.BILINEAR)
-    return src
-
-
-def _otsu(v: np.ndarray) -> float:
-    hist, edges = np.histogram(v, bins=64, range=(0, 256))
-    p = hist / max(1, hist.sum())
-    w0 = np.cumsum(p)
-    mu = np.cumsum(p * (edges[:-1] + 2))
-    total = mu[-1]
-    between = (total * w0 - mu) ** 2 / np.clip(w0 * (1 - w0), 1e-12, None)
-    return float(edges[int(np.argmax(between[:-1])) + 1])
 
 
 def image_features(img) -> np.ndarray:

@@ -47,7 +47,7 @@ def skin_mask(rgb: np.ndarray) -> np.ndarray:
     """The skin outside the lesion: not the largest dark (Otsu) region, not the black field touching the border."""
     from scipy import ndimage
 
-    from .quality import _otsu
+    from .imagework import otsu as _otsu
 
     lum = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
     lab, _ = ndimage.label(lum < 20)
@@ -82,7 +82,7 @@ def measure(img, prep=None) -> SkinTone:
     check sees (the model's source resolution, at most 128 px a side), so that an upload and the training
     images are measured alike."""
     if prep is not None:
-        from .quality import working_image
+        from .imagework import working_image
 
         img = working_image(prep, img if hasattr(img, "convert") else _pil(img))
     rgb = np.asarray(img.convert("RGB") if hasattr(img, "convert") else img, np.uint8)
