@@ -34,3 +34,14 @@ def otsu(v: np.ndarray) -> float:
     total = mu[-1]
     between = (total * w0 - mu) ** 2 / np.clip(w0 * (1 - w0), 1e-12, None)
     return float(edges[int(np.argmax(between[:-1])) + 1])
+
+
+def outside_field(lum: np.ndarray) -> np.ndarray:
+    """The pixels outside a dermatoscope's black round field: dark regions (luminance < 20) touching the
+    border are left out, unless that would leave under a fifth of the image (then every pixel is kept)."""
+    from scipy import ndimage
+
+    lab, _ = ndimage.label(lum < 20)
+    edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+    keep = ~np.isin(lab, edge[edge > 0])
+    return keep if keep.sum() > 0.2 * lum.size else np.ones(lum.shape, bool)

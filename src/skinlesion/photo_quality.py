@@ -96,14 +96,12 @@ def measure(img) -> dict:
     """Sharpness and exposure of one photo (see the module docstring); ``sharpness`` is None where nothing varies."""
     from scipy import ndimage
 
+    from .imagework import outside_field
+
     a = np.asarray(working(img), np.float64)
     h, w = a.shape[:2]
     lum = a @ np.array([0.299, 0.587, 0.114])
-    # the black round field of a dermatoscope is not part of the photo's exposure or focus
-    lab, _ = ndimage.label(lum < 20)
-    edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
-    dark_field = np.isin(lab, edge[edge > 0])
-    keep = ~dark_field if (~dark_field).sum() > 0.2 * h * w else np.ones((h, w), bool)
+    keep = outside_field(lum)  # the black round field of a dermatoscope is not part of the photo's exposure or focus
     v = lum[keep]
     skin = keep & (lum >= _otsu(v))
     if skin.sum() < 0.1 * keep.sum():

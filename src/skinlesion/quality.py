@@ -26,6 +26,7 @@ import numpy as np
 
 from .imagework import WORK_SIDE, working_image  # noqa: F401 (the check's working image, re-exported)
 from .imagework import otsu as _otsu
+from .imagework import outside_field
 
 PREFIX = "quality."
 FALSE_ALARM = 0.007  # per problem, on clean held-out images (seven problems: at most ~5 % of good photos get any)
@@ -70,11 +71,7 @@ def image_features(img) -> np.ndarray:
     a = np.asarray(img.convert("RGB"), np.float64)
     h, w = a.shape[:2]
     lum = a @ np.array([0.299, 0.587, 0.114])
-    # a black round dermatoscope field is not "underexposed": leave out dark regions touching the border
-    lab, _ = ndimage.label(lum < 20)
-    edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
-    field = np.isin(lab, edge[edge > 0])
-    keep = ~field if (~field).sum() > 0.2 * h * w else np.ones((h, w), bool)
+    keep = outside_field(lum)  # a black round dermatoscope field is not "underexposed"
     v = lum[keep]
     mx, mn = a.max(-1)[keep], a.min(-1)[keep]
     sat = (mx - mn) / (mx + 1)
