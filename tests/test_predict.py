@@ -213,6 +213,38 @@ def test_the_image_checks_share_the_clean_features_and_fit_the_same_numbers(tiny
     assert ood_cfg["n_train"] == min(len(tr), 2000) and tensors
 
 
+def test_one_val_pass_gives_the_plain_and_the_tta_logits_and_hands_the_network_back_writable(tiny_run, tmp_path):
+    """finish_run makes one pass over val for the TTA choice (issue 24): each view's logits, the plain view first.
+    They must be the two separate passes' numbers, and the network (run channels-last) must come back in the
+    default layout, which the safetensors writer needs."""
+    import torch
+    from safetensors.torch import save_file
+
+    from skinlesion.bundle import load_model
+    from skinlesion.data import load_dataset
+    from skinlesion.evaluate import dataset_outputs
+    from skinlesion.preprocess import tta_logits
+
+    data, _, run = tiny_run
+    net, cfg = load_model(run / "best.safetensors")
+    ds = load_dataset(data)
+    rows = np.arange(min(len(ds), 37))  # not a multiple of the batch: the views are joined across batches
+    names = list(cfg.ood["stages"])
+    per_view, f = dataset_outputs(net, cfg.prep, ds, rows, tta=True, views=True, stages=names, batch_size=16)
+    plain, f_plain = dataset_outputs(net, cfg.prep, ds, rows, stages=names, batch_size=16)
+    combined, _ = dataset_outputs(net, cfg.prep, ds, rows, tta=True, batch_size=16)
+    assert per_view.shape == (8, len(rows), len(cfg.labels))
+    assert np.array_equal(per_view[0], plain) and np.array_equal(f, f_plain)
+    assert np.allclose(tta_logits(per_view), combined, atol=1e-6)
+    assert not np.allclose(per_view[1], per_view[0])  # the other views are other images
+    with torch.no_grad():  # the same numbers as the default layout, to float rounding
+        x = torch.from_numpy(cfg.prep.batch([ds.image(int(i)) for i in rows[:16]]))
+        assert np.allclose(net.eval()(x).numpy(), plain[:16], atol=1e-4)
+    conv = next(p for p in net.parameters() if p.dim() == 4)
+    assert conv.is_contiguous()
+    save_file({k: v for k, v in net.state_dict().items()}, str(tmp_path / "w.safetensors"))
+
+
 def test_committed_model_card_is_the_one_generated_from_the_shipped_bundle(default_model):
     from skinlesion.card import render
 

@@ -35,13 +35,20 @@ def dataset_outputs(
     num_workers: int | None = None,
     progress=None,
     transform=None,
+    views: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ONE inference loop over a dataset: (logits, pooled OOD features of ``stages``) for rows ``positions``.
 
     Evaluation, post-training (TTA choice, calibration), cross-validation and the OOD fit all use it.
     With ``tta`` the logits combine the 8 flips/rotations; the features are always those of the plain view.
+    With ``views`` (and ``tta``) the logits are each view's, shape (8, N, C), the plain view first, so
+    one pass gives both the plain and the combined (:func:`~skinlesion.preprocess.tta_logits`) logits.
     ``progress(n)`` is called after each batch with the number of images it held. ``transform``
     (PIL image -> tensor) replaces ``prep.eval_transform()``: the OOD fit uses it for round-field copies.
+
+    The network runs in channels-last memory layout (about 1.3-1.6x faster on CPU for these
+    depthwise-convolution backbones; the same numbers to float rounding) and is handed back in
+    the default layout, which the safetensors writer needs.
     """
     import torch
 
@@ -51,22 +58,28 @@ def dataset_outputs(
 
     positions = np.arange(len(ds)) if positions is None else np.asarray(positions, int)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    last = torch.channels_last
     net = net.to(device).eval()
     loader = make_loader(ImageSet(ds, positions, transform or prep.eval_transform()), batch_size, num_workers=num_workers)
     logits, feats = [], []
-    with torch.inference_mode():
-        for x, _, _ in loader:
-            x = x.to(device)
-            lg, f = forward_with_features(net, x, stages or [])
-            if tta:
-                lg = torch.from_numpy(tta_logits(torch.stack([lg] + [net(v) for v in tta_views(x)[1:]]).float().cpu().numpy()))
-            logits.append(lg.float().cpu())
-            feats.append(f.float().cpu())
-            if progress is not None:
-                progress(len(x))
+    try:
+        net.to(memory_format=last)
+        with torch.inference_mode():
+            for x, _, _ in loader:
+                x = x.to(device).contiguous(memory_format=last)
+                lg, f = forward_with_features(net, x, stages or [])
+                if tta:
+                    per_view = torch.stack([lg] + [net(v.contiguous(memory_format=last)) for v in tta_views(x)[1:]]).float().cpu()
+                    lg = per_view if views else torch.from_numpy(tta_logits(per_view.numpy()))
+                logits.append(lg.float().cpu())
+                feats.append(f.float().cpu())
+                if progress is not None:
+                    progress(len(x))
+    finally:
+        net.to(memory_format=torch.contiguous_format)
     if not logits:
         return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
-    return torch.cat(logits).numpy(), torch.cat(feats).numpy()
+    return torch.cat(logits, dim=1 if tta and views else 0).numpy(), torch.cat(feats).numpy()
 
 
 def dataset_logits(net, prep, ds: Dataset, positions=None, *, tta: bool = False, **kwargs) -> np.ndarray:

@@ -53,6 +53,8 @@ def finish_run(out, ds, train_positions, val_positions) -> dict:
     from dataclasses import replace
     from pathlib import Path
 
+    import numpy as np
+
     from .bundle import load_model, save_bundle
     from .calibration import ece
     from .errors import atomic_text
@@ -60,6 +62,7 @@ def finish_run(out, ds, train_positions, val_positions) -> dict:
     from .metrics import compute_metrics
     from .ood import stages
     from .posthoc import calibrate, decide, fit_calibration, fit_rules
+    from .preprocess import tta_logits
     from .skintone import training_distribution
 
     out = Path(out)
@@ -67,10 +70,12 @@ def finish_run(out, ds, train_positions, val_positions) -> dict:
     labels = ds.labels[val_positions]
     candidates = {}
     names = stages(net)
-    val_features = None
+    # one pass over val: each TTA view's logits (the plain view first) and the plain view's features,
+    # which are the image checks' val rows
+    per_view, f = dataset_outputs(net, mcfg.prep, ds, val_positions, tta=True, views=True, stages=names)
+    val_features = f if names else None
     for tta in (False, True):  # keep TTA only if it lowers the calibrated val NLL
-        lg, f = dataset_outputs(net, mcfg.prep, ds, val_positions, tta=tta, stages=None if tta else names)
-        val_features = f if not tta and names else val_features  # the plain pass's features: the image checks' val rows
+        lg = tta_logits(per_view).astype(np.float32) if tta else per_view[0]
         t_, b_ = fit_calibration(lg, labels)
         candidates[tta] = (compute_metrics(calibrate(lg, t_, b_), labels, classes=mcfg.labels)["nll"], lg, t_, b_)
     tta = candidates[True][0] < candidates[False][0]
