@@ -5,8 +5,8 @@
 RUN is a ``skinlesion train --split`` folder (``best.safetensors``, ``split.csv``). The run is copied
 to a temporary folder and :func:`skinlesion.finish.finish_run` (TTA choice, calibration, rules, OOD
 score, photo-quality check) is run on the copy, timed and with the peak resident memory of the
-process. Then, on the split's ``test`` rows (never seen by the fits), it states what the checks do:
-the share of clean images flagged out of distribution and with any photo problem, and per problem
+process (torch and timm imported first, as the training loop that runs the fits has them). Then,
+on the split's ``test`` rows (never seen by the fits), it states what the checks do: the share of clean images flagged out of distribution and with any photo problem, and per problem
 the share named at severity 3 of its corruption. Run it with ``PYTHONPATH=<checkout>/src`` of two
 checkouts to compare the code before and after a change on the same run, side by side.
 """
@@ -51,6 +51,9 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) / "run"
         shutil.copytree(run, work, ignore=shutil.ignore_patterns("checkpoints", "tensorboard", "logs"))
+        import timm  # noqa: F401  (loaded by the training loop before its fits run: not theirs to pay)
+        import torch  # noqa: F401
+
         t0 = time.perf_counter()
         finish_run(work, ds, pos["train"], pos["val"])
         seconds = time.perf_counter() - t0
