@@ -133,3 +133,30 @@ def test_the_cli_is_split_by_verb_group_and_runs_as_a_module():
         assert r.returncode == 0, r.stderr
         listed = [line.split()[1] for line in r.stdout.splitlines() if line.startswith("│ ") and len(line.split()) > 2]
         assert [v for v in listed if v in verbs] == list(verbs), (module, listed)
+
+
+def test_every_default_an_option_help_states_is_shown_by_help():
+    """Rich markup reads "[default: 30]" as a tag and drops it: an option whose help states its default in
+    brackets must show it (escaped in the source), and no escape character may reach the user."""
+    import typer.main
+
+    from skinlesion.cli import app
+    from typer.testing import CliRunner
+
+    root = typer.main.get_command(app)
+    commands, stated = [((), root)], 0
+    while commands:
+        path, cmd = commands.pop()
+        if getattr(cmd, "commands", None):  # a group (typer's own click, not necessarily the click package)
+            commands += [((*path, name), sub) for name, sub in cmd.commands.items()]
+            continue
+        wanted = [p.help.split("[default:", 1)[1].split("]", 1)[0] for p in cmd.params if "[default:" in (getattr(p, "help", None) or "")]
+        if not wanted:
+            continue
+        out = CliRunner().invoke(app, [*path, "--help"], terminal_width=400, env={"COLUMNS": "400"}).output
+        flat = " ".join(out.replace("│", " ").split())
+        for text in wanted:
+            stated += 1
+            assert "[default: " + " ".join(text.split()) + "]" in flat, (path, text)
+        assert "\\[" not in out, path
+    assert stated >= 20  # train, serve and app state theirs this way

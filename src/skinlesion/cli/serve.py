@@ -18,19 +18,19 @@ def app_cmd(
     port: Optional[int] = typer.Option(
         None,
         "--port",
-        help="Port to listen on [default: STREAMLIT_SERVER_PORT, else server.port of Streamlit's config.toml, else 8501].",
+        help="Port to listen on \\[default: STREAMLIT_SERVER_PORT, else server.port of Streamlit's config.toml, else 8501].",
     ),
     address: str = typer.Option("localhost", "--address", help="Address to bind (0.0.0.0 to serve others)."),
     sample: Optional[Path] = typer.Option(
         None,
         "--sample",
-        help="A real dermoscopic image the page offers as 'Try a sample' [default: the bundled HAM10000 melanoma]; "
+        help="A real dermoscopic image the page offers as 'Try a sample' \\[default: the bundled HAM10000 melanoma]; "
         "a JSON beside it (as skinlesion/samples/ISIC_0024310.json) gives its ground truth and credit.",
     ),
     sample_credit: Optional[str] = typer.Option(
         None,
         "--sample-credit",
-        help="Attribution shown under the sample [default: the credit in the JSON beside it].",
+        help="Attribution shown under the sample \\[default: the credit in the JSON beside it].",
     ),
     study_db: Optional[str] = typer.Option(
         None,
@@ -203,7 +203,7 @@ def serve(
     timeout: float = typer.Option(30.0, "--timeout", help="Seconds a request may take (503 and abandoned beyond it)."),
     grace: float = typer.Option(30.0, "--grace", help="Seconds in-flight requests get to finish after SIGTERM."),
     concurrency: Optional[int] = typer.Option(
-        None, "--concurrency", help="Analyses at once per worker [default: its share of the cores, one thread each]."
+        None, "--concurrency", help="Analyses at once per worker \\[default: its share of the cores, one thread each]."
     ),
     max_queue: int = typer.Option(64, "--max-queue", help="Requests admitted to wait per worker beyond --concurrency (503 beyond)."),
     max_connections: int = typer.Option(
@@ -217,7 +217,7 @@ def serve(
     formats: str = typer.Option("JPEG,PNG", "--formats", help="Image formats accepted, by their first bytes (also GIF, TIFF, BMP, WEBP)."),
     heatmaps: bool = typer.Option(True, "--heatmaps/--no-heatmaps", help="Allow ?heatmap= (its PyTorch weights load at start)."),
     metrics: str = typer.Option(
-        "auto", "--metrics", help="/metrics: open, key (an API key needed) or off [default: open on loopback, key otherwise]."
+        "auto", "--metrics", help="/metrics: open, key (an API key needed), off, or auto: open on loopback, key otherwise."
     ),
     study_db: Optional[str] = typer.Option(None, "--study-db", help="Also serve the reader studies in this database (skinlesion study)."),
 ) -> None:

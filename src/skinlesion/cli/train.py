@@ -40,33 +40,33 @@ def train(
     metadata: str = typer.Option(
         "auto", "--metadata", help="With --folds: use age, sex and body site: auto (only where it helps out of fold), yes or no."
     ),
-    backbone: Optional[str] = typer.Option(None, help="Any timm model name [default: resnet50]."),
+    backbone: Optional[str] = typer.Option(None, help="Any timm model name \\[default: resnet50]."),
     pretrained: Optional[bool] = typer.Option(
         None,
         "--pretrained/--no-pretrained",
         help="Start from ImageNet weights (timm download, or offline packages for tf_efficientnet_lite0..2).",
     ),
     weights: Optional[Path] = typer.Option(None, "--weights", help="ImageNet/backbone weights as a .safetensors file."),
-    input_size: Optional[int] = typer.Option(None, help="Network input size [default: backbone's, or 4x tiny images]."),
+    input_size: Optional[int] = typer.Option(None, help="Network input size \\[default: backbone's, or 4x tiny images]."),
     source_size: Optional[int] = typer.Option(
-        None, help="Resize every image to this square size first [default: tiny images' or a cache's own size]; matches `prepare --size`."
+        None, help="Resize every image to this square size first \\[default: tiny images' or a cache's own size]; matches `prepare --size`."
     ),
-    epochs: Optional[int] = typer.Option(None, help="Maximum epochs [default: 30]."),
-    batch_size: Optional[int] = typer.Option(None, help="[default: 64]"),
-    lr: Optional[float] = typer.Option(None, help="Peak AdamW learning rate [default: 1e-3]."),
-    weight_decay: Optional[float] = typer.Option(None, help="[default: 0.05]"),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs \\[default: 30]."),
+    batch_size: Optional[int] = typer.Option(None, help="\\[default: 64]"),
+    lr: Optional[float] = typer.Option(None, help="Peak AdamW learning rate \\[default: 1e-3]."),
+    weight_decay: Optional[float] = typer.Option(None, help="\\[default: 0.05]"),
     balance: Optional[str] = typer.Option(
         None, help="Class imbalance: sqrt (inverse-sqrt-frequency loss weights, default), weights, sampler, none."
     ),
-    label_smoothing: Optional[float] = typer.Option(None, help="[default: 0.05]"),
-    patience: Optional[int] = typer.Option(None, help="Early stopping patience in epochs, on val balanced accuracy [default: 8]."),
-    seed: Optional[int] = typer.Option(None, help="[default: 42]"),
-    num_workers: Optional[int] = typer.Option(None, help="DataLoader workers [default: sized to the machine]."),
+    label_smoothing: Optional[float] = typer.Option(None, help="\\[default: 0.05]"),
+    patience: Optional[int] = typer.Option(None, help="Early stopping patience in epochs, on val balanced accuracy \\[default: 8]."),
+    seed: Optional[int] = typer.Option(None, help="\\[default: 42]"),
+    num_workers: Optional[int] = typer.Option(None, help="DataLoader workers \\[default: sized to the machine]."),
     accelerator: Optional[str] = typer.Option(None, help="auto (default), cpu or gpu."),
-    devices: Optional[str] = typer.Option(None, help="Devices per node, e.g. 2 (DDP) [default: auto]."),
-    num_nodes: Optional[int] = typer.Option(None, help="Nodes for multi-node DDP [default: 1]."),
-    strategy: Optional[str] = typer.Option(None, help="Lightning strategy, e.g. ddp [default: auto]."),
-    precision: Optional[str] = typer.Option(None, help="[default: bf16-mixed on GPU, 32-true on CPU]"),
+    devices: Optional[str] = typer.Option(None, help="Devices per node, e.g. 2 (DDP) \\[default: auto]."),
+    num_nodes: Optional[int] = typer.Option(None, help="Nodes for multi-node DDP \\[default: 1]."),
+    strategy: Optional[str] = typer.Option(None, help="Lightning strategy, e.g. ddp \\[default: auto]."),
+    precision: Optional[str] = typer.Option(None, help="\\[default: bf16-mixed on GPU, 32-true on CPU]"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last finished epoch."),
     force: bool = typer.Option(
         False,
@@ -81,7 +81,7 @@ def train(
         None,
         "--augment",
         help="Training augmentation strength NAME=VALUE, repeatable: brightness, contrast (0-0.9), jitter (0-0.5), "
-        "vignette (0-1) [default: 0.4, 0.4, 0.1, 0.25].",
+        "vignette (0-1) \\[default: 0.4, 0.4, 0.1, 0.25].",
     ),
     loss: Optional[str] = typer.Option(
         None,
@@ -89,24 +89,24 @@ def train(
         help="cross-entropy (default; class weights from --balance), logit-adjusted (Menon et al. 2021) or balanced-softmax "
         "(Ren et al. 2020; the logit adjustment with tau 1); both with --balance none.",
     ),
-    loss_tau: Optional[float] = typer.Option(None, "--loss-tau", help="The logit adjustment of --loss logit-adjusted [default: 1]."),
+    loss_tau: Optional[float] = typer.Option(None, "--loss-tau", help="The logit adjustment of --loss logit-adjusted \\[default: 1]."),
     drw_epochs: Optional[int] = typer.Option(
         None,
         "--drw-epochs",
         help="Deferred re-weighting (Cao et al. 2019): class-balanced loss weights for the last N epochs, the plain loss before "
-        "(with --balance none) [default: 0, off].",
+        "(with --balance none) \\[default: 0, off].",
     ),
-    mixup: Optional[float] = typer.Option(None, "--mixup", help="Mixup alpha (timm's Mixup, e.g. 0.2) [default: 0, off]."),
-    cutmix: Optional[float] = typer.Option(None, "--cutmix", help="CutMix alpha (e.g. 1.0) [default: 0, off]."),
-    mix_prob: Optional[float] = typer.Option(None, "--mix-prob", help="Share of batches mixed by --mixup/--cutmix [default: 1]."),
+    mixup: Optional[float] = typer.Option(None, "--mixup", help="Mixup alpha (timm's Mixup, e.g. 0.2) \\[default: 0, off]."),
+    cutmix: Optional[float] = typer.Option(None, "--cutmix", help="CutMix alpha (e.g. 1.0) \\[default: 0, off]."),
+    mix_prob: Optional[float] = typer.Option(None, "--mix-prob", help="Share of batches mixed by --mixup/--cutmix \\[default: 1]."),
     logger: Optional[str] = typer.Option(
         None,
         "--logger",
         help="Experiment tracking: tensorboard (into OUT/tensorboard), csv (OUT/logs), mlflow (--tracking-uri), none, or auto "
-        "[default: tensorboard where installed, else csv].",
+        "\\[default: tensorboard where installed, else csv].",
     ),
     tracking_uri: Optional[str] = typer.Option(
-        None, "--tracking-uri", help="With --logger mlflow: the tracking URI [default: MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db]."
+        None, "--tracking-uri", help="With --logger mlflow: the tracking URI \\[default: MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db]."
     ),
     decision_rule: Optional[str] = typer.Option(
         None,
@@ -119,7 +119,7 @@ def train(
         None,
         "--augment-on",
         help="Where the training augmentation runs: device (whole batches on the GPU, or the CPU), workers (image by image "
-        "on DataLoader workers) or auto [default: device when the images have one size: a cache, .npz or --source-size].",
+        "on DataLoader workers) or auto \\[default: device when the images have one size: a cache, .npz or --source-size].",
     ),
 ) -> None:
     """Train a model on a split, or a cross-validated ensemble with --folds; writes models, config, manifest and metrics into --out.

@@ -23,7 +23,7 @@ def create(
     arms: str = typer.Option("solo", "--arms", help="solo, assisted or solo,assisted (readers alternate between the arms)."),
     education: bool = typer.Option(False, "--education", help="Show readers the truth and their running score after each case."),
     train_data: Optional[str] = typer.Option(
-        None, "--train-data", help="Where the model's training data is [default: as its bundle says]."
+        None, "--train-data", help="Where the model's training data is \\[default: as its bundle says]."
     ),
     heatmaps: bool = typer.Option(True, "--heatmaps/--no-heatmaps", help="Grad-CAM maps for the assisted arm (slow on a CPU)."),
 ) -> None:
@@ -55,7 +55,7 @@ def invite(
     db: str = typer.Option(..., "--db", help=DB_HELP),
     study: str = typer.Option(..., "--study", help="The study id `study create` printed."),
     readers: int = typer.Option(..., "--readers", help="How many new readers (tokens) to make."),
-    arm: Optional[str] = typer.Option(None, "--arm", help="Put every new reader in this arm [default: alternate the study's arms]."),
+    arm: Optional[str] = typer.Option(None, "--arm", help="Put every new reader in this arm \\[default: alternate the study's arms]."),
     link: Optional[str] = typer.Option(
         None, "--link", help="The app's address, e.g. http://host:8501: print reading links instead of tokens."
     ),
