@@ -49,7 +49,13 @@ def wait_healthy(base: str, proc, seconds: float) -> bool:
 
 
 class StreamlitSession:
-    """One websocket session of a Streamlit app; ``query_string`` is what the tab's address carries after ``?``."""
+    """One websocket session of a Streamlit app; ``query_string`` is what the tab's address carries after ``?``.
+
+    ``ping_interval``: the client's own keepalive pings (the websockets library's default, 20 s, each to be
+    answered within 20 s); a browser sends none, so ``None`` is closer to one, and a server starved of CPU for
+    20 s then does not have its connection closed by the client (1011 keepalive ping timeout)."""
+
+    ping_interval: float | None = 20.0
 
     def __init__(self, base: str, query_string: str = ""):
         self.base = base
@@ -66,7 +72,9 @@ class StreamlitSession:
         protocols = ["streamlit", self.cookie] if self.cookie else ["streamlit"]
         headers = {"Cookie": f"_streamlit_xsrf={self.cookie}"} if self.cookie else {}
         ws_url = self.base.replace("http", "ws", 1) + "/_stcore/stream"
-        self.ws = await connect(ws_url, subprotocols=protocols, additional_headers=headers, origin=self.base, max_size=None)
+        self.ws = await connect(
+            ws_url, subprotocols=protocols, additional_headers=headers, origin=self.base, max_size=None, ping_interval=self.ping_interval
+        )
 
     async def close(self) -> None:
         if self.ws is not None:

@@ -28,8 +28,10 @@ tests start).
 takes seconds to minutes); 0, the default, sends every answer back to back (a stress test).
 
 The servers are started on 127.0.0.1 and waited for (the REST service until its model is loaded, the app
-until its health check answers), so that starting does not compete with the readers, then stopped; the
-database lives in a temp folder.
+until one page has run), so that starting does not compete with the readers, then stopped; the database
+lives in a temp folder. They inherit the environment, so Streamlit's own options can be set there (e.g.
+``STREAMLIT_RUNNER_POST_SCRIPT_GC=false``: Streamlit runs a full ``gc.collect(2)`` after every script run,
+two per answer, by default).
 """
 
 from __future__ import annotations
@@ -228,6 +230,8 @@ class Page:
 
 class ReadingTab(StreamlitSession):
     """A reader's browser tab on the reading page, opened with the query string of the reader's invite link."""
+
+    ping_interval = None  # as a browser: no client keepalive pings
 
     async def page(self, answered: tuple[int, str] | None, timeout: float) -> Page:
         """Read forward messages until the page's script run ends (a run stopped for ``st.rerun`` is followed
