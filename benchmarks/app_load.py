@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,15 +28,14 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _streamlit_ws beside this file, however this is loaded
+
+from _streamlit_ws import StreamlitSession  # noqa: E402
+from _streamlit_ws import free_port as _free_port  # noqa: E402,F401  (cold_start.py imports it from here)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 ANSWER_ELEMENTS = ("markdown", "alert", "metric", "text", "heading", "code")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rss_mib(pid: int) -> float:
@@ -57,16 +55,6 @@ def _rss_mib(pid: int) -> float:
     return total / 1024
 
 
-def _xsrf_cookie(base: str) -> str:
-    """Ask the server's health endpoint, as the page's script does, for Streamlit's XSRF cookie ('' when XSRF is off)."""
-    with urllib.request.urlopen(base + "/_stcore/health", timeout=30) as r:
-        for header in r.headers.get_all("Set-Cookie") or []:
-            name, _, rest = header.partition("=")
-            if name.strip() == "_streamlit_xsrf":
-                return rest.split(";")[0]
-    return ""
-
-
 def _put(url: str, name: str, data: bytes, cookie: str) -> int:
     boundary = uuid.uuid4().hex
     body = (
@@ -83,54 +71,22 @@ def _put(url: str, name: str, data: bytes, cookie: str) -> int:
         return r.status
 
 
-class Session:
+class Session(StreamlitSession):
     """One browser tab, without the browser."""
 
     def __init__(self, base: str):
-        self.base = base
-        self.ws = None
-        self.session_id = ""
+        super().__init__(base)
         self.uploader = ""
-        self.seen: dict[str, object] = {}  # ForwardMsg hash -> message (the server may send a reference later)
 
     async def open(self):
-        from websockets.asyncio.client import connect
-
-        self.cookie = await asyncio.to_thread(_xsrf_cookie, self.base)
-        protocols = ["streamlit", self.cookie] if self.cookie else ["streamlit"]
-        headers = {"Cookie": f"_streamlit_xsrf={self.cookie}"} if self.cookie else {}
-        ws_url = self.base.replace("http", "ws", 1) + "/_stcore/stream"
-        self.ws = await connect(ws_url, subprotocols=protocols, additional_headers=headers, origin=self.base, max_size=None)
+        await self.connect()
         await self.rerun([])
         self.first_texts = await self.until_finished()
         if not self.uploader:
             raise RuntimeError("the page has no file uploader")
 
-    async def close(self):
-        if self.ws is not None:
-            await self.ws.close()
-
-    async def _send(self, back):
-        await self.ws.send(back.SerializeToString())
-
-    async def rerun(self, widgets):
-        from streamlit.proto.BackMsg_pb2 import BackMsg
-
-        back = BackMsg()
-        back.rerun_script.query_string = ""
-        back.rerun_script.widget_states.widgets.extend(widgets)
-        await self._send(back)
-
     async def _next(self, timeout: float):
-        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
-
-        msg = ForwardMsg()
-        msg.ParseFromString(await asyncio.wait_for(self.ws.recv(), timeout))
-        if msg.WhichOneof("type") == "ref_hash":
-            msg = self.seen[msg.ref_hash]
-        elif msg.hash:
-            self.seen[msg.hash] = msg
-        return msg
+        return await self.next_msg(timeout)
 
     async def until_finished(self, timeout: float = 120.0) -> list[str]:
         """Read messages until the script run ends; the texts of what the page shows."""
@@ -138,9 +94,7 @@ class Session:
         while True:
             msg = await self._next(timeout)
             kind = msg.WhichOneof("type")
-            if kind == "new_session":
-                self.session_id = msg.new_session.initialize.session_id
-            elif kind == "delta" and msg.delta.WhichOneof("type") == "new_element":
+            if kind == "delta" and msg.delta.WhichOneof("type") == "new_element":
                 el = msg.delta.new_element
                 t = el.WhichOneof("type")
                 if t == "file_uploader":
@@ -160,7 +114,7 @@ class Session:
         back.file_urls_request.request_id = uuid.uuid4().hex
         back.file_urls_request.session_id = self.session_id
         back.file_urls_request.file_names.append(name)
-        await self._send(back)
+        await self.send(back)
         while True:
             msg = await self._next(60)
             if msg.WhichOneof("type") == "file_urls_response":
