@@ -6,8 +6,9 @@ RUN is a ``skinlesion train --split`` folder (``best.safetensors``, ``split.csv`
 to a temporary folder and :func:`skinlesion.finish.finish_run` (TTA choice, calibration, rules, OOD
 score, photo-quality check) is run on the copy, timed and with the peak resident memory of the
 process (torch and timm imported first, as the training loop that runs the fits has them). Then,
-on the split's ``test`` rows (never seen by the fits), it states what the checks do: the share of clean images flagged out of distribution and with any photo problem, and per problem
-the share named at severity 3 of its corruption. Run it with ``PYTHONPATH=<checkout>/src`` of two
+on the split's ``test`` rows (never seen by the fits), it states what the checks do: the share of
+clean images flagged out of distribution and with any photo problem, and per problem the share
+named at severity 3 of its corruption. Run it with ``PYTHONPATH=<checkout>/src`` of two
 checkouts to compare the code before and after a change on the same run, side by side.
 """
 

@@ -242,7 +242,7 @@ def test_one_val_pass_gives_the_plain_and_the_tta_logits_and_hands_the_network_b
         assert np.allclose(net.eval()(x).numpy(), plain[:16], atol=1e-4)
     conv = next(p for p in net.parameters() if p.dim() == 4)
     assert conv.is_contiguous()
-    save_file({k: v for k, v in net.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    save_file(dict(net.state_dict()), str(tmp_path / "w.safetensors"))  # refuses non-contiguous tensors
 
 
 def test_committed_model_card_is_the_one_generated_from_the_shipped_bundle(default_model):
