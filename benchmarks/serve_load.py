@@ -28,8 +28,10 @@ service whose file-descriptor limit is 1,024 (one real client's p50 before and d
 log's line count); (m, n) one request of 32 solid 7745x7745 PNGs (the worker's peak RSS, and each second
 for 10 s after; with heat maps and with ``--no-heatmaps``); (c) ``--timeout 2 --concurrency 1``: when the
 timed-out analysis's slot is free and how long the next small request, sent at once, waits; (d) 150
-connections opened first, then 150 requests sent at the same moment at ``--concurrency 1``: how many wait,
-how fast the rest are refused; whether any answer was a plain-text 500, and whether ``urllib`` reads the
+connections opened first, then 150 requests sent at the same moment at ``--concurrency 1``, from one asyncio
+client in a process of its own (the benchmark's nice, as the service): how many wait, how fast the rest are
+refused, timed by the client and by the service itself (its headers parsed to its status line written, from a
+trace the served process writes at exit: ``_TRACE``, loaded there as ``sitecustomize``); whether any answer was a plain-text 500, and whether ``urllib`` reads the
 413 of a 25 MB body. ``--src LABEL=DIR`` (repeatable) serves each part from each package tree in turn
 (the previous version beside this one, minutes apart on the same machine).
 """
@@ -422,9 +424,11 @@ def _timeout_case(svc, files, small: bytes, idle_p50_ms: float) -> dict:
 
 
 _TRACE = '''"""Loaded by the served process in benchmarks/serve_load.py part (d) (its PYTHONPATH): when each
-request's headers were parsed and when its status line was written, by the client's port, written at exit."""
-import atexit, json, os, time
-from asyncio import selector_events
+request's headers were parsed and when its status line was written, by the client's port; and each pass of the
+event loop that took over 2 ms: its wall time outside the selector's wait and the loop thread's CPU time in it
+(less CPU than wall: the thread waited for the GIL or a core). Written at exit."""
+import atexit, json, os, selectors, time
+from asyncio import base_events, selector_events
 
 import h11
 from uvicorn.protocols.http import h11_impl
@@ -455,7 +459,27 @@ def write(self, data):
     return _write(self, data)
 
 
+_select, _run_once, _waited = selectors.EpollSelector.select, base_events.BaseEventLoop._run_once, [0.0]
+
+
+def select(self, timeout=None):
+    t = time.perf_counter()
+    try:
+        return _select(self, timeout)
+    finally:
+        _waited[0] += time.perf_counter() - t
+
+
+def run_once(self):
+    t, cpu, _waited[0] = time.perf_counter(), time.thread_time(), 0.0
+    _run_once(self)
+    wall = time.perf_counter() - t - _waited[0]
+    if wall > 0.002:
+        _log.append((t, "pass", round(wall * 1000, 2), round((time.thread_time() - cpu) * 1000, 2)))
+
+
 h11_impl.H11Protocol.handle_events, h11.Connection.next_event = handle_events, next_event
+selectors.EpollSelector.select, base_events.BaseEventLoop._run_once = select, run_once
 selector_events._SelectorSocketTransport.write = write
 atexit.register(lambda: open(os.environ["SKINLESION_BENCH_TRACE"], "w").write(json.dumps(_log)))
 '''
@@ -534,9 +558,13 @@ def _burst(svc, small: bytes, out: Path, trace: Path, n: int = 150) -> dict:
         for t, what, port, status in json.loads(trace.read_text()):
             if what == "headers":
                 headers[port] = t
-            elif port in headers and port not in server:
+            elif what == "status" and port in headers and port not in server:
                 server[port] = (t - headers[port]) * 1000
     t0 = min(g["written"] for g in got)
+    refused_by = max((g["status_at"] for g in got if g["status"] == 503 and "busy" in g["detail"]), default=t0)
+    passes = (
+        [(w, c) for t, what, w, c in json.loads(trace.read_text()) if what == "pass" and t0 <= t <= refused_by] if trace.exists() else []
+    )
 
     def ms(xs):
         xs = [x for x in xs if x is not None]
@@ -560,6 +588,13 @@ def _burst(svc, small: bytes, out: Path, trace: Path, n: int = 150) -> dict:
         "refused_busy_503": kinds(busy),
         "refused_with_retry_after": sum(1 for g in got if busy(g) and g["retry_after"]),
         "writes_took_ms": round((max(g["written"] for g in got) - t0) * 1000, 1),
+        "loop_until_last_refusal": {  # the service's event loop from the first write to the last busy 503 received
+            "window_ms": round((refused_by - t0) * 1000, 1),
+            "passes_over_2ms": len(passes),
+            "their_wall_ms": round(sum(w for w, _ in passes), 1),
+            "their_cpu_ms": round(sum(c for _, c in passes), 1),
+            "longest_ms": max((w for w, _ in passes), default=0),
+        },
         "other": other[:5],
         "other_count": len(other),
         "plain_text_or_500": sum(1 for g in got if g["status"] == 500 or (g["status"] > 0 and "json" not in g["kind"])),
