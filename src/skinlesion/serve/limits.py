@@ -88,7 +88,6 @@ class Admission:
 
     def __init__(self, cap: int, refused=None):
         self.cap, self.count = cap, 0
-        self.paced = Paced()  # the admitted requests' turns on the event loop
         self.refused = refused or (lambda: None)  # called for each refusal made at the headers (the route's are counted as responses)
 
     def counts(self, scope) -> bool:
@@ -108,26 +107,18 @@ class Admission:
 
 
 class Paced:
-    """Admitted requests started, and their bodies parsed, one chunk per pass of the worker's event loop.
+    """Request bodies parsed one chunk per pass of the worker's event loop.
 
     A pass of the loop runs every task that is ready before it reads its sockets again, so the admitted requests
     of a burst, each parsing the chunk of multipart body that arrived for it (a few milliseconds of Python per
     256 KiB), would hold back the headers of the requests behind them, and with them the 503s :class:`Admission`
     answers from the headers. A request's ``receive`` wrapped by :meth:`receive` takes the turn when a chunk
     arrives and hands it on at its next ``receive``, in the loop's next pass: one chunk is parsed per pass, the
-    sockets are read between any two. A request waiting for its client's bytes holds no turn. The protocol gives
-    each admitted request a :meth:`turn` of its own to start in, so that the framework's work for a burst's
-    admitted requests is spread over passes too.
+    sockets are read between any two. A request waiting for its client's bytes holds no turn.
     """
 
     def __init__(self):
         self._turn = asyncio.Lock()  # fair: a waiting task is served before a newcomer
-
-    async def turn(self) -> None:
-        """Wait for a pass of the loop that is this task's alone (an admitted request's start: the framework's
-        middleware, routing and dependencies, about a millisecond of Python each); it is handed on at the next."""
-        await self._turn.acquire()
-        self._hand_on()
 
     def _hand_on(self) -> None:
         asyncio.get_running_loop().call_soon(self._turn.release)  # the next pass: its sockets first

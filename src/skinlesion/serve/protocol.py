@@ -119,13 +119,10 @@ class GuardedH11Protocol(H11Protocol):
         self.refuse(503, self._busy, retry_after=Admission.RETRY_AFTER)  # then the body is read away, and the connection closed
 
     async def _admitted_app(self, scope, receive, send):
-        """The application, started in a turn of its own (:class:`~.limits.Paced`) for a request admitted at its headers,
-        giving back the place it took when the request ends."""
+        """The application, giving back the place its request took at the headers when the request ends."""
         taken = scope["type"] == "http" and scope.get("state", {}).get(Admission.STATE)
         gate = self.app_state.get(Admission.LIFESPAN_KEY) if taken else None
         try:
-            if gate is not None:
-                await gate.paced.turn()  # its start in a pass of its own: the sockets (and the refusals) between any two
             await self._app(scope, receive, send)
         finally:
             if gate is not None:

@@ -50,7 +50,7 @@ from ..report import NOTICE
 from .refusals import Refusal
 from .forms import Upload
 from .keys import KeyRing, loose_permissions
-from .limits import Admission, PixelBudget, RateLimit
+from .limits import Admission, Paced, PixelBudget, RateLimit
 from .metrics import Metrics
 from .settings import Settings
 
@@ -79,8 +79,8 @@ class Service:
         self.idle = asyncio.Event()
         self.idle.set()
         self._waiting = 0
+        self.paced = Paced()  # the admitted requests' bodies, parsed one chunk at a time on the event loop
         self.gate = Admission(settings.max_queue + settings.analyses_at_once(), refused=self._refused_busy)  # reading, queued, running
-        self.paced = self.gate.paced  # the admitted requests' starts and body chunks, one per pass of the event loop
         self.stopping = asyncio.Event()  # --grace is over: everything still admitted is answered 503
         self._lock = threading.Lock()
         self._torch_threads = False
