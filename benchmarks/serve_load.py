@@ -28,8 +28,10 @@ service whose file-descriptor limit is 1,024 (one real client's p50 before and d
 log's line count); (m, n) one request of 32 solid 7745x7745 PNGs (the worker's peak RSS, and each second
 for 10 s after; with heat maps and with ``--no-heatmaps``); (c) ``--timeout 2 --concurrency 1``: when the
 timed-out analysis's slot is free and how long the next small request, sent at once, waits; (d) 150
-connections opened first, then 150 requests sent at the same moment at ``--concurrency 1``: how many wait,
-how fast the rest are refused; whether any answer was a plain-text 500, and whether ``urllib`` reads the
+connections opened first, then 150 requests sent at the same moment at ``--concurrency 1``, from one asyncio
+client in a process of its own (the benchmark's nice, as the service): how many wait, how fast the rest are
+refused, timed by the client and by the service itself (its headers parsed to its status line written, from a
+trace the served process writes at exit: ``_TRACE``, loaded there as ``sitecustomize``); whether any answer was a plain-text 500, and whether ``urllib`` reads the
 413 of a 25 MB body. ``--src LABEL=DIR`` (repeatable) serves each part from each package tree in turn
 (the previous version beside this one, minutes apart on the same machine).
 """
@@ -304,14 +306,19 @@ def main(argv=None) -> dict:
 # ---- --hostile: the resource-exhaustion targets (issue 25) -------------------------------------------
 
 
-def _logged_service(args: list[str], log: Path, nofile: int | None = None, src: Path | None = None):
-    """``skinlesion serve`` with its log in ``log``; ``src``: the package's code to run (default: this checkout's)."""
+def _logged_service(args: list[str], log: Path, nofile: int | None = None, src: Path | None = None, trace: Path | None = None):
+    """``skinlesion serve`` with its log in ``log``; ``src``: the package's code to run (default: this checkout's);
+    ``trace``: where the service writes its requests' timestamps at exit (:data:`_TRACE`)."""
     import resource
 
     port = _free_port()
     cmd = [sys.executable, "-m", "skinlesion.cli", "serve", "--port", str(port), *args]
     limit = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))) if nofile else None
     env = {**os.environ, "PYTHONPATH": str(src or REPO / "src")}
+    if trace:
+        (log.parent / "trace").mkdir(exist_ok=True)
+        (log.parent / "trace" / "sitecustomize.py").write_text(_TRACE)
+        env.update(PYTHONPATH=f"{log.parent / 'trace'}{os.pathsep}{env['PYTHONPATH']}", SKINLESION_BENCH_TRACE=str(trace))
     proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=limit, env=env)
     svc = Service.__new__(Service)
     svc.port, svc.url, svc.proc = port, f"http://127.0.0.1:{port}", proc
@@ -416,81 +423,181 @@ def _timeout_case(svc, files, small: bytes, idle_p50_ms: float) -> dict:
     }
 
 
-def _http_exchange(sock: socket.socket, request: bytes, timeout: float) -> tuple[int, dict, bytes]:
-    """Send one request on an open connection and read its response (by Content-Length)."""
-    sock.settimeout(timeout)
-    sock.sendall(request)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed before the response's headers")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
-    length = int(headers.get("content-length", 0))
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return int(lines[0].split()[1]), headers, body
+_TRACE = '''"""Loaded by the served process in benchmarks/serve_load.py part (d) (its PYTHONPATH): when each
+request's headers were parsed and when its status line was written, by the client's port; and each pass of the
+event loop that took over 2 ms: its wall time outside the selector's wait and the loop thread's CPU time in it
+(less CPU than wall: the thread waited for the GIL or a core). Written at exit."""
+import atexit, json, os, selectors, time
+from asyncio import base_events, selector_events
+
+import h11
+from uvicorn.protocols.http import h11_impl
+
+_log, _current = [], [None]
+_handle, _next, _write = h11_impl.H11Protocol.handle_events, h11.Connection.next_event, selector_events._SelectorSocketTransport.write
 
 
-def _burst(svc, small: bytes, n: int = 150) -> dict:
-    """(d) n requests truly at once: n connections opened first, then every request sent at the same moment
-    (a barrier); the answers by kind, how long each took from that moment, and how many waited."""
-    import threading
+def handle_events(self):
+    _current[0] = self
+    try:
+        return _handle(self)
+    finally:
+        _current[0] = None
 
+
+def next_event(self):
+    event = _next(self)
+    if isinstance(event, h11.Request) and _current[0] is not None and _current[0].client:
+        _log.append((time.perf_counter(), "headers", _current[0].client[1], 0))
+    return event
+
+
+def write(self, data):
+    if bytes(data[:9]) == b"HTTP/1.1 ":
+        peer = self.get_extra_info("peername")
+        _log.append((time.perf_counter(), "status", peer[1] if peer else 0, int(bytes(data[9:12]))))
+    return _write(self, data)
+
+
+_select, _run_once, _waited = selectors.EpollSelector.select, base_events.BaseEventLoop._run_once, [0.0]
+
+
+def select(self, timeout=None):
+    t = time.perf_counter()
+    try:
+        return _select(self, timeout)
+    finally:
+        _waited[0] += time.perf_counter() - t
+
+
+def run_once(self):
+    t, cpu, _waited[0] = time.perf_counter(), time.thread_time(), 0.0
+    _run_once(self)
+    wall = time.perf_counter() - t - _waited[0]
+    if wall > 0.002:
+        _log.append((t, "pass", round(wall * 1000, 2), round((time.thread_time() - cpu) * 1000, 2)))
+
+
+h11_impl.H11Protocol.handle_events, h11.Connection.next_event = handle_events, next_event
+selectors.EpollSelector.select, base_events.BaseEventLoop._run_once = select, run_once
+selector_events._SelectorSocketTransport.write = write
+atexit.register(lambda: open(os.environ["SKINLESION_BENCH_TRACE"], "w").write(json.dumps(_log)))
+'''
+
+
+def _burst_request(small: bytes) -> bytes:
     boundary = "burstboundary"
     body = (
         f"--{boundary}\r\nContent-Disposition: form-data; name=images; filename=b.jpg\r\nContent-Type: image/jpeg\r\n\r\n".encode()
         + small
         + f"\r\n--{boundary}--\r\n".encode()
     )
-    request = (
+    return (
         f"POST /v1/analyse HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
-    socks = [socket.create_connection(("127.0.0.1", svc.port), timeout=10) for _ in range(n)]
-    barrier = threading.Barrier(n)
-    got: list = [None] * n
-    start = [0.0]
 
-    def one(i):
-        barrier.wait()
-        start[0] = start[0] or time.perf_counter()
-        t = time.perf_counter()
-        try:
-            code, headers, text = _http_exchange(socks[i], request, 180)
-            kind = headers.get("content-type", "")
-            detail = json.loads(text).get("detail", "") if "json" in kind else text[:80].decode("latin-1")
-            got[i] = (code, (time.perf_counter() - t) * 1000, kind, detail, headers.get("retry-after"))
-        except OSError as e:
-            got[i] = (-1, (time.perf_counter() - t) * 1000, "", str(e), None)
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for s_ in socks:
-        s_.close()
-    busy = [ms for c, ms, _, d, _ in got if c == 503 and "busy" in d]
-    served = [ms for c, ms, _, _, _ in got if c == 200]
-    other = [(c, d[:60]) for c, _, _, d, _ in got if c != 200 and not (c == 503 and "busy" in d)]
+async def _burst_client(port: int, n: int, request: bytes) -> list[dict]:
+    """n connections opened first, then every request written in one pass of the loop; per request the
+    client's port, when it was written, when its last byte was in the kernel, when its status line came."""
+    conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(n)]
+    for _, w in conns:
+        w.transport.set_write_buffer_limits(0)  # drain() returns once every byte is handed to the kernel
+
+    async def one(reader, writer, written):
+        got = {"port": writer.get_extra_info("sockname")[1], "written": written}
+
+        async def sent():
+            try:
+                await writer.drain()
+                got["sent"] = time.perf_counter()
+            except OSError:
+                got["sent"] = None  # the server closed before taking the whole body (after its answer)
+
+        async def answered():
+            try:
+                line = await reader.readline()
+                got["status_at"] = time.perf_counter()
+                head = (line + await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+                headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in head[1:] if x)}
+                body = await reader.readexactly(int(headers.get("content-length", 0)))
+                kind = headers.get("content-type", "")
+                got.update(status=int(head[0].split()[1]), kind=kind, retry_after=headers.get("retry-after"))
+                got["detail"] = json.loads(body).get("detail", "") if "json" in kind else body[:80].decode("latin-1")
+            except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as e:
+                got.update(status=-1, kind="", retry_after=None, detail=str(e), status_at=time.perf_counter())
+
+        await asyncio.gather(sent(), answered())
+        writer.close()
+        return got
+
+    loop = asyncio.get_running_loop()
+    tasks = []
+    for reader, writer in conns:
+        written = time.perf_counter()
+        writer.write(request)
+        tasks.append(loop.create_task(one(reader, writer, written)))
+    return await asyncio.gather(*tasks)
+
+
+def _burst(svc, small: bytes, out: Path, trace: Path, n: int = 150) -> dict:
+    """(d) n requests truly at once, from one asyncio client in its own process (the same nice as the
+    service): n connections opened first, then every request written in one pass. Per answer kind, the
+    client's times (from its write, and from its last byte sent: negative when the answer came first)
+    and the service's (from the request's headers parsed to its status line written, from the trace)."""
+    req = out / "burst-request.bin"
+    req.write_bytes(_burst_request(small))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--burst-client", str(svc.port), str(n), str(req)]
+    got = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    svc.stop()  # the service writes its trace at exit
+    trace.with_name(trace.name.replace(".trace.", ".client.")).write_text(json.dumps(got))
+    server = {}
+    if trace.exists():
+        headers = {}
+        for t, what, port, status in json.loads(trace.read_text()):
+            if what == "headers":
+                headers[port] = t
+            elif what == "status" and port in headers and port not in server:
+                server[port] = (t - headers[port]) * 1000
+    t0 = min(g["written"] for g in got)
+    refused_by = max((g["status_at"] for g in got if g["status"] == 503 and "busy" in g["detail"]), default=t0)
+    passes = (
+        [(w, c) for t, what, w, c in json.loads(trace.read_text()) if what == "pass" and t0 <= t <= refused_by] if trace.exists() else []
+    )
+
+    def ms(xs):
+        xs = [x for x in xs if x is not None]
+        return {"p50": round(_pct(xs, 50), 1), "max": round(max(xs), 1), "n": len(xs)} if xs else None
+
+    def kinds(sel):
+        rows = [g for g in got if sel(g)]
+        return {
+            "count": len(rows),
+            "client_from_write_ms": ms([(g["status_at"] - g["written"]) * 1000 for g in rows]),
+            "client_from_last_byte_ms": ms([(g["status_at"] - g["sent"]) * 1000 for g in rows if g.get("sent")]),
+            "client_from_burst_start_ms": ms([(g["status_at"] - t0) * 1000 for g in rows]),
+            "server_headers_to_status_ms": ms([server.get(g["port"]) for g in rows]),
+        }
+
+    busy = lambda g: g["status"] == 503 and "busy" in g["detail"]  # noqa: E731
+    other = [(g["status"], g["detail"][:60]) for g in got if g["status"] != 200 and not busy(g)]
     return {
         "requests_at_once": n,
-        "served": len(served),
-        "refused_busy_503": len(busy),
-        "refused_with_retry_after": sum(1 for c, _, _, d, ra in got if c == 503 and "busy" in d and ra),
+        "served": kinds(lambda g: g["status"] == 200),
+        "refused_busy_503": kinds(busy),
+        "refused_with_retry_after": sum(1 for g in got if busy(g) and g["retry_after"]),
+        "writes_took_ms": round((max(g["written"] for g in got) - t0) * 1000, 1),
+        "loop_until_last_refusal": {  # the service's event loop from the first write to the last busy 503 received
+            "window_ms": round((refused_by - t0) * 1000, 1),
+            "passes_over_2ms": len(passes),
+            "their_wall_ms": round(sum(w for w, _ in passes), 1),
+            "their_cpu_ms": round(sum(c for _, c in passes), 1),
+            "longest_ms": max((w for w, _ in passes), default=0),
+        },
         "other": other[:5],
         "other_count": len(other),
-        "busy_p50_ms": _pct(busy, 50) if busy else None,
-        "busy_max_ms": max(busy) if busy else None,
-        "served_max_ms": max(served) if served else None,
-        "plain_text_or_500": sum(1 for c, _, kind, _, _ in got if c == 500 or (c > 0 and "json" not in kind)),
+        "plain_text_or_500": sum(1 for g in got if g["status"] == 500 or (g["status"] > 0 and "json" not in g["kind"])),
     }
 
 
@@ -566,11 +673,12 @@ def hostile(out: Path, parts: str = "acdbmn", requests: int = 40, srcs: dict | N
         big = _png(7745)
         files = [("images", (f"big{i}.png", big, "image/png")) for i in range(32)]
 
-    def each(key, args, run, nofile=None):
+    def each(key, args, run, nofile=None, trace=False):
         for label, src in srcs.items():
-            svc = _logged_service(args, out / f"{key}-{label}.log", nofile=nofile, src=src)
+            log = out / f"{key}-{label}.log"
+            svc = _logged_service(args, log, nofile=nofile, src=src, trace=log.with_suffix(".trace.json") if trace else None)
             try:
-                res.setdefault(key, {})[label] = run(svc, out / f"{key}-{label}.log")
+                res.setdefault(key, {})[label] = run(svc, log)
             finally:
                 res.setdefault(key, {}).setdefault(label, {})["exit"] = svc.stop()
                 res[key][label]["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
@@ -591,7 +699,12 @@ def hostile(out: Path, parts: str = "acdbmn", requests: int = 40, srcs: dict | N
 
         each("a", ["--concurrency", "1", "--timeout", "2", "--no-heatmaps"], run_a, nofile=1024)
     if "d" in parts:  # --concurrency 1, the default queue (64) and timeout (30 s)
-        each("burst", ["--concurrency", "1", "--no-heatmaps"], lambda svc, log: _burst(svc, small))
+        each(
+            "burst",
+            ["--concurrency", "1", "--no-heatmaps"],
+            lambda svc, log: _burst(svc, small, out, log.with_suffix(".trace.json")),
+            trace=True,
+        )
     if "m" in parts:  # the defaults (heat maps on), a long timeout
         each("memory", ["--timeout", "600"], lambda svc, log: _memory(svc, files))
     if "n" in parts:  # no heat maps (no PyTorch in the worker)
@@ -600,7 +713,10 @@ def hostile(out: Path, parts: str = "acdbmn", requests: int = 40, srcs: dict | N
 
 
 if __name__ == "__main__":
-    if "--hostile" in sys.argv:
+    if sys.argv[1:2] == ["--burst-client"]:  # part (d)'s client, in its own process: PORT N REQUEST-FILE
+        port, n, request = int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]).read_bytes()
+        print(json.dumps(asyncio.run(_burst_client(port, n, request))))
+    elif "--hostile" in sys.argv:
         out = Path(sys.argv[sys.argv.index("--json") + 1]) if "--json" in sys.argv else None
         parts = sys.argv[sys.argv.index("--parts") + 1] if "--parts" in sys.argv else "acdbmn"
         srcs = {}  # --src LABEL=DIR (repeatable): serve each part from each of these package trees in turn

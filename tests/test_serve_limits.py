@@ -151,7 +151,7 @@ def test_out_of_descriptors_logs_once_per_interval(caplog):
     assert "more since the last line" in lines[1].getMessage()
 
 
-# ---- 2. admission counted at the start of a request ----------------------------------------------
+# ---- 2. admission counted from a request's headers ----------------------------------------------
 
 
 def test_a_burst_past_the_queue_gets_503_at_once(limited, hold):
@@ -178,6 +178,108 @@ def test_a_burst_past_the_queue_gets_503_at_once(limited, hold):
     for r, seconds in refused:
         assert r.status_code == 503 and r.headers["retry-after"] and one_sentence(r.json()["detail"])
         assert seconds < 10  # at once, not after the held analysis (which only the test ends)
+
+
+def _read_answer(sock: socket.socket, timeout: float) -> tuple[str, dict, bytes]:
+    """One response on ``sock`` (its status line, headers, and body by Content-Length), waiting at most ``timeout`` s per read."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        assert chunk, f"the connection closed before an answer: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+    while len(body) < int(headers.get("content-length", 0)):
+        chunk = sock.recv(4096)
+        assert chunk, "the connection closed inside the answer's body"
+        body += chunk
+    return lines[0], headers, body
+
+
+def test_past_the_queue_the_503_comes_from_the_headers_and_places_are_given_back(default_model, tmp_path):
+    """With the slot and the queue full, a request whose body is withheld is answered the busy 503 anyway (the
+    admission reads only its headers); every place is given back however its request ends."""
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    args = ["--concurrency", 1, "--max-queue", 1, "--timeout", 120, "--max-connections", 16, "--no-heatmaps"]
+    with running_service(tmp_path, *args, hold=hold, timeout=300) as s:  # a loaded machine may take minutes to start it
+        data = small_jpeg()
+
+        def send(name, **params):
+            return httpx.post(f"{s.url}/v1/analyse", files={"images": (name, data)}, params=params, timeout=120)
+
+        busy = 'skinlesion_requests_total{method="POST",route="/v1/analyse",status="503"}'
+        with ThreadPoolExecutor(2) as ex:
+            held = ex.submit(send, "hold-headers.jpg")
+            wait_for(lambda: metric(s.url, "skinlesion_analyses_in_progress") == 1, 60, "the held analysis to run", s)
+            queued = ex.submit(send, "queued.jpg")
+            wait_for(lambda: metric(s.url, "skinlesion_analyses_waiting") == 1, 60, "the second analysis to queue", s)
+            with socket.create_connection(("127.0.0.1", s.port)) as sock:
+                sock.sendall(
+                    b"POST /v1/analyse HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                    b"Content-Length: 500000\r\n\r\n"
+                )  # the headers alone: not one byte of the body
+                status, headers, body = _read_answer(sock, 60)
+                assert status.startswith("HTTP/1.1 503") and headers["content-type"] == "application/json", (status, headers)
+                assert headers["retry-after"] and headers["connection"] == "close"
+                detail = json.loads(body)["detail"]
+                assert "busy" in detail and one_sentence(detail), detail
+                sock.sendall(b"x" * 500000)  # a client that sends its body regardless: read away, then closed
+                wait_for(lambda: closed(sock), 30, "the refused connection to close after its body", s)
+            assert metric(s.url, busy) == 1
+            assert not held.done() and not queued.done()
+            (hold / "hold-headers.jpg.go").touch()
+            assert held.result().status_code == 200 and queued.result().status_code == 200
+        # a place taken at the headers comes back when its request ends before its analysis (here, refused by the route)
+        for _ in range(3):
+            assert send("q.jpg", bogus="1").status_code == 422
+        assert send("after.jpg").status_code == 200
+        assert metric(s.url, busy) == 1
+    assert "Traceback" not in s.log_path.read_text()
+
+
+def test_admitted_bodies_are_parsed_one_chunk_per_pass_of_the_loop():
+    """limits.Paced: no two body chunks are parsed in the same pass of the event loop (ready chunks would
+    otherwise be parsed one after the other, holding the loop away from new requests' headers), and a request
+    waiting for its client's bytes holds no turn."""
+    import asyncio
+
+    from skinlesion.serve.limits import Paced
+
+    async def main():
+        paced, parsed, passes, late = Paced(), [], [0], asyncio.Event()
+
+        async def count_passes():
+            while True:
+                passes[0] += 1
+                await asyncio.sleep(0)
+
+        async def body(name, wait=None):
+            chunks = [b"a", b"b", b""]
+
+            async def receive():  # the chunks are already there (no wait), as when a burst's bodies are buffered
+                if wait is not None:
+                    await wait.wait()
+                return {"type": "http.request", "body": chunks.pop(0), "more_body": bool(chunks)}
+
+            async with paced.receive(receive) as paced_receive:
+                for _ in range(3):
+                    await paced_receive()
+                    parsed.append((name, passes[0]))  # "parsing" its chunk: Python with no await in between
+            if name == "y":
+                late.set()
+
+        counter = asyncio.ensure_future(count_passes())
+        await asyncio.wait_for(asyncio.gather(body("x"), body("y"), body("slow", wait=late)), 10)
+        counter.cancel()
+        return parsed
+
+    parsed = asyncio.run(main())
+    at = [p for _, p in parsed]
+    assert len(parsed) == 9 and at == sorted(set(at)), parsed  # one chunk per pass, never two
+    assert sorted(n for n, _ in parsed[:6]) == ["x"] * 3 + ["y"] * 3 and [n for n, _ in parsed[6:]] == ["slow"] * 3, parsed
 
 
 # ---- 3. timed-out work stops ----------------------------------------------------------------------

@@ -33,7 +33,7 @@ from ..report import NOTICE
 from . import refusals, study_routes
 from .refusals import ERRORS, Refusal
 from .forms import FORM, read_request
-from .limits import BodyLimit, RateLimit
+from .limits import Admission, BodyLimit, RateLimit
 from .metrics import Metrics, Observe
 from .protocol import quiet_emfile
 from .service import Service, log
@@ -116,7 +116,7 @@ def create_app(settings: Settings) -> FastAPI:
         loop.set_exception_handler(quiet_emfile())  # one line every 10 s if descriptors run out, not one per accept
         service.install_drain(loop)
         loader = loop.run_in_executor(None, service.load)
-        yield
+        yield {Admission.LIFESPAN_KEY: service.gate}  # the connections' protocol admits analyses from their headers
         service.pool.shutdown(wait=False, cancel_futures=True)
         if not loader.done():
             log.info("stopping before the model finished loading")
@@ -175,7 +175,8 @@ def create_app(settings: Settings) -> FastAPI:
             raise Refusal(422, f"heatmap {heatmap!r} is not a class; use one of {', '.join(codes)} or top.", field="heatmap")
 
         async def work():
-            uploads, meta = await read_request(request, settings)
+            async with service.paced.receive(request.receive) as receive:  # one body chunk parsed at a time (limits.Paced)
+                uploads, meta = await read_request(Request(request.scope, receive), settings)
             if heatmap and len(uploads) > 1:
                 raise Refusal(
                     422,
@@ -184,7 +185,8 @@ def create_app(settings: Settings) -> FastAPI:
                 )
             return meta, await service.analyse(uploads, meta, heatmap, rule)
 
-        with service.admission():  # counted from here: a burst past the queue is refused before its body is read
+        # counted from its headers by the connection's protocol (a burst past the queue is refused there), else from here
+        with service.admission(counted=bool(request.scope.get("state", {}).get(Admission.STATE))):
             try:
                 async with asyncio.timeout(settings.timeout):
                     meta, result = await service.until_stopped(work())

@@ -16,6 +16,11 @@
   is followed by reading and discarding up to :data:`DRAIN_BYTES` for at most :data:`DRAIN_SECONDS`
   before the socket closes, so clients that send the whole body before reading (``urllib``,
   ``requests``) read the answer instead of a connection reset.
+- **Admission** (``--concurrency`` + ``--max-queue``, :class:`~.limits.Admission`): a ``POST /v1/analyse``
+  takes its place as soon as its headers are parsed, before uvicorn creates its application task; past the
+  cap it is answered the JSON 503 with ``Retry-After`` right there, in the step of the event loop that parsed
+  the headers (no task, no framework, no waiting behind the admitted requests' body parsing), and its body is
+  read away by the lingering close. The place is given back when the request's task ends, however it ends.
 - A malformed request gets the same JSON sentence shape as every refusal, not uvicorn's plain text.
 
 The limits come from the service's settings (the environment every worker inherits).
@@ -30,6 +35,8 @@ import time
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from .limits import Admission
 
 log = logging.getLogger("uvicorn.error")
 DRAIN_BYTES = 64 * 2**20  # at most this much of an unwanted body is read before a refusal's close
@@ -86,6 +93,40 @@ class GuardedH11Protocol(H11Protocol):
         self._draining_until = None  # lingering close: discard input until then
         self._drained = 0
         self._quiet_since = time.monotonic()
+        self._busy: str | None = None  # the refusal of the request whose headers were just parsed
+        self._app, self.app = self.app, self._admitted_app
+
+    # ---- admission (POST /v1/analyse), from the headers ----
+    def _should_upgrade(self) -> bool:
+        """uvicorn asks this once a request's headers are parsed and its scope built, before it creates the
+        request's task; True makes it call :meth:`handle_websocket_upgrade` instead, which answers the refusal."""
+        self._busy = None
+        if super()._should_upgrade():
+            return True
+        gate = self.app_state.get(Admission.LIFESPAN_KEY)
+        if gate is None or not gate.counts(self.scope):
+            return False
+        if gate.take():
+            self.scope["state"][Admission.STATE] = True
+            return False
+        self._busy = gate.sentence()
+        gate.refused()
+        return True
+
+    def handle_websocket_upgrade(self, event) -> None:
+        if self._busy is None:
+            return super().handle_websocket_upgrade(event)
+        self.refuse(503, self._busy, retry_after=Admission.RETRY_AFTER)  # then the body is read away, and the connection closed
+
+    async def _admitted_app(self, scope, receive, send):
+        """The application, giving back the place its request took at the headers when the request ends."""
+        taken = scope["type"] == "http" and scope.get("state", {}).get(Admission.STATE)
+        gate = self.app_state.get(Admission.LIFESPAN_KEY) if taken else None
+        try:
+            await self._app(scope, receive, send)
+        finally:
+            if gate is not None:
+                gate.give()
 
     # ---- connection ----
     def connection_made(self, transport) -> None:

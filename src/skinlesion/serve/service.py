@@ -2,8 +2,9 @@
 
 Analyses run in a thread pool of ``--concurrency`` threads (each with its share of the cores as
 intra-op threads), never on the event loop, so probes stay quick under load. A request is admitted
-(counted) when its route starts, before its body is read: past ``--concurrency + --max-queue``
-admitted requests a new one is answered 503 with ``Retry-After`` at once. An analysis whose request
+(counted, :class:`~.limits.Admission`) when its headers are parsed, before its body is read: past
+``--concurrency + --max-queue`` admitted requests a new one is answered 503 with ``Retry-After`` from
+its headers, in the same step of the event loop. An analysis whose request
 timed out is abandoned: not started if it still waits; if it runs, stopped at its next check: between
 images, between the blocks of an image's decode, between the steps that reduce it, between a batch's
 stages (network, rules, photo quality) and the heat map's members (an ONNX Runtime call cannot be
@@ -49,7 +50,7 @@ from ..report import NOTICE
 from .refusals import Refusal
 from .forms import Upload
 from .keys import KeyRing, loose_permissions
-from .limits import PixelBudget, RateLimit
+from .limits import Admission, Paced, PixelBudget, RateLimit
 from .metrics import Metrics
 from .settings import Settings
 
@@ -78,7 +79,8 @@ class Service:
         self.idle = asyncio.Event()
         self.idle.set()
         self._waiting = 0
-        self.admitted = 0  # requests past admission, on the event loop (reading their body, queued or running)
+        self.paced = Paced()  # the admitted requests' bodies, parsed one chunk at a time on the event loop
+        self.gate = Admission(settings.max_queue + settings.analyses_at_once(), refused=self._refused_busy)  # reading, queued, running
         self.stopping = asyncio.Event()  # --grace is over: everything still admitted is answered 503
         self._lock = threading.Lock()
         self._torch_threads = False
@@ -180,21 +182,26 @@ class Service:
         if not self.ready:
             raise Refusal(503, "The model is still loading; retry in a few seconds.", headers={"Retry-After": "5"})
 
+    def _refused_busy(self) -> None:
+        self.metrics.requests.labels(Admission.PATH, "POST", "503").inc()
+
+    @property
+    def admitted(self) -> int:
+        return self.gate.count
+
     @contextlib.contextmanager
-    def admission(self):
-        """Count a request from its start: past ``--concurrency + --max-queue`` of them, a 503 at once."""
-        cap = self.settings.max_queue + self.settings.analyses_at_once()
-        if self.admitted >= cap:
-            raise Refusal(
-                503,
-                f"The service is busy ({self.admitted} requests admitted, the most it queues); retry in a few seconds.",
-                headers={"Retry-After": "2"},
-            )
-        self.admitted += 1
+    def admission(self, counted: bool = False):
+        """Hold an analysis's place: ``counted`` when the connection's protocol took it at the headers (and gives
+        it back when the request ends); otherwise taken here, and past the cap a 503 at once."""
+        if counted:
+            yield
+            return
+        if not self.gate.take():
+            raise Refusal(503, self.gate.sentence(), headers={"Retry-After": str(Admission.RETRY_AFTER)})
         try:
             yield
         finally:
-            self.admitted -= 1
+            self.gate.give()
 
     async def until_stopped(self, work):
         """Await ``work``; when ``--grace`` runs out first, abandon it and answer 503."""
