@@ -113,6 +113,12 @@ def test_app_study_db_takes_the_reading_page_to_its_database(study, tmp_path, mo
     code, out, err = run_cli("app", "--study-db", db, "--port", free_port(), "--address", "127.0.0.1")
     assert code == 0 and "readers open http://127.0.0.1:" in out and "?study=ID&token=TOKEN" in out, err
     (cmd,) = started
+    options = dict(zip(cmd[cmd.index("run") + 2 : cmd.index("--") : 2], cmd[cmd.index("run") + 3 : cmd.index("--") : 2]))
+    from streamlit import config
+
+    for name in options:  # every option the app is started with is one this Streamlit knows
+        config.get_option(name.removeprefix("--"))
+    assert options["--runner.postScriptGC"] == "false"  # no full collection after each rerun (0.3-0.4 s CPU an answer)
     script_args = cmd[cmd.index("--") + 1 :]  # what the app's script gets as its sys.argv[1:]
     assert script_args[script_args.index("--study-db") + 1] == str(db.resolve())
     monkeypatch.setattr(sys, "argv", [APP, *script_args])
@@ -132,3 +138,14 @@ def test_app_refuses_a_study_db_it_cannot_open_before_starting(tmp_path, monkeyp
     assert not (tmp_path / "typo.sqlite").exists()  # no empty database made in its place
     code, _, err = run_cli("app", "--study-db", "mysql://reader@localhost/study")
     assert code == 2 and "--study-db" in err and "is not SQLite or PostgreSQL" in err, err
+
+
+def test_reading_page_shows_the_case_and_the_heat_map_as_the_stored_png(study):
+    """The case is shown losslessly, as stored: Streamlit would re-encode it as a JPEG (quality 90) otherwise."""
+    store, sid, (tok, _), _ = study
+    at = _page(None, sid, tok)
+    urls = [i.url for img in at.get("image") for i in img.proto.imgs]
+    assert urls and all(u.endswith(".png") for u in urls), urls
+    _lock(at, "nv")  # the assisted arm: the model's answer, with its heat map where the study has one
+    urls = [i.url for img in at.get("image") for i in img.proto.imgs]
+    assert urls and all(u.endswith(".png") for u in urls), urls

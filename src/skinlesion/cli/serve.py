@@ -85,6 +85,8 @@ def app_cmd(
         "minimal",  # no Deploy button
         "--server.maxUploadSize",
         "40",  # MiB, as skinlesion.intake.MAX_FILE_BYTES
+        "--runner.postScriptGC",
+        "false",  # a full garbage collection after every rerun cost 0.34-0.41 s of CPU per answer (benchmarks/study_load.py)
         "--",
         "--model",
         model,

@@ -47,7 +47,7 @@ def _model_answer(model: dict) -> None:
     st.markdown("\n".join(f"- {_name(c)}: {100 * p:.1f} %" for c, p in ranked))
     st.markdown(f"Malignant probability {100 * model['malignant_probability']:.1f} %; tier: **{model['tier'] or 'n/a'}**")
     if model.get("heatmap"):
-        st.image(base64.b64decode(model["heatmap"]), caption="Grad-CAM heat map (red: most evidence)", width=320)
+        st.image(base64.b64decode(model["heatmap"]), caption="Grad-CAM heat map (red: most evidence)", width=320, output_format="PNG")
 
 
 def render(db: str | None) -> None:
@@ -81,7 +81,7 @@ def render(db: str | None) -> None:
         return
     phase = case["phase"]
     st.subheader(f"Case {case['case']}" + (": your revision, with the model's answer" if phase == "assisted" else ""))
-    st.image(base64.b64decode(case["image"]), width=320)
+    st.image(base64.b64decode(case["image"]), width=320, output_format="PNG")  # as stored: Streamlit would send a q90 JPEG
     if phase == "assisted":
         solo = case["solo_answer"]
         st.markdown(f"Your locked answer: {_name(solo['diagnosis'])}, {solo['management']}, confidence {solo['confidence']}.")
