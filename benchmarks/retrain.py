@@ -1,6 +1,6 @@
 """Retrained ensembles against the shipped one, on the same folds' out-of-fold predictions.
 
-    python benchmarks/retrain.py RUN [RUN ...] [--model default] [--data ../shared/data/dermamnist28] [--json F]
+    python benchmarks/retrain.py RUN [RUN ...] [--model default] [--data ../shared/data/dermamnist28] [--blend] [--json F]
 
 Each RUN is a ``skinlesion train --folds 5`` folder trained on the shipped model's folds (checked
 against the bundle's stored ``oof.folds``). For every member of RUN that has finished (``fold{i}/
@@ -9,7 +9,9 @@ shipped ensemble's stored OOF logits give the baseline on exactly the same image
 through the shipped post-hoc pipeline cross-fitted over the finished folds (calibration with
 prior correction and the metadata fusion fitted on the other finished folds; the balanced rule's
 exponent chosen on the other folds): :func:`benchmarks.frontier.score`. With fewer than five
-finished members the table says on how many folds and images it stands.
+finished members the table says on how many folds and images it stands. ``--blend`` adds, for each
+RUN, the ensemble of the shipped members and RUN's (the log of their mean probability, as a bundle's
+ensemble combines members): what a second seed or recipe adds as diversity.
 """
 
 from __future__ import annotations
@@ -50,6 +52,13 @@ def member_logits(run: Path, ds, folds: np.ndarray, tta: bool) -> tuple[np.ndarr
     return out, done
 
 
+def blend(*logits: np.ndarray) -> np.ndarray:
+    """Ensembles' logits combined as one ensemble of all their members: the log of the mean probability."""
+    from scipy.special import log_softmax, logsumexp
+
+    return logsumexp(np.stack([log_softmax(lg, axis=1) for lg in logits]), axis=0) - np.log(len(logits))
+
+
 def main(argv=None) -> dict:
     from frontier import score
 
@@ -58,6 +67,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--model", default="default")
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "dermamnist28"))
     ap.add_argument("--json", default=None)
+    ap.add_argument("--blend", action="store_true", help="also score each RUN ensembled with the shipped members")
     args = ap.parse_args(argv)
     import pandas as pd
 
@@ -88,7 +98,10 @@ def main(argv=None) -> dict:
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     m = meta[sel] if meta is not None else None
-    for name, lg in [("shipped members", shipped)] + [(str(r), lg) for r, lg, _ in rows]:
+    models = [("shipped members", shipped)] + [(str(r), lg) for r, lg, _ in rows]
+    if args.blend:
+        models += [(f"shipped + {r}", blend(shipped, lg)) for r, lg, _ in rows]
+    for name, lg in models:
         s = score(lg[sel], labels[sel], folds[sel], m) if len(common) > 1 else None
         if s is None:
             raise SystemExit("cross-fitting needs at least two finished folds in every run")
