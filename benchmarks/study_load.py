@@ -8,7 +8,7 @@
 forward messages, each answer sent as the form's submission (a rerun carrying the diagnosis and management
 radios, the confidence slider and the lock button's trigger), in the assisted arm the revision the same
 way; each case's image is fetched from the media URL the page gives and must be nearest to that case's own of
-all the study's images (Streamlit sends an RGB PNG re-encoded as JPEG, so not byte for byte; `wrong_image`).
+all the study's images (`wrong_image`; nearest, not byte for byte, as an older page re-encoded it as JPEG).
 ``--via both``: the first half of the readers through REST, the second half through the app, at once,
 against the same database (each half has both arms).
 
@@ -30,8 +30,8 @@ takes seconds to minutes); 0, the default, sends every answer back to back (a st
 The servers are started on 127.0.0.1 and waited for (the REST service until its model is loaded, the app
 until one page has run), so that starting does not compete with the readers, then stopped; the database
 lives in a temp folder. They inherit the environment, so Streamlit's own options can be set there (e.g.
-``STREAMLIT_RUNNER_POST_SCRIPT_GC=false``: Streamlit runs a full ``gc.collect(2)`` after every script run,
-two per answer, by default).
+``STREAMLIT_SERVER_MAX_MESSAGE_SIZE``; ``skinlesion app`` itself turns off, on its command line, the full
+``gc.collect(2)`` Streamlit runs after every script run by default: ``--runner.postScriptGC false``).
 """
 
 from __future__ import annotations
