@@ -152,6 +152,50 @@ def test_ood_does_not_flag_a_round_dermatoscope_field_the_model_handles(shipped)
     assert shipped.ood[1]["round_field_radii"], "the shipped OOD fit should include round fields"
 
 
+def test_ood_score_is_the_mean_of_the_stage_ratios_and_a_model_fitted_before_keeps_the_largest():
+    """A photo moderately far at every stage outscores a real image far at one stage only (issue 24:
+    a mixup-trained member put a cat under the largest-ratio threshold); old configs keep their meaning."""
+    import json
+
+    from skinlesion.bundle import config_path, default_model_path, validate
+    from skinlesion.errors import SkinLesionError
+    from skinlesion.ood import fit, score
+
+    rng = np.random.default_rng(0)
+    dims = [4, 6]
+    train, val = rng.normal(size=(3000, 10)), rng.normal(size=(3000, 10))
+    tensors, cfg = fit(train, val, ["a", "b"], dims)
+    assert cfg["aggregate"] == "mean"
+    x = rng.normal(size=(50, 10))
+    ratios = []
+    for k, (lo, hi) in enumerate(((0, 4), (4, 10))):
+        z = x[:, lo:hi] - tensors[f"ood.mean.{k}"]
+        ratios.append(np.einsum("ij,jk,ik->i", z, tensors[f"ood.precision.{k}"].astype(np.float64), z) / cfg["stage_thresholds"][k])
+    ratios = np.stack(ratios, 1)
+    assert np.allclose(score(x, tensors, cfg), ratios.mean(1), rtol=1e-5)
+    old = {k: v for k, v in cfg.items() if k != "aggregate"}
+    assert np.allclose(score(x, tensors, old), ratios.max(1), rtol=1e-5)
+
+    # a point at ratio r on every stage, and one at ratio r1 on the first stage only (at the second's mean: ratio 0)
+    t_mean, t_max = cfg["threshold"], float(np.percentile(score(val, tensors, old), cfg["percentile"]))
+    assert t_mean < t_max < 2 * t_mean
+    r, r1 = (t_mean + t_max) / 2, (t_max + 2 * t_mean) / 2
+
+    def at(ratio, k):
+        u = np.ones(dims[k])
+        return tensors[f"ood.mean.{k}"] + u * np.sqrt(ratio * cfg["stage_thresholds"][k] / float(u @ tensors[f"ood.precision.{k}"] @ u))
+
+    everywhere = np.concatenate([at(r, 0), at(r, 1)])[None]
+    one_stage = np.concatenate([at(r1, 0), tensors["ood.mean.1"]])[None]
+    assert score(everywhere, tensors, cfg)[0] > t_mean > score(one_stage, tensors, cfg)[0]  # the mean flags the photo only
+    assert score(one_stage, tensors, old)[0] > t_max > score(everywhere, tensors, old)[0]  # the largest: the other way round
+
+    shipped = json.loads(config_path(default_model_path()).read_text())
+    shipped["ood"] = {**shipped["ood"], "aggregate": "median"}
+    with pytest.raises(SkinLesionError, match="ood.aggregate must be 'mean' or 'max'"):
+        validate(shipped, check_backbones=False)
+
+
 def test_ood_fit_with_round_fields_accepts_them_and_still_flags_photos(tiny_run):
     from dataclasses import replace
 

@@ -150,7 +150,9 @@ def render(model: str | Path) -> str:
         )
         lines.append(
             f"- Out-of-distribution score: Mahalanobis distance of the first member's pooled stage features to one Gaussian per "
-            f"stage (Ledoit-Wolf), fitted on its training images{fields}; flagged above {cfg.ood['threshold']:.3f}, the "
+            f"stage (Ledoit-Wolf), fitted on its training images{fields}; each stage's distance over its own held-out "
+            f"{cfg.ood.get('percentile', 97.5)}th percentile, and the score is the {'mean' if cfg.ood.get('aggregate') == 'mean' else 'largest'} "
+            f"of those ratios; flagged above {cfg.ood['threshold']:.3f}, the "
             f"{cfg.ood.get('percentile', 97.5)}th percentile of its held-out images"
             + (
                 f"; an image with almost no colour (mean chroma below {cfg.ood['min_chroma']:.4f}, a quarter of the least colourful "
