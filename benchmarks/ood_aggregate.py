@@ -11,6 +11,8 @@ Printed per member and aggregate: each everyday photo's score over its threshold
 photos, an RGB noise image: all should be > 1), the real full-resolution melanoma's (< 1), and
 the share flagged of the held-out fold and of 400 random dataset images (seed 0, as
 tests/test_predict.py draws them). No held-out fold is used for anything but thresholds.
+With several members, also every member at once: the mean over members of each one's score over
+its own threshold (what a fit over all members' features would give; not what a bundle ships).
 
 ``--predictor``: instead, the bundle's own fit as a user meets it, through :class:`skinlesion.predict.Predictor`
 (PyTorch): the photos of tests/test_predict.py and tests/test_not_analysed.py, the full-resolution melanoma,
@@ -110,6 +112,8 @@ def main() -> None:
                     "fullres": m[-1],
                     "val": float(np.mean(score(vf[: len(va)], tensors, oc) > oc["threshold"])),
                     "random400": float(np.mean(score(hf, tensors, oc) > oc["threshold"])),
+                    "photo_ratios": m,
+                    "random_ratios": score(hf, tensors, oc) / oc["threshold"],
                 }
             )
             r = rows[-1]
@@ -131,6 +135,19 @@ def main() -> None:
             f"| {agg} | {flagged}/{len(ph) * len(rs)} | {min(min(r['photos'].values()) for r in rs):.3f} | "
             f"{np.mean([r['val'] for r in rs]):.3f} | {np.mean([r['random400'] for r in rs]):.3f} |"
         )
+    if len({r["member"] for r in rows}) > 1:
+        # every member at once: the mean over members of each one's score over its own threshold, flagged above 1
+        # (the 400 random images are training images of all but one member each: their rate here is a lower bound)
+        print("\nevery member together (mean of the members' score / threshold, flagged above 1):")
+        for agg in ("max", "mean"):
+            rs = [r for r in rows if r["aggregate"] == agg]
+            ph_all = np.mean([r["photo_ratios"] for r in rs], axis=0)
+            rnd = np.mean([r["random_ratios"] for r in rs], axis=0)
+            low = int(np.argmin(ph_all[:-1]))
+            print(
+                f"  {agg:>4}: photos flagged {int((ph_all[:-1] > 1).sum())}/{len(ph)} (lowest {list(ph)[low]} {ph_all[low]:.3f}), "
+                f"full-res melanoma {ph_all[-1]:.3f}, random 400 flagged {np.mean(rnd > 1):.3f} (95th percentile {np.percentile(rnd, 95):.3f})"
+            )
 
 
 if __name__ == "__main__":
