@@ -62,36 +62,37 @@ def through_predictor(model: str, data: str) -> None:
     print(f"  400 random dataset images flagged: {np.mean([q.out_of_distribution for q in preds]):.3f}")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="default")
-    ap.add_argument("--members", default="0,1,2,3,4")
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "dermamnist28"))
-    ap.add_argument("--predictor", action="store_true", help="the bundle's own fit, through the predictor")
-    args = ap.parse_args()
-    sys.path.insert(0, str(REPO / "src"))
-    if args.predictor:
-        return through_predictor(args.model, args.data)
+def compare(model: str, members: list[int], data: str) -> list[dict]:
+    """Each member's score fitted with both aggregates: one row per (member, aggregate), printed as it goes."""
     import torch
     from PIL import Image
 
     from skinlesion.bundle import load_model
     from skinlesion.data import load_dataset
     from skinlesion.models import forward_with_features
-    from skinlesion.ood import dataset_features, fit, score, stage_dims, stages
-    from skinlesion.ood import FIELD_RADII, PHOTOMETRIC, features_with_fields, sample_train
+    from skinlesion.ood import (
+        FIELD_RADII,
+        PHOTOMETRIC,
+        dataset_features,
+        features_with_fields,
+        fit,
+        sample_train,
+        score,
+        stage_dims,
+        stages,
+    )
 
-    net, cfg, aux = load_model(args.model, with_extra=True)
-    ds = load_dataset(args.data)
+    net, cfg, aux = load_model(model, with_extra=True)
+    ds = load_dataset(data)
     folds = np.asarray(aux["oof.folds"]).astype(int)
     prep = cfg.prep
     ph = photos()
-    full = Image.open(Path(args.data).parent / "fullres" / "ISIC_0024310.jpg").convert("RGB")
+    full = Image.open(Path(data).parent / "fullres" / "ISIC_0024310.jpg").convert("RGB")
     some = np.random.default_rng(0).choice(len(ds), 400, replace=False)
     radii = FIELD_RADII if prep.vignette else ()
     photometric = PHOTOMETRIC if prep.brightness or prep.contrast else ()
     rows = []
-    for i in [int(x) for x in args.members.split(",")]:
+    for i in members:
         member = net.members[i].eval()
         fold = cfg.members[i].fold
         names, dims = stages(member), stage_dims(member)
@@ -124,6 +125,21 @@ def main() -> None:
                 f"full-res melanoma {r['fullres']:.3f}, held-out fold flagged {r['val']:.3f}, random 400 {r['random400']:.3f}",
                 flush=True,
             )
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--members", default="0,1,2,3,4")
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "dermamnist28"))
+    ap.add_argument("--predictor", action="store_true", help="the bundle's own fit, through the predictor")
+    args = ap.parse_args()
+    sys.path.insert(0, str(REPO / "src"))
+    if args.predictor:
+        return through_predictor(args.model, args.data)
+    rows = compare(args.model, [int(x) for x in args.members.split(",")], args.data)
+    ph = photos()
     print(
         "\n| aggregate | photos flagged (all members) | lowest photo score / threshold | held-out fold flagged (mean) | random 400 flagged (mean) |"
     )
