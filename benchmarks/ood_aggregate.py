@@ -105,6 +105,7 @@ def compare(model: str, members: list[int], data: str) -> list[dict]:
         for agg in ("max", "mean"):
             tensors, oc = fit(tf, vf, names, dims, aggregate=agg)
             m = score(pf, tensors, oc) / oc["threshold"]
+            rnd = score(hf, tensors, oc) / oc["threshold"]
             rows.append(
                 {
                     "member": i,
@@ -112,9 +113,9 @@ def compare(model: str, members: list[int], data: str) -> list[dict]:
                     "photos": dict(zip(ph, m[:-1])),
                     "fullres": m[-1],
                     "val": float(np.mean(score(vf[: len(va)], tensors, oc) > oc["threshold"])),
-                    "random400": float(np.mean(score(hf, tensors, oc) > oc["threshold"])),
+                    "random400": float(np.mean(rnd > 1)),
                     "photo_ratios": m,
-                    "random_ratios": score(hf, tensors, oc) / oc["threshold"],
+                    "random_ratios": rnd,
                 }
             )
             r = rows[-1]

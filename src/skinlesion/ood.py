@@ -16,6 +16,24 @@ the thresholds), the mean flagged 94 of 100 everyday photos and noise images aga
 largest, and fewer held-out images (0.8-0.9 % against 1.1-1.2 %); on the first member, whose fit a
 bundle ships, 10 of 10 in both ensembles against 9 of 10 (benchmarks/ood_aggregate.py; RESULTS.md,
 "The OOD score: the mean of the stages' ratios"). Noise remains the closest call.
+
+A round dermatoscope field (black corners) is how much real dermoscopy looks, and the
+model is trained to handle it (``Preprocess.vignette``); so are exposure and contrast changes
+(``Preprocess.brightness``/``contrast``). The score answers "is this a dermoscopic image at all",
+not "is this a good photo" (that is :mod:`skinlesion.quality`). So where the model was trained
+with them, the Gaussians and thresholds are fitted on each image both as it is and under one
+variant: a round field (radii spread over the training range, :data:`FIELD_RADII`) or an exposure
+or contrast change of the robustness benchmark up to its middle severity (:data:`PHOTOMETRIC`).
+Black corners, a darker or a washed-out photo alone are not flagged; what the model never saw
+(a cat, a face, a document) still is.
+
+Skin has colour: an image with (almost) none, a greyscale photo, a document or an X-ray, is not
+dermoscopy whatever its features say. So the score also has a colour floor (``min_chroma``): a
+quarter of the mean chroma of the least colourful training image; below it an image is flagged.
+
+The fitted means and precisions travel inside the model's safetensors file (keys
+``ood.*``); the JSON config holds the stages, their sizes, the thresholds, how the stages
+combine (``aggregate``) and the colour floor.
 """
 
 from __future__ import annotations
