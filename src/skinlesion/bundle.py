@@ -223,11 +223,8 @@ def validate(d, name: str = "model.json", *, check_backbones: bool = True) -> Mo
     ood = d.get("ood")
     if ood is not None and (not isinstance(ood, dict) or not _finite(ood.get("threshold")) or ood["threshold"] <= 0):
         raise _bad(name, "ood.threshold", "must be a positive number")
-    if ood is not None:
-        from .ood import AGGREGATES
-
-        if ood.get("aggregate", "max") not in AGGREGATES:
-            raise _bad(name, "ood.aggregate", f"must be {' or '.join(repr(a) for a in AGGREGATES)}")
+    if ood is not None and ood.get("aggregate", "max") not in ("mean", "max"):  # skinlesion.ood.AGGREGATES
+        raise _bad(name, "ood.aggregate", "must be 'mean' or 'max'")
     for opt in ("metadata", "refer", "conformal", "tier", "decision", "quality", "metrics", "train", "created_with"):
         if d.get(opt) is not None and not isinstance(d[opt], dict):
             raise _bad(name, opt, "must be an object or null")
